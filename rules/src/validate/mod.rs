@@ -1,0 +1,162 @@
+//! Raw YAML → [`RuleSet`], collecting every problem.
+//!
+//! Validation never stops at the first problem: each check pushes a located
+//! [`Diagnostic`] and carries on with what it can, so one run of
+//! `cellgate rules check` lists everything that is wrong. Only when no
+//! problem was found is a `RuleSet` assembled.
+//!
+//! Sources may be several files (a rules directory); list sections (`cells`,
+//! `tenants`, …) concatenate across them and single-valued ones (`gzone`,
+//! `platform_admin`) may be set in one file only.
+
+mod tenants;
+mod topology;
+
+use std::collections::HashMap;
+
+use regex::{Regex, RegexSet};
+
+use crate::diag::{Diagnostic, Diagnostics, Source};
+use crate::raw::RawRules;
+use crate::ruleset::{Patterns, RuleSet, RulesMeta};
+
+/// One parsed source file.
+#[derive(Debug)]
+pub(crate) struct Doc {
+    pub(crate) src: Source,
+    pub(crate) raw: RawRules,
+}
+
+/// Where a value is: its source and its path in it.
+#[derive(Debug, Clone)]
+pub(crate) struct At<'a> {
+    pub(crate) src: &'a Source,
+    pub(crate) path: String,
+}
+
+impl<'a> At<'a> {
+    fn field(&self, name: &str) -> At<'a> {
+        At {
+            src: self.src,
+            path: format!("{}.{name}", self.path),
+        }
+    }
+
+    fn index(&self, i: usize) -> At<'a> {
+        At {
+            src: self.src,
+            path: format!("{}[{i}]", self.path),
+        }
+    }
+
+    fn error(&self, msg: impl Into<String>) -> Diagnostic {
+        self.src.at(&self.path, msg)
+    }
+
+    /// `file:line` of this value, to point at a first declaration.
+    fn short(&self) -> String {
+        let (line, _) = self.src.marks.get(&self.path);
+        format!("{}:{line}", self.src.file)
+    }
+}
+
+/// The items of one list section across every doc, with their locations.
+fn items<'a, T>(
+    docs: &'a [Doc],
+    section: &str,
+    get: impl Fn(&'a RawRules) -> &'a Vec<T>,
+) -> Vec<(At<'a>, &'a T)> {
+    docs.iter()
+        .flat_map(|d| {
+            get(&d.raw).iter().enumerate().map(move |(i, item)| {
+                (
+                    At {
+                        src: &d.src,
+                        path: format!("{section}[{i}]"),
+                    },
+                    item,
+                )
+            })
+        })
+        .collect()
+}
+
+/// The collected problems.
+#[derive(Default)]
+pub(crate) struct Problems(Vec<Diagnostic>);
+
+impl Problems {
+    fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+}
+
+/// Compiles `p` as a whole-name match. The error is one sentence.
+pub(crate) fn whole_match(p: &str) -> Result<Regex, String> {
+    // Compile the pattern as written first, so the reason refers to it.
+    Regex::new(p).map_err(|e| regex_reason(p, &e))?;
+    Regex::new(&format!("^(?:{p})$")).map_err(|e| regex_reason(p, &e))
+}
+
+fn regex_reason(p: &str, e: &regex::Error) -> String {
+    let why = match e {
+        regex::Error::Syntax(s) => s
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or(s)
+            .to_owned(),
+        regex::Error::CompiledTooBig(n) => format!("it compiles to more than {n} bytes"),
+        other => other.to_string(),
+    };
+    format!("regex {p:?} does not compile: {why}")
+}
+
+/// A list of patterns (absent: match everything).
+fn patterns(probs: &mut Problems, at: &At<'_>, src: Option<&Vec<String>>) -> Patterns {
+    let src: Vec<String> = src.cloned().unwrap_or_else(|| vec![".*".to_owned()]);
+    let mut ok = Vec::with_capacity(src.len());
+    for (i, p) in src.iter().enumerate() {
+        match whole_match(p) {
+            Ok(_) => ok.push(format!("^(?:{p})$")),
+            Err(e) => probs.push(at.index(i).error(e)),
+        }
+    }
+    let set = RegexSet::new(&ok).unwrap_or_else(|_| RegexSet::empty());
+    Patterns { src, set }
+}
+
+/// Compiles every doc into one rule set, or returns every problem.
+pub(crate) fn compile(docs: &[Doc], meta: RulesMeta) -> Result<RuleSet, Diagnostics> {
+    let mut probs = Problems::default();
+    let topo = topology::compile(&mut probs, docs);
+    let ten = tenants::compile(&mut probs, docs, &topo);
+    if !probs.0.is_empty() {
+        let mut d = Diagnostics(probs.0);
+        d.sort();
+        return Err(d);
+    }
+    let (Some(gzone), Some(shard_owner)) = (topo.gzone, topo.shard_owner()) else {
+        // Unreachable: a missing gzone or shard is always a problem above.
+        return Err(Diagnostics::default());
+    };
+    let tenant_index: HashMap<Box<str>, _> = ten
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.namespace.clone(), crate::TenantId(i as u16)))
+        .collect();
+    Ok(RuleSet {
+        meta,
+        cell_index: topo.cell_index,
+        cells: topo.cells,
+        cities: topo.cities,
+        czone_of: topo.czone_of,
+        shard_owner,
+        gzone,
+        serving: topo.serving,
+        tenants: ten.tenants,
+        tenant_index,
+        grants: ten.grants,
+    })
+}

@@ -1,0 +1,116 @@
+//! Reload on file changes (debounced) and on SIGHUP.
+//!
+//! The watcher watches the rules file's *directory*, not the file: editors
+//! and config-management tools replace a file by renaming a new one over it,
+//! which a watch on the old inode would miss. Events are debounced so a save
+//! that writes several times triggers one reload, and the reload itself runs
+//! on the blocking pool (it reads files).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::RecursiveMode;
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::reload::RulesHandle;
+
+/// How the watcher behaves.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Quiet time after the last file event before reloading.
+    pub debounce: Duration,
+    /// Also reload on SIGHUP.
+    pub sighup: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce: Duration::from_millis(250),
+            sighup: true,
+        }
+    }
+}
+
+/// Why the watcher could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {}: {reason}", path.display())]
+pub struct WatchError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A running watcher; dropping it stops watching.
+#[derive(Debug)]
+pub struct Watcher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching `handle`'s source. Must be called inside a tokio runtime.
+pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, WatchError> {
+    let path = handle.path().to_owned();
+    let err = |reason: String| WatchError {
+        path: path.clone(),
+        reason,
+    };
+    let (dir, only) = if path.is_dir() {
+        (path.clone(), None)
+    } else {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (dir.to_owned(), path.file_name().map(|f| f.to_owned()))
+    };
+    // Unbounded is fine: the debouncer sends at most one batch per period.
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut debouncer = new_debouncer(opts.debounce, move |res: DebounceEventResult| {
+        let relevant = match res {
+            Ok(events) => events.iter().any(|e| match &only {
+                Some(name) => e.path.file_name() == Some(name.as_os_str()),
+                None => true,
+            }),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| err(e.to_string()))?;
+    debouncer
+        .watcher()
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| err(e.to_string()))?;
+    let mut hup = if opts.sighup {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| err(format!("SIGHUP: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let task = tokio::spawn(async move {
+        // The debouncer lives as long as the task: dropping it stops the watch.
+        let _debouncer = debouncer;
+        loop {
+            let why = tokio::select! {
+                got = rx.recv() => match got { Some(()) => "file change", None => return },
+                _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            };
+            tracing::debug!(why, "reloading rules");
+            let h = handle.clone();
+            // Errors are recorded in the handle's status and logged there.
+            let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+        }
+    });
+    Ok(Watcher { task })
+}

@@ -1,0 +1,193 @@
+//! The reference topology (examples/ldc.yaml) and SPEC §4's worked example.
+
+use std::path::PathBuf;
+
+use cellgate_rules::names::{self, Resource};
+use cellgate_rules::{
+    RuleSet, Sources, SubscriptionKind as K, TargetKind, ZoneType, ORIUNIT, RULES_VERSION,
+    TARGET_C, TARGET_G, TARGET_R,
+};
+
+fn example_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ldc.yaml")
+}
+
+fn example() -> RuleSet {
+    cellgate_rules::load(&example_path()).unwrap()
+}
+
+/// The example with `extra` YAML appended (e.g. a takeover section).
+fn example_with(replace: &str, with: &str) -> RuleSet {
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    assert!(text.contains(replace), "example lacks {replace:?}");
+    let text = text.replace(replace, with);
+    Sources::from_text("ldc.yaml", &text).compile(2).unwrap()
+}
+
+#[test]
+fn reference_topology_is_as_documented() {
+    let r = example();
+    let zone = |n: &str| r.cell(r.cell_id(n).unwrap()).zone;
+    for n in ["RZ00A", "RZ01A", "RZ02A", "RZ03A"] {
+        assert_eq!(zone(n), ZoneType::R, "{n}");
+    }
+    assert_eq!(zone("GZ00A"), ZoneType::G);
+    assert_eq!(zone("CZSH0"), ZoneType::C);
+    assert_eq!(zone("CZHZ0"), ZoneType::C);
+    assert_eq!(r.cell_name(r.gzone()), "GZ00A");
+    let owner = |s: u8| r.cell_name(r.shard_owner(cellgate_rules::Shard::new(s).unwrap()));
+    assert_eq!((owner(0), owner(24)), ("RZ00A", "RZ00A"));
+    assert_eq!((owner(25), owner(49)), ("RZ01A", "RZ01A"));
+    assert_eq!((owner(50), owner(74)), ("RZ02A", "RZ02A"));
+    assert_eq!((owner(75), owner(99)), ("RZ03A", "RZ03A"));
+    let cz = |n: &str| r.cell_name(r.czone_of(r.cell_id(n).unwrap())).to_owned();
+    assert_eq!(cz("RZ00A"), "CZSH0");
+    assert_eq!(cz("RZ03A"), "CZHZ0");
+    assert_eq!(cz("GZ00A"), "CZSH0");
+    // Tokens: the clear demo tokens authenticate, anything else does not.
+    let ant = r.authenticate("ant-demo-token").unwrap();
+    assert_eq!(ant.tenant, r.tenant_id("ANT"));
+    assert!(ant.permissions.publish && ant.permissions.subscribe && !ant.permissions.admin);
+    let beta = r.authenticate("beta-demo-token").unwrap();
+    assert_eq!(beta.tenant, r.tenant_id("BETA"));
+    let admin = r.authenticate("admin-demo-token").unwrap();
+    assert_eq!(admin.tenant, None);
+    assert!(admin.permissions.admin);
+    assert!(r.authenticate("ant-demo-token ").is_none());
+    assert_eq!(r.version(), 1);
+}
+
+#[test]
+fn worked_example_headers_predicates_and_copies() {
+    let r = example();
+    let ant = r.tenant_id("ANT").unwrap();
+    let rz00 = r.cell_id("RZ00A").unwrap();
+    // uid 12375 -> shard 75 -> RZ03A.
+    let h = r.unit_headers(ant, rz00, Some("12375")).unwrap();
+    let mut props = Vec::new();
+    h.write(&r, |k, v| props.push((k, v.to_owned())));
+    assert_eq!(
+        props,
+        vec![
+            (ORIUNIT, "RZ00A".to_owned()),
+            (TARGET_G, "GZ00A".to_owned()),
+            (TARGET_C, "CZSH0".to_owned()),
+            (TARGET_R, "RZ03A".to_owned()),
+            (RULES_VERSION, "1".to_owned()),
+        ]
+    );
+    // Reading the stored properties back gives the same headers.
+    let back = r
+        .read_unit_headers(|k| props.iter().find(|(p, _)| *p == k).map(|(_, v)| v.as_str()))
+        .unwrap();
+    assert_eq!(back, h);
+
+    let id = |n: &str| r.cell_id(n).unwrap();
+    let targets: Vec<(String, TargetKind)> = r
+        .router_targets(ant, "BILL", None, rz00, &h)
+        .iter()
+        .map(|(c, k)| (r.cell_name(c).to_owned(), k))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("RZ03A".to_owned(), TargetKind::R),
+            ("GZ00A".to_owned(), TargetKind::G),
+            ("CZSH0".to_owned(), TargetKind::C),
+        ]
+    );
+    // A copy is never copied again: read from RZ03A's topic, ORIUNIT != RZ03A.
+    assert!(r
+        .router_targets(ant, "BILL", None, id("RZ03A"), &h)
+        .is_empty());
+
+    // SPEC §4 / issue 5 table.
+    assert!(r.accepts(K::Rzone, id("RZ03A"), &h));
+    assert!(r.accepts(K::Gzone, id("GZ00A"), &h));
+    assert!(r.accepts(K::Czone, id("CZSH0"), &h));
+    assert!(r.accepts(K::Local, id("RZ00A"), &h));
+    assert!(!r.accepts(K::Czone, id("CZHZ0"), &h));
+    assert!(!r.accepts(K::Rzone, id("RZ00A"), &h));
+    assert!(!r.accepts(K::Local, id("RZ03A"), &h));
+
+    // Physical names.
+    assert_eq!(
+        names::physical("ANT", "RZ03A", "BILL", Resource::Topic).unwrap(),
+        "ANT|RZ03A%BILL"
+    );
+}
+
+#[test]
+fn no_uid_means_no_rzone_target() {
+    let r = example();
+    let ant = r.tenant_id("ANT").unwrap();
+    let hz = r.cell_id("RZ02A").unwrap();
+    let h = r.unit_headers(ant, hz, None).unwrap();
+    assert_eq!(h.target_r, None);
+    assert_eq!(r.cell_name(h.target_c), "CZHZ0");
+    let t: Vec<_> = r
+        .router_targets(ant, "T1", None, hz, &h)
+        .iter()
+        .map(|(c, _)| r.cell_name(c).to_owned())
+        .collect();
+    assert_eq!(t, vec!["GZ00A", "CZHZ0"]);
+    for c in ["RZ00A", "RZ01A", "RZ02A", "RZ03A"] {
+        assert!(!r.accepts(K::Rzone, r.cell_id(c).unwrap(), &h));
+    }
+}
+
+#[test]
+fn takeover_redirects_copies_and_predicates() {
+    let r = example_with("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }");
+    let ant = r.tenant_id("ANT").unwrap();
+    let id = |n: &str| r.cell_id(n).unwrap();
+    let h = r.unit_headers(ant, id("RZ00A"), Some("12375")).unwrap();
+    // The header still names the shard's owner...
+    assert_eq!(r.cell_name(h.target_r.unwrap()), "RZ03A");
+    // ...but the copy goes to the cell that serves it, and only RZ02A accepts.
+    let first = r
+        .router_targets(ant, "BILL", None, id("RZ00A"), &h)
+        .iter()
+        .next()
+        .unwrap();
+    assert_eq!(r.cell_name(first.0), "RZ02A");
+    assert!(r.accepts(K::Rzone, id("RZ02A"), &h));
+    assert!(!r.accepts(K::Rzone, id("RZ03A"), &h));
+    let f = r.subscription_filter(K::Rzone, id("RZ02A"));
+    assert!(f.matches(Some("RZ03A")) && f.matches(Some("RZ02A")) && !f.matches(Some("RZ01A")));
+    assert!(!f.matches(None));
+    // A message published in the taking-over cell for the taken-over shard is
+    // not copied anywhere for R: it is already where it is served.
+    let h2 = r.unit_headers(ant, id("RZ02A"), Some("99")).unwrap();
+    let t: Vec<_> = r
+        .router_targets(ant, "BILL", None, id("RZ02A"), &h2)
+        .iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(t, vec![TargetKind::G, TargetKind::C]);
+}
+
+#[test]
+fn routes_first_match_wins_and_tags_filter() {
+    let r = example_with(
+        "      - topic: \".*\"\n        targets: [R, G, C]\n    load_test_groups",
+        "      - topic: \"LOCAL_.*\"\n        targets: []\n      - topic: \"ORDER\"\n        tags: \"Paid|Refund\"\n        targets: [G]\n      - topic: \".*\"\n        targets: [R, G, C]\n    load_test_groups",
+    );
+    let ant = r.tenant_id("ANT").unwrap();
+    let o = r.cell_id("RZ00A").unwrap();
+    let h = r.unit_headers(ant, o, Some("30")).unwrap();
+    let kinds = |topic: &str, tag: Option<&str>| -> Vec<TargetKind> {
+        r.router_targets(ant, topic, tag, o, &h)
+            .iter()
+            .map(|(_, k)| k)
+            .collect()
+    };
+    assert_eq!(kinds("LOCAL_X", None), vec![]);
+    assert_eq!(kinds("ORDER", Some("Paid")), vec![TargetKind::G]);
+    assert_eq!(
+        kinds("ORDER", Some("Created")),
+        vec![TargetKind::R, TargetKind::G, TargetKind::C]
+    );
+    // Whole-name match: "XLOCAL_X" is not "LOCAL_.*".
+    assert_eq!(kinds("XLOCAL_X", None).len(), 3);
+}
