@@ -228,9 +228,9 @@ impl Source {
     /// "at line L column C" suffix (the position goes in front instead).
     pub(crate) fn from_serde(&self, e: &serde_yaml::Error) -> Diagnostic {
         let text = e.to_string();
-        let message = match text.rfind(" at line ") {
-            Some(i) if e.location().is_some() => text[..i].to_owned(),
-            _ => text,
+        let message = match regex::Regex::new(r" at line \d+ column \d+") {
+            Ok(re) => re.replace_all(&text, "").into_owned(),
+            Err(_) => text,
         };
         let (line, col) = e
             .location()

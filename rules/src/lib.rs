@@ -34,7 +34,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use diff::RulesDiff;
 pub use error::{Error, InputError, NameKind};
 pub use load::{load, Sources};
-pub use reload::{ReloadCounts, ReloadOutcome, ReloadStatus, RulesHandle};
+pub use reload::{restart_required, ReloadCounts, ReloadOutcome, ReloadStatus, RulesHandle};
 pub use ruleset::{
     BrokerRef, Cell, CellId, City, Grant, Location, Patterns, Permission, Permissions, Quotas,
     Route, RuleSet, RulesMeta, TargetKind, TargetMask, Tenant, TenantId, ZoneType,

@@ -57,6 +57,17 @@ pub enum ZoneType {
     C,
 }
 
+impl ZoneType {
+    /// "an RZone", "a GZone", "a CZone".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            ZoneType::R => "an RZone",
+            ZoneType::G => "a GZone",
+            ZoneType::C => "a CZone",
+        }
+    }
+}
+
 impl std::fmt::Display for ZoneType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

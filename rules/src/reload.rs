@@ -172,6 +172,17 @@ impl RulesHandle {
 
 /// Refuses changes that need a restart.
 fn not_reloadable(old: &RuleSet, new: &RuleSet) -> Result<(), Error> {
+    let d = restart_required(old, new);
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotReloadable(d))
+    }
+}
+
+/// The changes from `old` to `new` that a running cellgate refuses to
+/// reload, located in `new`'s source.
+pub fn restart_required(old: &RuleSet, new: &RuleSet) -> Diagnostics {
     let mut d = Vec::new();
     for (_, c) in new.cells() {
         let Some(prev) = old.cell_id(&c.name).map(|id| old.cell(id)) else {
@@ -190,9 +201,5 @@ fn not_reloadable(old: &RuleSet, new: &RuleSet) -> Result<(), Error> {
             });
         }
     }
-    if d.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::NotReloadable(Diagnostics(d)))
-    }
+    Diagnostics(d)
 }

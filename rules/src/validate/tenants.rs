@@ -147,7 +147,7 @@ fn claim<'a>(
     grant: Grant,
 ) {
     if let Some(first) = seen.get(&hash) {
-        let msg = format!("token sha256 is used twice (first at {})", first.short());
+        let msg = format!("token sha256 is also used at {}", first.short());
         probs.push(at.field("sha256").error(msg));
         return;
     }

@@ -207,6 +207,8 @@ fn shards(
     let mut slots = [Slot::Free; 100];
     // (shard, first owner, second owner, entry of the second)
     let mut clashes: Vec<(u8, CellId, CellId, usize)> = Vec::new();
+    // An unreadable range claims unknown shards: gaps are not reported then.
+    let mut unreadable = false;
     for (e, (at, s)) in entries.iter().enumerate() {
         let Some((lo, hi)) = parse_range(&s.range) else {
             let msg = format!(
@@ -214,6 +216,7 @@ fn shards(
                 s.range
             );
             probs.push(at.field("range").error(msg));
+            unreadable = true;
             continue;
         };
         let owner = match index.get(s.cell.as_str()) {
@@ -244,7 +247,9 @@ fn shards(
         }
     }
     report_clashes(probs, &entries, cells, &clashes);
-    report_gaps(probs, docs, &slots);
+    if !unreadable {
+        report_gaps(probs, docs, &slots);
+    }
     slots.map(|s| match s {
         Slot::Owned(id) => Some(id),
         _ => None,
@@ -355,7 +360,8 @@ fn gzone(
         None => probs.push(at.error(format!("GZone {name} is not a declared cell"))),
         Some(&id) if cells[usize::from(id.0)].zone != ZoneType::G => {
             let zone = cells[usize::from(id.0)].zone;
-            probs.push(at.error(format!("GZone {name} is a {zone} cell, not a GZone")));
+            let msg = format!("GZone {name} is {} cell, not a GZone", zone.with_article());
+            probs.push(at.error(msg));
         }
         Some(&id) => return Some(id),
     }

@@ -1,0 +1,14 @@
+//! The gateway crate's error.
+
+/// What a gateway command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rules(#[from] cellgate_rules::Error),
+    #[error(transparent)]
+    Explain(#[from] cellgate_rules::explain::ExplainError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
