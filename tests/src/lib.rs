@@ -1,1 +1,70 @@
-//! x
+//! Helpers for cellgate's end-to-end tests: find the real `cellgate` binary
+//! and the example files, run it, capture what it prints.
+//!
+//! The binary is the one cargo built for this test run, next to the test
+//! executable (`target/<profile>/cellgate`): `cargo test --workspace` builds
+//! it once because the gateway package has integration tests. Set
+//! `CELLGATE_BIN` to test another build.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// `examples/<name>`.
+pub fn example(name: &str) -> PathBuf {
+    root().join("examples").join(name)
+}
+
+/// The `cellgate` binary built for this test run.
+pub fn cellgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CELLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/cellgate
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(format!("cellgate{}", std::env::consts::EXE_SUFFIX)))
+        .unwrap_or_default();
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so cargo builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `cellgate ARGS…` to completion.
+pub fn cellgate(args: &[&str]) -> anyhow::Result<Run> {
+    let out = Command::new(cellgate_bin())
+        .args(args)
+        .env("CELLGATE_LOG", "warn")
+        .output()?;
+    Ok(out.into())
+}
