@@ -226,7 +226,7 @@ impl Source {
 
     /// A serde_yaml error as a diagnostic, without serde_yaml's own
     /// "at line L column C" suffix (the position goes in front instead).
-    pub(crate) fn from_serde(&self, e: &serde_yaml::Error) -> Diagnostic {
+    pub(crate) fn serde_error(&self, e: &serde_yaml::Error) -> Diagnostic {
         let text = e.to_string();
         let message = match regex::Regex::new(r" at line \d+ column \d+") {
             Ok(re) => re.replace_all(&text, "").into_owned(),

@@ -80,7 +80,7 @@ impl Sources {
             let src = Source::new(name, text);
             match serde_yaml::from_str(text) {
                 Ok(raw) => docs.push(Doc { src, raw }),
-                Err(e) => problems.push(src.from_serde(&e)),
+                Err(e) => problems.push(src.serde_error(&e)),
             }
         }
         if self.files.is_empty() {

@@ -1,4 +1,5 @@
 //! The reference topology (examples/ldc.yaml) and SPEC §4's worked example.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
