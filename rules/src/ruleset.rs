@@ -188,6 +188,11 @@ impl Tenant {
     pub fn allows_cell(&self, c: CellId) -> bool {
         self.cells.get(usize::from(c.0)).copied().unwrap_or(false)
     }
+
+    /// Is load-test traffic delivered to `group` (logical name)? (SPEC §7)
+    pub fn load_test_allowed(&self, group: &str) -> bool {
+        self.load_test_groups.matches(group)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -216,6 +221,19 @@ pub struct Grant {
     pub permissions: Permissions,
     pub topics: Option<Patterns>,
     pub groups: Option<Patterns>,
+}
+
+impl Grant {
+    /// May this token use logical `topic` of `tenant`? Both the tenant's and
+    /// the token's own patterns must match.
+    pub fn allows_topic(&self, tenant: &Tenant, topic: &str) -> bool {
+        tenant.topics.matches(topic) && self.topics.as_ref().is_none_or(|p| p.matches(topic))
+    }
+
+    /// May this token use logical `group` of `tenant`?
+    pub fn allows_group(&self, tenant: &Tenant, group: &str) -> bool {
+        tenant.groups.matches(group) && self.groups.as_ref().is_none_or(|p| p.matches(group))
+    }
 }
 
 /// Where a rule set came from and which version it is.

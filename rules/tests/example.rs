@@ -192,3 +192,27 @@ fn routes_first_match_wins_and_tags_filter() {
     // Whole-name match: "XLOCAL_X" is not "LOCAL_.*".
     assert_eq!(kinds("XLOCAL_X", None).len(), 3);
 }
+
+#[test]
+fn token_patterns_narrow_the_tenant_patterns() {
+    let r = example_with(
+        "        permissions: [publish, subscribe]\n    cells: [\"*\"]\n    topics: [\".*\"]",
+        "        permissions: [publish, subscribe]\n        topics: [\"ORDER_.*\"]\n        groups: [\"G_ORDER\"]\n    cells: [\"*\"]\n    topics: [\"ORDER_.*\", \"BILL\"]",
+    );
+    let ant = r.tenant(r.tenant_id("ANT").unwrap());
+    let g = r.authenticate("ant-demo-token").unwrap();
+    assert!(g.allows_topic(ant, "ORDER_1"));
+    assert!(
+        !g.allows_topic(ant, "BILL"),
+        "tenant allows BILL, the token does not"
+    );
+    assert!(!g.allows_topic(ant, "X"));
+    assert!(g.allows_group(ant, "G_ORDER") && !g.allows_group(ant, "G_OTHER"));
+    // The platform admin is bound by the tenant's patterns only.
+    let admin = r.authenticate("admin-demo-token").unwrap();
+    assert!(admin.allows_topic(ant, "BILL") && !admin.allows_topic(ant, "X"));
+    // Load-test allow-list: PT_.* in the example, nothing for BETA.
+    assert!(ant.load_test_allowed("PT_G1") && !ant.load_test_allowed("G1"));
+    let beta = r.tenant(r.tenant_id("BETA").unwrap());
+    assert!(!beta.load_test_allowed("PT_G1"));
+}
