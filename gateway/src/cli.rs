@@ -146,8 +146,8 @@ fn write_explanation(e: &Explanation, out: &mut dyn Write) -> std::io::Result<()
     for c in &e.copies {
         writeln!(
             out,
-            "  {} -> {:<6} via {:<9} {}",
-            e.cell, c.target, c.via, c.physical_topic
+            "  {} -> {:<6} for {:<6} {}",
+            e.cell, c.target, c.copy_for, c.physical_topic
         )?;
     }
     writeln!(out, "receivers")?;

@@ -55,7 +55,8 @@ pub struct Explanation {
 #[derive(Debug, Serialize)]
 pub struct Copy {
     pub target: String,
-    pub via: String,
+    /// The kinds the copy is for (`__UNIT.COPY_FOR`).
+    pub copy_for: String,
     pub physical_topic: String,
 }
 
@@ -99,10 +100,10 @@ pub fn explain(rules: &RuleSet, q: &Query<'_>) -> Result<Explanation, ExplainErr
     });
     let targets = rules.router_targets(tid, q.topic, q.tag, cid, &h);
     let mut copies = Vec::new();
-    for (t, kind) in targets.iter() {
+    for (t, kinds) in targets.iter() {
         copies.push(Copy {
             target: rules.cell_name(t).to_owned(),
-            via: format!("TARGET_{kind}"),
+            copy_for: kinds.to_string(),
             physical_topic: names::physical(
                 q.tenant,
                 rules.cell_name(t),
@@ -111,17 +112,18 @@ pub fn explain(rules: &RuleSet, q: &Query<'_>) -> Result<Explanation, ExplainErr
             )?,
         });
     }
-    // The message exists in the origin's topic and in each copy's.
-    let holders: Vec<_> = std::iter::once(cid)
-        .chain(targets.iter().map(|(c, _)| c))
+    // The message exists in the origin's topic and, as a copy, in each
+    // destination's.
+    let holders: Vec<_> = std::iter::once((cid, h))
+        .chain(targets.iter().map(|(c, kinds)| (c, h.as_copy(kinds))))
         .collect();
     let receivers = SubscriptionKind::ALL
         .iter()
         .map(|&k| {
             let cells = holders
                 .iter()
-                .filter(|&&c| rules.accepts(k, c, &h))
-                .map(|&c| rules.cell_name(c).to_owned())
+                .filter(|(c, h)| rules.accepts(k, *c, h))
+                .map(|(c, _)| rules.cell_name(*c).to_owned())
                 .collect();
             (k.to_string(), cells)
         })

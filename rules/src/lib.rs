@@ -42,6 +42,6 @@ pub use ruleset::{
 };
 pub use shard::{Shard, UidShardRule};
 pub use unit::{
-    HeaderError, SubscriptionFilter, SubscriptionKind, Targets, UnitHeaders, ORIUNIT,
+    HeaderError, SubscriptionFilter, SubscriptionKind, Targets, UnitHeaders, COPY_FOR, ORIUNIT,
     RESERVED_PROPERTY_PREFIX, RULES_VERSION, TARGET_C, TARGET_G, TARGET_R,
 };

@@ -115,21 +115,53 @@ impl TargetMask {
             TargetKind::C => self.c,
         }
     }
+
+    pub fn set(&mut self, k: TargetKind) {
+        match k {
+            TargetKind::R => self.r = true,
+            TargetKind::G => self.g = true,
+            TargetKind::C => self.c = true,
+        }
+    }
+
+    /// `"R,G,C"`-style, `"none"` when empty. Static, so writing it as a
+    /// property does not allocate.
+    pub fn as_str(&self) -> &'static str {
+        match (self.r, self.g, self.c) {
+            (false, false, false) => "none",
+            (true, false, false) => "R",
+            (false, true, false) => "G",
+            (false, false, true) => "C",
+            (true, true, false) => "R,G",
+            (true, false, true) => "R,C",
+            (false, true, true) => "G,C",
+            (true, true, true) => "R,G,C",
+        }
+    }
+
+    /// Reads [`TargetMask::as_str`]'s output back; `None` for anything else
+    /// (including `"none"`, which no copy carries).
+    pub fn parse(s: &str) -> Option<TargetMask> {
+        let mut m = TargetMask::default();
+        for part in s.split(',') {
+            let k = match part {
+                "R" => TargetKind::R,
+                "G" => TargetKind::G,
+                "C" => TargetKind::C,
+                _ => return None,
+            };
+            if m.has(k) {
+                return None;
+            }
+            m.set(k);
+        }
+        Some(m)
+    }
 }
 
 impl std::fmt::Display for TargetMask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut sep = "";
-        for k in [TargetKind::R, TargetKind::G, TargetKind::C] {
-            if self.has(k) {
-                write!(f, "{sep}{k}")?;
-                sep = ",";
-            }
-        }
-        if sep.is_empty() {
-            f.write_str("none")?;
-        }
-        Ok(())
+        f.write_str(self.as_str())
     }
 }
 

@@ -2,24 +2,43 @@
 //! target set (SPEC §5): the per-message decisions, as pure functions over a
 //! [`RuleSet`]. None of them allocates.
 //!
-//! Takeover is applied when a header is *read*, never when it is written: the
-//! gateway stamps the shard's owner in `TARGET_R` even while that owner is
-//! taken over, and both the router and the predicates redirect through
-//! [`RuleSet::serving`]. A message stamped under an older rule set therefore
-//! follows its headers, redirected by the takeover in force when it is read.
-//! Exactly one cell serves each target at any version, so no message is
-//! accepted by two cells' subscribers of one kind.
+//! ## Takeover, and why no message is lost or delivered twice
+//!
+//! Which cell consumes a message for a kind (R, G or C) is decided **once**
+//! and written into the message, so later rule changes can never make two
+//! cells accept it, or none:
+//!
+//! - The gateway resolves takeover when it stamps: `TARGET_R` is the cell
+//!   that *serves* the uid's shard at publish time (the owner, or the cell
+//!   that took the owner over); likewise `TARGET_G` and `TARGET_C`.
+//! - An original message (no `__UNIT.COPY_FOR`) is accepted by a kind's
+//!   subscribers in its origin cell iff that kind's header names the origin:
+//!   a literal comparison, independent of the rules in force.
+//! - For every other target, the router appends a copy to the cell that
+//!   serves the header's cell *when the router reads it* (so a message stamped
+//!   under an older rule set follows its headers, redirected by the takeover
+//!   now in force) and marks the copy with `__UNIT.COPY_FOR` = the kinds it
+//!   was placed for. A copy is accepted for exactly those kinds, by the
+//!   subscribers of the cell it was placed in, whatever the rules say later.
+//!   A copy is never copied again.
+//!
+//! So each (message, kind) is accepted in exactly one cell: the origin, or
+//! the single cell the router placed the copy for that kind in. A takeover
+//! that ends leaves the copies placed under it consumable where they are.
 
 use std::str::FromStr;
 
 use crate::error::InputError;
-use crate::ruleset::{CellId, RuleSet, TargetKind, TenantId};
+use crate::ruleset::{CellId, RuleSet, TargetKind, TargetMask, TenantId};
 
 pub const ORIUNIT: &str = "__UNIT.ORIUNIT";
 pub const TARGET_G: &str = "__UNIT.TARGET_G";
 pub const TARGET_C: &str = "__UNIT.TARGET_C";
 pub const TARGET_R: &str = "__UNIT.TARGET_R";
 pub const RULES_VERSION: &str = "__UNIT.RULES_VERSION";
+/// Set by the router on a copy: the kinds (`R`, `G`, `C`, comma-separated)
+/// the copy was placed for.
+pub const COPY_FOR: &str = "__UNIT.COPY_FOR";
 /// Client properties may not start with this (SPEC §3).
 pub const RESERVED_PROPERTY_PREFIX: &str = "__";
 
@@ -31,9 +50,19 @@ pub struct UnitHeaders {
     pub target_c: CellId,
     pub target_r: Option<CellId>,
     pub rules_version: u64,
+    /// `Some` on a router copy: the kinds it was placed for.
+    pub copy_for: Option<TargetMask>,
 }
 
 impl UnitHeaders {
+    /// The headers of a copy placed for `kinds`.
+    pub fn as_copy(&self, kinds: TargetMask) -> UnitHeaders {
+        UnitHeaders {
+            copy_for: Some(kinds),
+            ..*self
+        }
+    }
+
     /// Calls `put` once per header, in a fixed order. Allocation-free.
     pub fn write(&self, rules: &RuleSet, mut put: impl FnMut(&'static str, &str)) {
         put(ORIUNIT, rules.cell_name(self.ori));
@@ -46,6 +75,9 @@ impl UnitHeaders {
             RULES_VERSION,
             itoa::Buffer::new().format(self.rules_version),
         );
+        if let Some(kinds) = self.copy_for {
+            put(COPY_FOR, kinds.as_str());
+        }
     }
 
     /// The header a target kind reads.
@@ -67,6 +99,8 @@ pub enum HeaderError {
     UnknownCell(&'static str),
     #[error("property {0} is not a number")]
     BadVersion(&'static str),
+    #[error("property {0} must list R, G or C, comma-separated")]
+    BadCopyFor(&'static str),
 }
 
 /// The four subscription kinds of SPEC §4.
@@ -100,6 +134,16 @@ impl SubscriptionKind {
             Self::Czone => TARGET_C,
         }
     }
+
+    /// The target kind a subscription kind consumes; `None` for `local`.
+    pub fn target(self) -> Option<TargetKind> {
+        match self {
+            Self::Local => None,
+            Self::Rzone => Some(TargetKind::R),
+            Self::Gzone => Some(TargetKind::G),
+            Self::Czone => Some(TargetKind::C),
+        }
+    }
 }
 
 impl FromStr for SubscriptionKind {
@@ -118,19 +162,25 @@ impl std::fmt::Display for SubscriptionKind {
     }
 }
 
-/// Up to three copy targets, without allocating.
+/// Up to three copy destinations, each with the kinds its copy is for,
+/// without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Targets {
     len: u8,
-    items: [Option<(CellId, TargetKind)>; 3],
+    items: [Option<(CellId, TargetMask)>; 3],
 }
 
 impl Targets {
     fn push(&mut self, cell: CellId, kind: TargetKind) {
-        if self.iter().any(|(c, _)| c == cell) {
-            return;
+        for (c, mask) in self.items.iter_mut().flatten() {
+            if *c == cell {
+                mask.set(kind);
+                return;
+            }
         }
-        self.items[usize::from(self.len)] = Some((cell, kind));
+        let mut mask = TargetMask::default();
+        mask.set(kind);
+        self.items[usize::from(self.len)] = Some((cell, mask));
         self.len += 1;
     }
 
@@ -142,8 +192,8 @@ impl Targets {
         self.len == 0
     }
 
-    /// Each target cell once, with the first header kind that chose it.
-    pub fn iter(&self) -> impl Iterator<Item = (CellId, TargetKind)> + '_ {
+    /// Each destination cell once, with the kinds its copy is for.
+    pub fn iter(&self) -> impl Iterator<Item = (CellId, TargetMask)> + '_ {
         self.items.iter().flatten().copied()
     }
 }
@@ -159,15 +209,19 @@ impl RuleSet {
         uid: Option<&str>,
     ) -> Result<UnitHeaders, InputError> {
         let target_r = match uid {
-            Some(uid) => Some(self.shard_owner(self.tenant(tenant).uid_shard.shard(uid)?)),
+            Some(uid) => {
+                let owner = self.shard_owner(self.tenant(tenant).uid_shard.shard(uid)?);
+                Some(self.serving(owner))
+            }
             None => None,
         };
         Ok(UnitHeaders {
             ori: cell,
-            target_g: self.gzone(),
-            target_c: self.czone_of(cell),
+            target_g: self.serving(self.gzone()),
+            target_c: self.serving(self.czone_of(cell)),
             target_r,
             rules_version: self.version(),
+            copy_for: None,
         })
     }
 
@@ -188,30 +242,39 @@ impl RuleSet {
             .ok_or(HeaderError::Missing(RULES_VERSION))?
             .parse()
             .map_err(|_| HeaderError::BadVersion(RULES_VERSION))?;
+        let copy_for = match get(COPY_FOR) {
+            None => None,
+            Some(v) => Some(TargetMask::parse(v).ok_or(HeaderError::BadCopyFor(COPY_FOR))?),
+        };
         Ok(UnitHeaders {
             ori: cell(ORIUNIT)?,
             target_g: cell(TARGET_G)?,
             target_c: cell(TARGET_C)?,
             target_r,
             rules_version,
+            copy_for,
         })
     }
 
     /// Would a `kind` subscriber in cell `me` receive a message with `h`,
-    /// found in `me`'s physical topic? (SPEC §4, takeover included.)
+    /// found in `me`'s physical topic? (SPEC §4; takeover is already in the
+    /// headers, see the module docs.) Needs no rules: it is the same under
+    /// every version.
     pub fn accepts(&self, kind: SubscriptionKind, me: CellId, h: &UnitHeaders) -> bool {
-        match kind {
-            SubscriptionKind::Local => h.ori == me,
-            SubscriptionKind::Rzone => h.target_r.is_some_and(|r| self.serving(r) == me),
-            SubscriptionKind::Gzone => self.serving(h.target_g) == me,
-            SubscriptionKind::Czone => self.serving(h.target_c) == me,
+        match (kind.target(), h.copy_for) {
+            (None, copy_for) => copy_for.is_none() && h.ori == me,
+            (Some(k), Some(kinds)) => kinds.has(k),
+            (Some(k), None) => h.target(k) == Some(me),
         }
     }
 
-    /// The cells to copy a message to (SPEC §5): for an original message
-    /// (`ORIUNIT` == `origin`), the targets the tenant's first matching route
-    /// enables, redirected by takeover, minus the origin. A copy (`ORIUNIT`
-    /// != `origin`) is never copied again.
+    /// The copies to make of a message read from `origin`'s topic (SPEC
+    /// §5). Only an original (`ORIUNIT` == `origin`, no `COPY_FOR`) is
+    /// copied. For each kind the tenant's first matching route enables whose
+    /// header names another cell, the copy goes to the cell serving that one
+    /// now; kinds going to one cell share one copy. A destination the tenant
+    /// may not use is skipped. The destination may be `origin` itself when
+    /// `origin` has taken over the header's cell since publish.
     pub fn router_targets(
         &self,
         tenant: TenantId,
@@ -221,39 +284,33 @@ impl RuleSet {
         h: &UnitHeaders,
     ) -> Targets {
         let mut out = Targets::default();
-        if h.ori != origin {
+        if h.ori != origin || h.copy_for.is_some() {
             return out;
         }
         let Some((_, route)) = self.route(tenant, topic, tag) else {
             return out;
         };
+        let t = self.tenant(tenant);
         for kind in [TargetKind::R, TargetKind::G, TargetKind::C] {
-            if !route.targets.has(kind) {
+            let Some(named) = h.target(kind).filter(|_| route.targets.has(kind)) else {
                 continue;
-            }
-            if let Some(t) = h.target(kind).map(|t| self.serving(t)) {
-                if t != origin {
-                    out.push(t, kind);
-                }
+            };
+            let dest = self.serving(named);
+            if named != origin && t.allows_cell(dest) {
+                out.push(dest, kind);
             }
         }
         out
     }
 
-    /// A predicate over the raw header value, for a broker to evaluate while
-    /// it scans (the broker knows nothing of cells). Owns what it needs.
+    /// [`RuleSet::accepts`] over raw message properties, for a broker to
+    /// evaluate while it scans (the broker knows nothing of cells). It does
+    /// not depend on the rules in force, so a long-lived subscription keeps
+    /// it across reloads.
     pub fn subscription_filter(&self, kind: SubscriptionKind, me: CellId) -> SubscriptionFilter {
-        let accepted = match kind {
-            SubscriptionKind::Local => vec![self.cell_name(me).into()],
-            _ => self
-                .cells()
-                .filter(|(id, _)| self.serving(*id) == me)
-                .map(|(_, c)| c.name.clone())
-                .collect(),
-        };
         SubscriptionFilter {
-            header: kind.header(),
-            accepted,
+            kind,
+            me: self.cell_name(me).into(),
         }
     }
 }
@@ -261,13 +318,18 @@ impl RuleSet {
 /// See [`RuleSet::subscription_filter`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionFilter {
-    pub header: &'static str,
-    /// `me`, plus every cell `me` has taken over (not for `local`).
-    pub accepted: Vec<Box<str>>,
+    pub kind: SubscriptionKind,
+    pub me: Box<str>,
 }
 
 impl SubscriptionFilter {
-    pub fn matches(&self, header_value: Option<&str>) -> bool {
-        header_value.is_some_and(|v| self.accepted.iter().any(|a| &**a == v))
+    /// `get(property)` reads the message's properties.
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let copy_for = get(COPY_FOR);
+        match (self.kind.target(), copy_for) {
+            (None, copy_for) => copy_for.is_none() && get(ORIUNIT) == Some(&*self.me),
+            (Some(k), Some(kinds)) => TargetMask::parse(kinds).is_some_and(|m| m.has(k)),
+            (Some(_), None) => get(self.kind.header()) == Some(&*self.me),
+        }
     }
 }

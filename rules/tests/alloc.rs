@@ -101,12 +101,12 @@ fn the_decision_allocates_only_the_two_physical_names() {
 
     let allocs = after.total_blocks - before.total_blocks;
     let bytes = after.total_bytes - before.total_bytes;
-    dhat::assert_eq!(
+    assert_eq!(
         allocs,
         2 * N,
         "{allocs} heap allocations ({bytes} bytes) for {N} decisions; \
          expected exactly 2 per decision (the physical topic and group)"
     );
     // Nothing is kept: the two strings are freed with each decision.
-    dhat::assert_eq!(after.curr_blocks, before.curr_blocks);
+    assert_eq!(after.curr_blocks, before.curr_blocks);
 }

@@ -5,9 +5,22 @@ use std::path::PathBuf;
 
 use cellgate_rules::names::{self, Resource};
 use cellgate_rules::{
-    RuleSet, Sources, SubscriptionKind as K, TargetKind, ZoneType, ORIUNIT, RULES_VERSION,
+    RuleSet, Sources, SubscriptionKind as K, TargetMask, ZoneType, ORIUNIT, RULES_VERSION,
     TARGET_C, TARGET_G, TARGET_R,
 };
+
+/// (destination, COPY_FOR) of each copy the router makes of `h` read in `origin`.
+fn copies<'a>(
+    r: &'a RuleSet,
+    t: cellgate_rules::TenantId,
+    origin: cellgate_rules::CellId,
+    h: &cellgate_rules::UnitHeaders,
+) -> Vec<(&'a str, &'static str)> {
+    r.router_targets(t, "BILL", None, origin, h)
+        .iter()
+        .map(|(c, kinds)| (r.cell_name(c), kinds.as_str()))
+        .collect()
+}
 
 fn example_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ldc.yaml")
@@ -84,32 +97,39 @@ fn worked_example_headers_predicates_and_copies() {
     assert_eq!(back, h);
 
     let id = |n: &str| r.cell_id(n).unwrap();
-    let targets: Vec<(String, TargetKind)> = r
-        .router_targets(ant, "BILL", None, rz00, &h)
-        .iter()
-        .map(|(c, k)| (r.cell_name(c).to_owned(), k))
-        .collect();
-    assert_eq!(
-        targets,
-        vec![
-            ("RZ03A".to_owned(), TargetKind::R),
-            ("GZ00A".to_owned(), TargetKind::G),
-            ("CZSH0".to_owned(), TargetKind::C),
-        ]
-    );
-    // A copy is never copied again: read from RZ03A's topic, ORIUNIT != RZ03A.
+    let targets = copies(&r, ant, id("RZ00A"), &h);
+    assert_eq!(targets, [("RZ03A", "R"), ("GZ00A", "G"), ("CZSH0", "C")]);
+    // A copy is never copied again, wherever it is read.
+    for (c, kinds) in r.router_targets(ant, "BILL", None, rz00, &h).iter() {
+        assert!(r
+            .router_targets(ant, "BILL", None, c, &h.as_copy(kinds))
+            .is_empty());
+    }
     assert!(r
         .router_targets(ant, "BILL", None, id("RZ03A"), &h)
         .is_empty());
 
-    // SPEC §4 / issue 5 table.
-    assert!(r.accepts(K::Rzone, id("RZ03A"), &h));
-    assert!(r.accepts(K::Gzone, id("GZ00A"), &h));
-    assert!(r.accepts(K::Czone, id("CZSH0"), &h));
-    assert!(r.accepts(K::Local, id("RZ00A"), &h));
-    assert!(!r.accepts(K::Czone, id("CZHZ0"), &h));
-    assert!(!r.accepts(K::Rzone, id("RZ00A"), &h));
-    assert!(!r.accepts(K::Local, id("RZ03A"), &h));
+    // SPEC §4 / issue 5 table: where the message lies (original in RZ00A, a
+    // copy in each destination), which subscribers receive it.
+    let placed = r.router_targets(ant, "BILL", None, rz00, &h);
+    let in_cell = |c: &str| match placed.iter().find(|(d, _)| *d == id(c)) {
+        Some((_, kinds)) => Some(h.as_copy(kinds)),
+        None if c == "RZ00A" => Some(h),
+        None => None,
+    };
+    let receives = |c: &str, k: K| in_cell(c).is_some_and(|hh| r.accepts(k, id(c), &hh));
+    assert!(receives("RZ03A", K::Rzone));
+    assert!(receives("GZ00A", K::Gzone));
+    assert!(receives("CZSH0", K::Czone));
+    assert!(receives("RZ00A", K::Local));
+    assert!(!receives("CZHZ0", K::Czone));
+    assert!(!receives("RZ00A", K::Rzone));
+    assert!(!receives("RZ03A", K::Local));
+    // Each kind is accepted in exactly one cell.
+    for k in K::ALL {
+        let n = r.cells().filter(|(_, c)| receives(&c.name, k)).count();
+        assert_eq!(n, 1, "{k}");
+    }
 
     // Physical names.
     assert_eq!(
@@ -138,34 +158,72 @@ fn no_uid_means_no_rzone_target() {
 }
 
 #[test]
-fn takeover_redirects_copies_and_predicates() {
-    let r = example_with("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }");
-    let ant = r.tenant_id("ANT").unwrap();
-    let id = |n: &str| r.cell_id(n).unwrap();
-    let h = r.unit_headers(ant, id("RZ00A"), Some("12375")).unwrap();
-    // The header still names the shard's owner...
-    assert_eq!(r.cell_name(h.target_r.unwrap()), "RZ03A");
-    // ...but the copy goes to the cell that serves it, and only RZ02A accepts.
-    let first = r
-        .router_targets(ant, "BILL", None, id("RZ00A"), &h)
-        .iter()
-        .next()
+fn takeover_is_resolved_at_publish_and_at_copy_and_then_fixed() {
+    let before = example();
+    let during = example_with("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }");
+    let after = example_with("takeover: []", "takeover: [] # switched back");
+    let id = |n: &str| before.cell_id(n).unwrap();
+    let ant = before.tenant_id("ANT").unwrap();
+
+    // Published during the takeover: the header names the serving cell.
+    let h = during
+        .unit_headers(ant, id("RZ00A"), Some("12375"))
         .unwrap();
-    assert_eq!(r.cell_name(first.0), "RZ02A");
-    assert!(r.accepts(K::Rzone, id("RZ02A"), &h));
-    assert!(!r.accepts(K::Rzone, id("RZ03A"), &h));
-    let f = r.subscription_filter(K::Rzone, id("RZ02A"));
-    assert!(f.matches(Some("RZ03A")) && f.matches(Some("RZ02A")) && !f.matches(Some("RZ01A")));
-    assert!(!f.matches(None));
-    // A message published in the taking-over cell for the taken-over shard is
-    // not copied anywhere for R: it is already where it is served.
-    let h2 = r.unit_headers(ant, id("RZ02A"), Some("99")).unwrap();
-    let t: Vec<_> = r
-        .router_targets(ant, "BILL", None, id("RZ02A"), &h2)
-        .iter()
-        .map(|(_, k)| k)
-        .collect();
-    assert_eq!(t, vec![TargetKind::G, TargetKind::C]);
+    assert_eq!(during.cell_name(h.target_r.unwrap()), "RZ02A");
+    assert_eq!(
+        copies(&during, ant, id("RZ00A"), &h),
+        [("RZ02A", "R"), ("GZ00A", "G"), ("CZSH0", "C")]
+    );
+
+    // Published before, routed during: follows its header, redirected, and
+    // the copy says what it is for.
+    let old = before
+        .unit_headers(ant, id("RZ00A"), Some("12375"))
+        .unwrap();
+    assert_eq!(before.cell_name(old.target_r.unwrap()), "RZ03A");
+    let c = copies(&during, ant, id("RZ00A"), &old);
+    assert_eq!(c[0], ("RZ02A", "R"));
+    let copy = old.as_copy(TargetMask::parse("R").unwrap());
+    // RZ02A's rzone subscribers take it (TARGET_R = RZ03A, a cell RZ02A took
+    // over) under every version, so switching back strands nothing.
+    for rules in [&before, &during, &after] {
+        assert!(rules.accepts(K::Rzone, id("RZ02A"), &copy));
+        assert!(!rules.accepts(K::Local, id("RZ02A"), &copy));
+        assert!(!rules.accepts(K::Gzone, id("RZ02A"), &copy));
+    }
+
+    // An original is judged by its own headers, never by the rules in force:
+    // published in RZ02A for shard 99 during the takeover, it is consumed in
+    // place and not copied for R, before and after the switch back.
+    let local = during.unit_headers(ant, id("RZ02A"), Some("99")).unwrap();
+    assert_eq!(
+        copies(&during, ant, id("RZ02A"), &local),
+        [("GZ00A", "G"), ("CZHZ0", "C")]
+    );
+    for rules in [&during, &after] {
+        assert!(rules.accepts(K::Rzone, id("RZ02A"), &local));
+        assert!(!rules.accepts(K::Rzone, id("RZ03A"), &local));
+    }
+
+    // Published in RZ02A before the takeover for shard 99 (RZ03A's), routed
+    // during it: RZ02A now serves RZ03A, so the router places a copy in
+    // RZ02A itself; the original there is not accepted for R, the copy is.
+    let pre = before.unit_headers(ant, id("RZ02A"), Some("99")).unwrap();
+    assert_eq!(copies(&during, ant, id("RZ02A"), &pre)[0], ("RZ02A", "R"));
+    assert!(!during.accepts(K::Rzone, id("RZ02A"), &pre));
+    let self_copy = pre.as_copy(TargetMask::parse("R").unwrap());
+    assert!(during.accepts(K::Rzone, id("RZ02A"), &self_copy));
+    assert!(
+        !during.accepts(K::Local, id("RZ02A"), &self_copy),
+        "local must not see it twice"
+    );
+
+    // The broker-side filter agrees with the predicate.
+    let f = during.subscription_filter(K::Rzone, id("RZ02A"));
+    let mut props = Vec::new();
+    copy.write(&during, |k, v| props.push((k, v.to_owned())));
+    assert!(f.matches(|k| props.iter().find(|(p, _)| *p == k).map(|(_, v)| v.as_str())));
+    assert!(!f.matches(|_| None));
 }
 
 #[test]
@@ -177,18 +235,15 @@ fn routes_first_match_wins_and_tags_filter() {
     let ant = r.tenant_id("ANT").unwrap();
     let o = r.cell_id("RZ00A").unwrap();
     let h = r.unit_headers(ant, o, Some("30")).unwrap();
-    let kinds = |topic: &str, tag: Option<&str>| -> Vec<TargetKind> {
+    let kinds = |topic: &str, tag: Option<&str>| -> Vec<&str> {
         r.router_targets(ant, topic, tag, o, &h)
             .iter()
-            .map(|(_, k)| k)
+            .map(|(_, k)| k.as_str())
             .collect()
     };
-    assert_eq!(kinds("LOCAL_X", None), vec![]);
-    assert_eq!(kinds("ORDER", Some("Paid")), vec![TargetKind::G]);
-    assert_eq!(
-        kinds("ORDER", Some("Created")),
-        vec![TargetKind::R, TargetKind::G, TargetKind::C]
-    );
+    assert_eq!(kinds("LOCAL_X", None), Vec::<&str>::new());
+    assert_eq!(kinds("ORDER", Some("Paid")), ["G"]);
+    assert_eq!(kinds("ORDER", Some("Created")), ["R", "G", "C"]);
     // Whole-name match: "XLOCAL_X" is not "LOCAL_.*".
     assert_eq!(kinds("XLOCAL_X", None).len(), 3);
 }

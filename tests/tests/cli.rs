@@ -93,7 +93,7 @@ fn explain_the_worked_example() {
         "dead letters     %DLQ%ANT|RZ00A%G1",
         "uid shard        75",
         "  __UNIT.TARGET_R        RZ03A",
-        "  RZ00A -> RZ03A  via TARGET_R  ANT|RZ03A%BILL",
+        "  RZ00A -> RZ03A  for R      ANT|RZ03A%BILL",
         "  rzone  RZ03A",
         "  czone  CZSH0",
     ] {
