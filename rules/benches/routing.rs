@@ -11,103 +11,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use cellgate_rules::names::{self, Resource};
-use cellgate_rules::{CellId, RuleSet, SubscriptionKind, Targets, TenantId, UnitHeaders};
+use cellgate_rules::{CellId, UnitHeaders};
+use common::{decide, predicates, Fixture, GROUP, NS, ORIGINS, TOPIC, UIDS};
 use criterion::{criterion_group, criterion_main, Criterion};
-
-const NS: &str = "ANT";
-const TOPIC: &str = "BILL";
-const GROUP: &str = "BILL_CONSUMER";
-
-/// Numeric uids (digit path) interleaved with non-numeric ones (CRC32 path),
-/// so the branch predictor does not learn one path. A power of two in length.
-const UIDS: [&str; 16] = [
-    "12375",
-    "user-4711",
-    "7",
-    "2088102122524333",
-    "a",
-    "00",
-    "ant:merchant:7781",
-    "99",
-    "0f8c2b7e-6a1d-4c1e-9d2b-3c4a5e6f7a8b",
-    "123456789012345678",
-    "abc",
-    "50",
-    "U_20881234",
-    "31",
-    "alice@example.com",
-    "8",
-];
-
-/// Origin cells, rotated independently of the uids.
-const ORIGINS: [&str; 4] = ["RZ00A", "RZ01A", "RZ02A", "RZ03A"];
-
-struct Fixture {
-    rules: RuleSet,
-    ant: TenantId,
-    origins: [(&'static str, CellId); 4],
-}
-
-impl Fixture {
-    fn load() -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ldc.yaml");
-        let rules = cellgate_rules::load(&path).unwrap();
-        let ant = rules.tenant_id(NS).unwrap();
-        let origins = ORIGINS.map(|n| (n, rules.cell_id(n).unwrap()));
-        Fixture {
-            rules,
-            ant,
-            origins,
-        }
-    }
-
-    /// The inputs of the `i`th message.
-    fn input(&self, i: usize) -> (&'static str, CellId, &'static str) {
-        let (cell_name, cell) = self.origins[(i / 3) % self.origins.len()];
-        (cell_name, cell, UIDS[i % UIDS.len()])
-    }
-}
-
-/// Everything the gateway and the router decide for one message.
-struct Decision {
-    topic: String,
-    group: String,
-    headers: UnitHeaders,
-    accepts: [bool; 4],
-    targets: Targets,
-}
-
-/// The four subscription predicates, as seen from `me`.
-fn predicates(r: &RuleSet, me: CellId, h: &UnitHeaders) -> [bool; 4] {
-    SubscriptionKind::ALL.map(|k| r.accepts(k, me, h))
-}
-
-/// The full per-message decision (the headline benchmark).
-fn decide(r: &RuleSet, ant: TenantId, cell_name: &str, cell: CellId, uid: &str) -> Decision {
-    let topic = names::physical(NS, cell_name, TOPIC, Resource::Topic).unwrap();
-    let group = names::physical(NS, cell_name, GROUP, Resource::Group).unwrap();
-    let headers = r.unit_headers(ant, cell, Some(uid)).unwrap();
-    let accepts = predicates(r, cell, &headers);
-    let targets = r.router_targets(ant, TOPIC, None, cell, &headers);
-    Decision {
-        topic,
-        group,
-        headers,
-        accepts,
-        targets,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let f = Fixture::load();
     let r = &f.rules;
 
     // Sanity: the decision is the documented one before anything is timed.
-    let d = decide(r, f.ant, "RZ00A", f.origins[0].1, "12375");
+    let d = decide(r, f.ant, f.origins[0].1, "12375");
     assert_eq!(d.topic, "ANT|RZ00A%BILL");
     assert_eq!(d.group, "ANT|RZ00A%BILL_CONSUMER");
     assert_eq!(r.cell_name(d.headers.target_r.unwrap()), "RZ03A");
@@ -119,19 +37,27 @@ fn bench(c: &mut Criterion) {
     g.bench_function("full", |b| {
         let mut i = 0usize;
         b.iter(|| {
-            let (name, cell, uid) = f.input(i);
+            let (_, cell, uid) = f.input(i);
             i = i.wrapping_add(1);
-            black_box(decide(
-                r,
-                black_box(f.ant),
-                black_box(name),
-                black_box(cell),
-                black_box(uid),
-            ))
+            black_box(decide(r, black_box(f.ant), black_box(cell), black_box(uid)))
         })
     });
 
+    // The two names as the gateway builds them: the namespace and cell come
+    // from the rule set (checked at load), only the logical name is checked.
     g.bench_function("names_only", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let (_, cell, _) = f.input(i);
+            i = i.wrapping_add(1);
+            let t = r.physical_name(black_box(f.ant), black_box(cell), TOPIC, Resource::Topic);
+            let g = r.physical_name(black_box(f.ant), black_box(cell), GROUP, Resource::Group);
+            black_box((t, g))
+        })
+    });
+
+    // The same two names from untrusted strings: every part is checked.
+    g.bench_function("names_only_from_strings", |b| {
         let mut i = 0usize;
         b.iter(|| {
             let (name, _, _) = f.input(i);

@@ -155,8 +155,9 @@ fn tenants(old: &RuleSet, new: &RuleSet, out: &mut Vec<String>) {
         }
         if t.quotas != n.quotas {
             out.push(format!(
-                "tenant {ns}: quotas {:?} -> {:?}",
-                t.quotas, n.quotas
+                "tenant {ns}: quotas {} -> {}",
+                quotas(&t.quotas),
+                quotas(&n.quotas)
             ));
         }
         if t.uid_shard != n.uid_shard {
@@ -205,21 +206,40 @@ fn routes(t: &Tenant) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// Token name → (hash prefix, permissions) of one tenant's tokens (or the
-/// platform admin's, for `None`). The hash prefix tells a rotated token.
-fn grants_of(r: &RuleSet, tenant: Option<crate::TenantId>) -> BTreeMap<String, (String, String)> {
+/// Hash prefix → "name perms topics groups" of one tenant's tokens (or the
+/// platform admin's, for `None`). Keyed by hash: names need not be unique,
+/// and a changed prefix is a rotated token.
+fn grants_of(r: &RuleSet, tenant: Option<crate::TenantId>) -> BTreeMap<String, String> {
     r.grants
         .iter()
         .filter(|(_, g)| g.tenant == tenant)
         .map(|(h, g): (&[u8; 32], &Grant)| {
             let p = g.permissions;
-            let perms = format!(
-                "{}{}{}",
-                if p.publish { "p" } else { "-" },
-                if p.subscribe { "s" } else { "-" },
-                if p.admin { "a" } else { "-" }
+            let flag = |on: bool, c: char| if on { c } else { '-' };
+            let mut desc = format!(
+                "{} {}{}{}",
+                g.name,
+                flag(p.publish, 'p'),
+                flag(p.subscribe, 's'),
+                flag(p.admin, 'a')
             );
-            (g.name.to_string(), (hex::encode(&h[..4]), perms))
+            if let Some(t) = &g.topics {
+                desc.push_str(&format!(" topics={:?}", t.sources()));
+            }
+            if let Some(t) = &g.groups {
+                desc.push_str(&format!(" groups={:?}", t.sources()));
+            }
+            (hex::encode(&h[..4]), desc)
         })
         .collect()
+}
+
+fn quotas(q: &crate::Quotas) -> String {
+    let opt = |v: Option<u32>| v.map_or("unlimited".to_owned(), |v| v.to_string());
+    format!(
+        "publish_rate {} burst {} max_message_bytes {}",
+        opt(q.publish_rate),
+        opt(q.publish_burst),
+        q.max_message_bytes
+    )
 }

@@ -3,7 +3,8 @@
 //! A rules *directory* is every `*.yaml` / `*.yml` file directly in it, in
 //! name order; other files are ignored. The rule set's sha256 is the hash of
 //! the file's bytes for a single file (so it matches `sha256sum`), and of
-//! each file's name and bytes in order for a directory.
+//! each file's name (without its directory) and bytes in order for a
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -46,7 +47,10 @@ impl Sources {
                     source,
                 })?;
                 let name = p.display().to_string();
-                hasher.update(name.as_bytes());
+                // The file name, not the path: the hash must not depend on
+                // how the directory was spelt on the command line.
+                let file_name = p.file_name().map(|f| f.to_string_lossy().into_owned());
+                hasher.update(file_name.unwrap_or_default().as_bytes());
                 hasher.update([0]);
                 hasher.update(text.as_bytes());
                 files.push((name, text));

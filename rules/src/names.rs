@@ -131,7 +131,22 @@ pub fn physical(ns: &str, cell: &str, name: &str, res: Resource) -> Result<Strin
     let part = |part, r: Result<(), InputError>| r.map_err(|error| NameError { part, error });
     part(NameKind::Namespace, validate(NameKind::Namespace, ns))?;
     part(NameKind::Cell, validate(NameKind::Cell, cell))?;
-    part(res.kind(), validate(res.kind(), name))?;
+    physical_unchecked_prefix(ns, cell, name, res)
+}
+
+/// [`physical`] for a namespace and cell that are already known to be valid
+/// (they come from a compiled rule set): only `name` and the length are
+/// checked. Crate-private so the trust cannot leak.
+pub(crate) fn physical_unchecked_prefix(
+    ns: &str,
+    cell: &str,
+    name: &str,
+    res: Resource,
+) -> Result<String, NameError> {
+    validate(res.kind(), name).map_err(|error| NameError {
+        part: res.kind(),
+        error,
+    })?;
     let len = ns.len() + cell.len() + name.len() + 2;
     if len > res.max() {
         return Err(NameError {

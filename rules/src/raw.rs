@@ -171,11 +171,11 @@ pub(crate) struct RawUidShard {
 /// Which unit-header targets a route replicates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 pub enum TargetKind {
-    #[serde(rename = "R", alias = "rzone")]
+    #[serde(rename = "R", alias = "rzone", alias = "RZone")]
     R,
-    #[serde(rename = "G", alias = "gzone")]
+    #[serde(rename = "G", alias = "gzone", alias = "GZone")]
     G,
-    #[serde(rename = "C", alias = "czone")]
+    #[serde(rename = "C", alias = "czone", alias = "CZone")]
     C,
 }
 

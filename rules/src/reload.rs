@@ -1,7 +1,8 @@
 //! The rule set in force, and swapping in a new one.
 //!
-//! A reload runs read → parse → validate (collecting every problem) → check
-//! that nothing non-reloadable changed → build → atomic swap, in that order;
+//! A reload runs read → parse → validate (collecting every problem) and
+//! build → check that nothing non-reloadable changed → atomic swap, in that
+//! order;
 //! any failure leaves the current rule set in force and is recorded as the
 //! last reload error. Readers never block and never see half a rule set: the
 //! current set lives in an [`ArcSwap`], a reader takes an `Arc` snapshot and

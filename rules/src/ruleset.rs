@@ -379,6 +379,20 @@ impl RuleSet {
         self.grants.get(&digest)
     }
 
+    /// The physical name of `tenant`'s logical `name` in `cell`. The
+    /// namespace and cell were validated when the rules were loaded, so only
+    /// `name` and the total length are checked here.
+    pub fn physical_name(
+        &self,
+        tenant: TenantId,
+        cell: CellId,
+        name: &str,
+        res: crate::names::Resource,
+    ) -> Result<String, crate::names::NameError> {
+        let ns = &self.tenant(tenant).namespace;
+        crate::names::physical_unchecked_prefix(ns, self.cell_name(cell), name, res)
+    }
+
     /// The first route of `tenant` that matches, with its index.
     pub fn route(
         &self,

@@ -2,7 +2,10 @@
 //!
 //! The watcher watches the rules file's *directory*, not the file: editors
 //! and config-management tools replace a file by renaming a new one over it,
-//! which a watch on the old inode would miss. Events are debounced so a save
+//! which a watch on the old inode would miss, and Kubernetes swaps a
+//! ConfigMap by re-pointing a `..data` symlink, whose events do not name the
+//! file at all. So any event in the directory triggers a reload; one that
+//! finds the same bytes is a no-op (same sha256, no new version). Events are debounced so a save
 //! that writes several times triggers one reload, and the reload itself runs
 //! on the blocking pool (it reads files).
 
@@ -62,28 +65,19 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Wa
         path: path.clone(),
         reason,
     };
-    let (dir, only) = if path.is_dir() {
-        (path.clone(), None)
+    let dir = if path.is_dir() {
+        path.clone()
     } else {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        (dir.to_owned(), path.file_name().map(|f| f.to_owned()))
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        dir.unwrap_or(Path::new(".")).to_owned()
     };
     // Unbounded is fine: the debouncer sends at most one batch per period.
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut debouncer = new_debouncer(opts.debounce, move |res: DebounceEventResult| {
-        let relevant = match res {
-            Ok(events) => events.iter().any(|e| match &only {
-                Some(name) => e.path.file_name() == Some(name.as_os_str()),
-                None => true,
-            }),
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = tx.send(());
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "rules watcher error; reloading to be safe");
         }
+        let _ = tx.send(());
     })
     .map_err(|e| err(e.to_string()))?;
     debouncer

@@ -131,7 +131,20 @@ fn worked_example_headers_predicates_and_copies() {
         assert_eq!(n, 1, "{k}");
     }
 
-    // Physical names.
+    // Physical names: from the rule set (trusted prefix) and from strings.
+    for name in ["BILL", "G_1", "x-y"] {
+        assert_eq!(
+            r.physical_name(ant, id("RZ03A"), name, Resource::Topic)
+                .unwrap(),
+            names::physical("ANT", "RZ03A", name, Resource::Topic).unwrap()
+        );
+    }
+    assert!(r
+        .physical_name(ant, id("RZ03A"), "a|b", Resource::Topic)
+        .is_err());
+    assert!(r
+        .physical_name(ant, id("RZ03A"), "TBW102", Resource::Topic)
+        .is_err());
     assert_eq!(
         names::physical("ANT", "RZ03A", "BILL", Resource::Topic).unwrap(),
         "ANT|RZ03A%BILL"
@@ -270,4 +283,34 @@ fn token_patterns_narrow_the_tenant_patterns() {
     assert!(ant.load_test_allowed("PT_G1") && !ant.load_test_allowed("G1"));
     let beta = r.tenant(r.tenant_id("BETA").unwrap());
     assert!(!beta.load_test_allowed("PT_G1"));
+}
+
+#[test]
+fn diff_names_token_pattern_changes_and_rotations() {
+    let old = example();
+    let narrowed = example_with(
+        "        permissions: [publish, subscribe]\n    cells: [\"*\"]\n    topics",
+        "        permissions: [publish, subscribe]\n        topics: [\"ORDER_.*\"]\n    cells: [\"*\"]\n    topics",
+    );
+    let d = cellgate_rules::RulesDiff::between(&old, &narrowed);
+    assert_eq!(
+        d.changes(),
+        [
+            r#"tenant ANT: tokens {"b54f4f77": "ant-demo ps-"} -> {"b54f4f77": "ant-demo ps- topics=[\"ORDER_.*\"]"}"#
+        ]
+    );
+    let rotated = example_with(
+        "b54f4f77bcc1a65d4530ec718c0deb6afe7bea90ba6aa18fd19b5e970eb6fcb9",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    let d = cellgate_rules::RulesDiff::between(&old, &rotated);
+    assert_eq!(
+        d.changes(),
+        [r#"tenant ANT: tokens {"b54f4f77": "ant-demo ps-"} -> {"00000000": "ant-demo ps-"}"#]
+    );
+    let quota = example_with("publish_rate: 5000", "publish_rate: 10");
+    assert_eq!(
+        cellgate_rules::RulesDiff::between(&old, &quota).changes(),
+        ["tenant ANT: quotas publish_rate 5000 burst unlimited max_message_bytes 4194304 -> publish_rate 10 burst unlimited max_message_bytes 4194304"]
+    );
 }

@@ -137,7 +137,12 @@ fn duplicates() {
         "{e:?}"
     );
     let t = format!("{BASE}  - namespace: ANT\n    cells: [\"*\"]\n");
-    only(&t, "ANT", 1, "tenant ANT is declared twice");
+    only(
+        &t,
+        "ANT",
+        1,
+        "tenant ANT is declared twice (first at t.yaml:13)",
+    );
 }
 
 #[test]
@@ -198,14 +203,14 @@ fn shard_range_syntax_and_owner() {
         &t,
         "RZ9",
         0,
-        "shards 50-99: cell RZ9 is not a declared cell",
+        "shard range 50-99: cell RZ9 is not a declared cell",
     );
     let t = edit("cell: R2 }", "cell: G1 }");
     only(
         &t,
         "G1 }",
         0,
-        "shards 50-99: cell G1 is a GZone; only RZones own shards",
+        "shard range 50-99: cell G1 is a GZone; only RZones own shards",
     );
 }
 
@@ -231,6 +236,11 @@ fn token_checks() {
         "sha256: ant-demo-token",
     );
     only(&t, "ant-demo-token", 0, "token sha256 must be 64 hex digits, got 14 characters (store the hash, not the token: printf %s TOKEN | sha256sum)");
+    let t = edit(
+        "b54f4f77bcc1a65d4530ec718c0deb6afe7bea90ba6aa18fd19b5e970eb6fcb9",
+        &"g".repeat(64),
+    );
+    only(&t, "gggg", 0, "token sha256 must be 64 hex digits, got a character that is not a hex digit (store the hash, not the token: printf %s TOKEN | sha256sum)");
     let t = edit("permissions: [publish]", "permissions: []");
     only(
         &t,

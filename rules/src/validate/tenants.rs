@@ -29,17 +29,22 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc], topo: &Topology) -> Te
     let mut grants = HashMap::new();
     admin(probs, docs, &mut seen, &mut grants);
     let mut tenants: Vec<Tenant> = Vec::new();
+    let mut declared: HashMap<&str, String> = HashMap::new();
     for (at, t) in items(docs, "tenants", |r| &r.tenants) {
         if let Err(e) = names::validate(NameKind::Namespace, &t.namespace) {
             let msg = format!("tenant namespace {:?} {e}", t.namespace);
             probs.push(at.field("namespace").error(msg));
             continue;
         }
-        if tenants.iter().any(|x| *x.namespace == *t.namespace) {
-            let msg = format!("tenant {} is declared twice", t.namespace);
+        if let Some(first) = declared.get(t.namespace.as_str()) {
+            let msg = format!(
+                "tenant {} is declared twice (first at {first})",
+                t.namespace
+            );
             probs.push(at.field("namespace").error(msg));
             continue;
         }
+        declared.insert(&t.namespace, at.field("namespace").short());
         let id = TenantId(tenants.len() as u16);
         for (i, tok) in t.tokens.iter().enumerate() {
             let tat = at.field("tokens").index(i);
@@ -160,10 +165,13 @@ fn sha256(probs: &mut Problems, at: &At<'_>, hex_str: &str) -> Option<[u8; 32]> 
     if hex_str.len() == 64 && hex::decode_to_slice(hex_str, &mut out).is_ok() {
         return Some(out);
     }
+    let got = match hex_str.chars().count() {
+        64 => "a character that is not a hex digit".to_owned(),
+        n => format!("{n} characters"),
+    };
     probs.push(at.error(format!(
-        "token sha256 must be 64 hex digits, got {} characters (store the hash, not the token: \
-         printf %s TOKEN | sha256sum)",
-        hex_str.chars().count()
+        "token sha256 must be 64 hex digits, got {got} (store the hash, not the token: \
+         printf %s TOKEN | sha256sum)"
     )));
     None
 }

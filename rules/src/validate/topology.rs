@@ -221,15 +221,20 @@ fn shards(
         };
         let owner = match index.get(s.cell.as_str()) {
             None => {
-                let msg = format!("shards {}: cell {} is not a declared cell", s.range, s.cell);
+                let msg = format!(
+                    "shard range {}: cell {} is not a declared cell",
+                    s.range, s.cell
+                );
                 probs.push(at.field("cell").error(msg));
                 None
             }
             Some(&id) if cells[usize::from(id.0)].zone != ZoneType::R => {
                 let zone = cells[usize::from(id.0)].zone;
                 let msg = format!(
-                    "shards {}: cell {} is a {zone}; only RZones own shards",
-                    s.range, s.cell
+                    "shard range {}: cell {} is {}; only RZones own shards",
+                    s.range,
+                    s.cell,
+                    zone.with_article()
                 );
                 probs.push(at.field("cell").error(msg));
                 None
