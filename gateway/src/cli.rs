@@ -123,6 +123,20 @@ fn write_explanation(e: &Explanation, out: &mut dyn Write) -> std::io::Result<()
         e.tenant, e.cell, e.zone, e.city, e.rules_version
     )?;
     writeln!(out, "physical topic   {}", e.physical_topic)?;
+    if !e.topic_allowed {
+        writeln!(
+            out,
+            "  warning: tenant {}'s topic patterns do not allow this topic; the gateway refuses it",
+            e.tenant
+        )?;
+    }
+    if e.group_allowed == Some(false) {
+        writeln!(
+            out,
+            "  warning: tenant {}'s group patterns do not allow this group; the gateway refuses it",
+            e.tenant
+        )?;
+    }
     if let (Some(g), Some(r), Some(d)) = (&e.physical_group, &e.retry_topic, &e.dlq_topic) {
         writeln!(out, "physical group   {g}")?;
         writeln!(out, "retry topic      {r}")?;

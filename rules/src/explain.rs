@@ -40,6 +40,10 @@ pub struct Explanation {
     pub cell: String,
     pub zone: String,
     pub city: String,
+    /// Whether the tenant's `topics` patterns allow the topic.
+    pub topic_allowed: bool,
+    /// Whether the tenant's `groups` patterns allow the group, if one was given.
+    pub group_allowed: Option<bool>,
     pub physical_topic: String,
     pub physical_group: Option<String>,
     pub retry_topic: Option<String>,
@@ -129,7 +133,10 @@ pub fn explain(rules: &RuleSet, q: &Query<'_>) -> Result<Explanation, ExplainErr
         })
         .collect();
     let cell = rules.cell(cid);
+    let tenant = rules.tenant(tid);
     Ok(Explanation {
+        topic_allowed: tenant.topics.matches(q.topic),
+        group_allowed: q.group.map(|g| tenant.groups.matches(g)),
         rules_version: rules.version(),
         tenant: q.tenant.to_owned(),
         cell: q.cell.to_owned(),
@@ -139,7 +146,16 @@ pub fn explain(rules: &RuleSet, q: &Query<'_>) -> Result<Explanation, ExplainErr
         dlq_topic: physical_group.as_deref().map(names::dlq_topic),
         physical_topic,
         physical_group,
-        shard: shard.map(|s| s.to_string()),
+        shard: shard.map(|s| {
+            let owner = rules.shard_owner(s);
+            let serving = rules.serving(owner);
+            if serving == owner {
+                format!("{s} (owned by {})", rules.cell_name(owner))
+            } else {
+                let (o, by) = (rules.cell_name(owner), rules.cell_name(serving));
+                format!("{s} (owned by {o}, taken over by {by})")
+            }
+        }),
         unit_headers,
         route,
         copies,

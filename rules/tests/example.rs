@@ -314,3 +314,17 @@ fn diff_names_token_pattern_changes_and_rotations() {
         ["tenant ANT: quotas publish_rate 5000 burst unlimited max_message_bytes 4194304 -> publish_rate 10 burst unlimited max_message_bytes 4194304"]
     );
 }
+
+#[test]
+fn subscription_kinds_parse() {
+    assert_eq!("rzone".parse::<K>(), Ok(K::Rzone));
+    assert_eq!("local".parse::<K>(), Ok(K::Local));
+    assert_eq!(
+        "RZONE".parse::<K>(),
+        Err(cellgate_rules::InputError::Unknown)
+    );
+    assert_eq!(
+        cellgate_rules::InputError::Unknown.to_string(),
+        "is not one of the accepted values"
+    );
+}

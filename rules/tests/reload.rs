@@ -120,6 +120,21 @@ fn broker_change_needs_a_restart() {
     assert_eq!(h.counts().not_reloadable, 1);
 }
 
+#[tokio::test]
+async fn watcher_reports_a_directory_it_cannot_watch() {
+    let (dir, _path, h) = setup();
+    drop(dir); // removes the directory the rules live in
+    let opts = WatchOptions {
+        debounce: Duration::from_millis(50),
+        sighup: false,
+    };
+    let e = watch::spawn(h.clone(), opts).unwrap_err();
+    let msg = e.to_string();
+    let want = format!("cannot watch {}: ", h.path().display());
+    assert!(msg.starts_with(&want), "{msg}");
+    assert!(msg.contains("No path was found"), "{msg}");
+}
+
 #[test]
 fn missing_file_keeps_last_good() {
     let (_dir, path, h) = setup();

@@ -91,7 +91,7 @@ fn explain_the_worked_example() {
         "physical group   ANT|RZ00A%G1",
         "retry topic      %RETRY%ANT|RZ00A%G1",
         "dead letters     %DLQ%ANT|RZ00A%G1",
-        "uid shard        75",
+        "uid shard        75 (owned by RZ03A)",
         "  __UNIT.TARGET_R        RZ03A",
         "  RZ00A -> RZ03A  for R      ANT|RZ03A%BILL",
         "  rzone  RZ03A",
@@ -151,11 +151,64 @@ fn explain_refuses_bad_input_clearly() {
             "topic name must not contain '|' (at position 1); allowed are A-Z a-z 0-9 _ -"
         )
     );
+    let r = cellgate(&[
+        "rules",
+        "explain",
+        &ldc(),
+        "--tenant",
+        "ANT",
+        "--cell",
+        "RZ00A",
+        "--topic",
+        "T1",
+        "--uid",
+        "",
+    ])
+    .unwrap();
+    assert_eq!(
+        (r.code, r.stderr.trim()),
+        (Some(1), "uid must not be empty")
+    );
     let r = base("ANT", "RZ00A", "TBW102");
     assert_eq!(
         (r.code, r.stderr.trim()),
         (Some(1), "topic name is a reserved name")
     );
+}
+
+#[test]
+fn explain_shows_takeover_and_refused_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("failover.yaml");
+    let text = std::fs::read_to_string(example("ldc.yaml"))
+        .unwrap()
+        .replace("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }")
+        .replace(
+            "    topics: [\".*\"]\n    groups: [\".*\"]",
+            "    topics: [\"ORDER_.*\"]\n    groups: [\"G_.*\"]",
+        );
+    std::fs::write(&path, text).unwrap();
+    let p = path.display().to_string();
+    let r = cellgate(&[
+        "rules", "explain", &p, "--tenant", "ANT", "--cell", "RZ00A", "--topic", "BILL", "--group",
+        "X", "--uid", "12375",
+    ])
+    .unwrap();
+    assert_eq!(r.code, Some(0), "{r:?}");
+    for want in [
+        "uid shard        75 (owned by RZ03A, taken over by RZ02A)",
+        "  __UNIT.TARGET_R        RZ02A",
+        "  RZ00A -> RZ02A  for R      ANT|RZ02A%BILL",
+        "  rzone  RZ02A",
+        "  warning: tenant ANT's topic patterns do not allow this topic; the gateway refuses it",
+        "  warning: tenant ANT's group patterns do not allow this group; the gateway refuses it",
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l == want),
+            "missing {want:?} in\n{}",
+            r.stdout
+        );
+    }
 }
 
 #[test]
