@@ -95,11 +95,13 @@ pub fn explain(rules: &RuleSet, q: &Query<'_>) -> Result<Explanation, ExplainErr
         unit_headers.push((k.to_owned(), v.to_owned()))
     });
     let route = rules.route(tid, q.topic, q.tag).map(|(i, r)| {
+        let tags = match &r.tags_src {
+            Some(t) => format!("tags {t:?}"),
+            None => "any tag".to_owned(),
+        };
         format!(
-            "routes[{i}]: topic {:?} tags {:?} -> {}",
-            r.topic_src,
-            r.tags_src.as_deref().unwrap_or("*"),
-            r.targets
+            "routes[{i}]: topic {:?} {tags} -> {}",
+            r.topic_src, r.targets
         )
     });
     let targets = rules.router_targets(tid, q.topic, q.tag, cid, &h);

@@ -52,12 +52,16 @@ fn the_decision_allocates_only_the_two_physical_names() {
 
     let allocs = after.total_blocks - before.total_blocks;
     let bytes = after.total_bytes - before.total_bytes;
-    assert_eq!(
-        allocs,
-        2 * N,
+    // dhat counts the whole process: the test harness's own threads may
+    // allocate a few blocks meanwhile (seen: up to 4). One more allocation
+    // per decision would add N, so a small fixed slack cannot hide it.
+    const SLACK: u64 = 64;
+    assert!(
+        (2 * N..=2 * N + SLACK).contains(&allocs),
         "{allocs} heap allocations ({bytes} bytes) for {N} decisions; \
-         expected exactly 2 per decision (the physical topic and group)"
+         expected 2 per decision (the physical topic and group), give or take \
+         {SLACK} from other threads"
     );
     // Nothing is kept: the two strings are freed with each decision.
-    assert_eq!(after.curr_blocks, before.curr_blocks);
+    assert!(after.curr_blocks <= before.curr_blocks + SLACK);
 }
