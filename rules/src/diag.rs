@@ -79,14 +79,15 @@ pub(crate) struct Marks {
 }
 
 impl Marks {
-    /// Indexes `text`. A text yaml-rust2 cannot parse yields an empty index:
-    /// serde_yaml will report that text's syntax error itself.
+    /// Indexes `text`. Where yaml-rust2 stops on an error (serde_yaml, which
+    /// decides what is valid, may accept more), the index holds what came
+    /// before it.
     pub(crate) fn index(text: &str) -> Marks {
         let mut b = MarkBuilder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut b, false).is_err() {
-            return Marks::default();
-        }
+        // On a parse error keep what was indexed up to it: positions before
+        // the error stay exact, later ones fall back to an ancestor.
+        let _ = parser.load(&mut b, false);
         Marks { at: b.at }
     }
 
@@ -220,18 +221,14 @@ impl Source {
             file: self.file.clone(),
             line,
             col,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
 
     /// A serde_yaml error as a diagnostic, without serde_yaml's own
     /// "at line L column C" suffix (the position goes in front instead).
     pub(crate) fn serde_error(&self, e: &serde_yaml::Error) -> Diagnostic {
-        let text = e.to_string();
-        let message = match regex::Regex::new(r" at line \d+ column \d+") {
-            Ok(re) => re.replace_all(&text, "").into_owned(),
-            Err(_) => text,
-        };
+        let message = one_line(strip_positions(&e.to_string()));
         let (line, col) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -245,9 +242,58 @@ impl Source {
     }
 }
 
+/// Removes serde_yaml's " at line L column C" (it may occur twice).
+fn strip_positions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " at line ".len()..];
+        let skip = |s: &str| s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let after_line = &tail[tail.len() - skip(tail)..];
+        match after_line.strip_prefix(" column ") {
+            Some(col) => rest = &col[col.len() - skip(col)..],
+            None => {
+                out.push_str(" at line ");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A diagnostic is one line: control characters from the YAML (a folded
+/// scalar's newline, say) are escaped, so they can neither break the
+/// `file:line:col:` format nor inject log lines.
+fn one_line(msg: String) -> String {
+    if !msg.chars().any(char::is_control) {
+        return msg;
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_serde_positions_and_escapes_controls() {
+        assert_eq!(
+            strip_positions("bad thing at line 3 column 7, while scanning at line 1 column 2"),
+            "bad thing, while scanning"
+        );
+        assert_eq!(strip_positions("at line X"), "at line X");
+        assert_eq!(one_line("GZone GZ\n99 is".into()), "GZone GZ\\n99 is");
+    }
 
     #[test]
     fn indexes_nested_paths() {

@@ -26,6 +26,12 @@ pub enum InputError {
     Reserved,
     #[error("is too long: the physical name would be {len} characters, over the limit of {max}")]
     PhysicalTooLong { max: usize, len: usize },
+    #[error("is too long: copied to a cell with a {cell_len}-character name it would be {len} characters, over the limit of {max}")]
+    CopyTooLong {
+        max: usize,
+        len: usize,
+        cell_len: usize,
+    },
     #[error("is not of the form NS|CELL%NAME")]
     NotPhysical,
     #[error("must be printable ASCII without control characters")]

@@ -33,7 +33,7 @@ pub mod watch;
 pub use diag::{Diagnostic, Diagnostics};
 pub use diff::RulesDiff;
 pub use error::{Error, InputError, NameKind};
-pub use load::{load, Sources};
+pub use load::{load, Sources, MAX_FILE_BYTES};
 pub use reload::{restart_required, ReloadCounts, ReloadOutcome, ReloadStatus, RulesHandle};
 pub use ruleset::{
     BrokerRef, Cell, CellId, City, Grant, Location, Patterns, Permission, Permissions, Quotas,

@@ -3,8 +3,8 @@
 //! A rules *directory* is every `*.yaml` / `*.yml` file directly in it, in
 //! name order; other files are ignored. The rule set's sha256 is the hash of
 //! the file's bytes for a single file (so it matches `sha256sum`), and of
-//! each file's name (without its directory) and bytes in order for a
-//! directory.
+//! each file's name (without its directory) and bytes in order, each framed
+//! by its length, for a directory.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -25,8 +25,14 @@ pub struct Sources {
     pub sha256: String,
 }
 
+/// Largest rules file accepted. Far above any real topology; it bounds the
+/// time and memory a reload may take while it holds the reload lock.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 impl Sources {
-    /// Reads `path`, a file or a directory of YAML files.
+    /// Reads `path`, a file or a directory of YAML files. In a directory,
+    /// an entry that cannot be read fails the whole read: loading the
+    /// readable rest could silently drop tenants or cells.
     pub fn read(path: &Path) -> Result<Sources, Error> {
         let io = |source| Error::Io {
             path: path.to_owned(),
@@ -35,28 +41,29 @@ impl Sources {
         let mut files = Vec::new();
         let mut hasher = Sha256::new();
         if path.is_dir() {
-            let mut names: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(io)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_yaml(p) && p.is_file())
-                .collect();
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(io)? {
+                let p = entry.map_err(io)?.path();
+                if is_yaml(&p) {
+                    names.push(p);
+                }
+            }
             names.sort();
             for p in names {
-                let text = std::fs::read_to_string(&p).map_err(|source| Error::Io {
-                    path: p.clone(),
-                    source,
-                })?;
-                let name = p.display().to_string();
+                let text = read_file(&p)?;
                 // The file name, not the path: the hash must not depend on
-                // how the directory was spelt on the command line.
+                // how the directory was spelt on the command line. Lengths
+                // frame each part so no two directories hash alike.
                 let file_name = p.file_name().map(|f| f.to_string_lossy().into_owned());
-                hasher.update(file_name.unwrap_or_default().as_bytes());
-                hasher.update([0]);
+                let file_name = file_name.unwrap_or_default();
+                hasher.update((file_name.len() as u64).to_le_bytes());
+                hasher.update(file_name.as_bytes());
+                hasher.update((text.len() as u64).to_le_bytes());
                 hasher.update(text.as_bytes());
-                files.push((name, text));
+                files.push((p.display().to_string(), text));
             }
         } else {
-            let text = std::fs::read_to_string(path).map_err(io)?;
+            let text = read_file(path)?;
             hasher.update(text.as_bytes());
             files.push((path.display().to_string(), text));
         }
@@ -104,6 +111,24 @@ impl Sources {
         };
         validate::compile(&docs, meta).map_err(Error::Invalid)
     }
+}
+
+/// Reads one rules file: a regular file (or a link to one) of at most
+/// [`MAX_FILE_BYTES`], in UTF-8.
+fn read_file(p: &Path) -> Result<String, Error> {
+    let err = |source| Error::Io {
+        path: p.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(p).map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        let msg = format!("{} bytes, over the limit of {MAX_FILE_BYTES}", meta.len());
+        return Err(err(std::io::Error::other(msg)));
+    }
+    std::fs::read_to_string(p).map_err(err)
 }
 
 fn is_yaml(p: &Path) -> bool {

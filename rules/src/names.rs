@@ -75,7 +75,14 @@ pub fn validate(kind: NameKind, s: &str) -> Result<(), InputError> {
             len: s.len(),
         });
     }
-    if matches!(kind, NameKind::Topic | NameKind::Group) && is_reserved(s) {
+    let reserved = match kind {
+        NameKind::Topic | NameKind::Group => is_reserved(s),
+        // Every physical name starts with the namespace, so a reserved
+        // prefix there would make all of a tenant's names system names.
+        NameKind::Namespace => RESERVED_PREFIXES.iter().any(|p| s.starts_with(p)),
+        NameKind::Cell | NameKind::City => false,
+    };
+    if reserved {
         return Err(InputError::Reserved);
     }
     Ok(())

@@ -208,6 +208,9 @@ pub struct Tenant {
     pub namespace: Box<str>,
     /// Indexed by `CellId`.
     pub(crate) cells: Box<[bool]>,
+    /// The longest name among `cells`: a topic must fit in every cell it
+    /// may be copied to.
+    pub(crate) longest_cell: usize,
     pub topics: Patterns,
     pub groups: Patterns,
     pub quotas: Quotas,
@@ -389,8 +392,22 @@ impl RuleSet {
         name: &str,
         res: crate::names::Resource,
     ) -> Result<String, crate::names::NameError> {
-        let ns = &self.tenant(tenant).namespace;
-        crate::names::physical_unchecked_prefix(ns, self.cell_name(cell), name, res)
+        let t = self.tenant(tenant);
+        let out =
+            crate::names::physical_unchecked_prefix(&t.namespace, self.cell_name(cell), name, res)?;
+        // A topic is copied to other cells: its name must fit there too.
+        let worst = t.namespace.len() + t.longest_cell + name.len() + 2;
+        if res == crate::names::Resource::Topic && worst > crate::names::MAX_PHYSICAL_TOPIC {
+            return Err(crate::names::NameError {
+                part: crate::NameKind::Topic,
+                error: crate::InputError::CopyTooLong {
+                    max: crate::names::MAX_PHYSICAL_TOPIC,
+                    len: worst,
+                    cell_len: t.longest_cell,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// The first route of `tenant` that matches, with its index.

@@ -73,6 +73,7 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Wa
     };
     // Unbounded is fine: the debouncer sends at most one batch per period.
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let tx_first = tx.clone();
     let mut debouncer = new_debouncer(opts.debounce, move |res: DebounceEventResult| {
         if let Err(e) = res {
             tracing::warn!(error = %e, "rules watcher error; reloading to be safe");
@@ -92,6 +93,9 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Wa
     } else {
         None
     };
+    // A change between loading the rules and arming the watch has made no
+    // event: check once now.
+    let _ = tx_first.send(());
     let task = tokio::spawn(async move {
         // The debouncer lives as long as the task: dropping it stops the watch.
         let _debouncer = debouncer;

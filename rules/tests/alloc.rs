@@ -63,5 +63,5 @@ fn the_decision_allocates_only_the_two_physical_names() {
          {SLACK} from other threads"
     );
     // Nothing is kept: the two strings are freed with each decision.
-    assert!(after.curr_blocks <= before.curr_blocks + SLACK);
+    assert!(after.curr_blocks <= before.curr_blocks + SLACK as usize);
 }

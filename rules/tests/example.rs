@@ -328,3 +328,28 @@ fn subscription_kinds_parse() {
         "is not one of the accepted values"
     );
 }
+
+#[test]
+fn a_topic_must_fit_in_every_cell_it_may_be_copied_to() {
+    let long = "R".repeat(64);
+    let r = example_with(
+        "  - { name: CZHZ0, zone: C, city: HZ, broker: embedded }",
+        &format!("  - {{ name: CZHZ0, zone: C, city: HZ, broker: embedded }}\n  - {{ name: {long}, zone: R, city: HZ }}"),
+    );
+    let ant = r.tenant_id("ANT").unwrap();
+    let rz00 = r.cell_id("RZ00A").unwrap();
+    let topic = "T".repeat(60);
+    // Fits in RZ00A (3 + 5 + 60 + 2 = 70) but not in the 64-character cell.
+    let e = r
+        .physical_name(ant, rz00, &topic, Resource::Topic)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "topic name is too long: copied to a cell with a 64-character name it would be 129 characters, over the limit of 127"
+    );
+    assert!(r
+        .physical_name(ant, rz00, &"T".repeat(58), Resource::Topic)
+        .is_ok());
+    // Groups are not copied: only their own cell counts.
+    assert!(r.physical_name(ant, rz00, &topic, Resource::Group).is_ok());
+}

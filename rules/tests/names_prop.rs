@@ -80,8 +80,10 @@ proptest! {
         let name = format!("{prefix}{suffix}");
         prop_assert!(physical("NS", "C1", &name, Resource::Topic).is_err());
         prop_assert!(physical("NS", "C1", &name, Resource::Group).is_err());
-        // As a namespace or cell it is only a name.
-        prop_assert!(physical(&name, "C1", "T", Resource::Topic).is_ok());
+        // As a namespace it would make every name of the tenant a system
+        // name; as a cell it is only a name.
+        prop_assert!(physical(&name, "C1", "T", Resource::Topic).is_err());
+        prop_assert!(physical("NS", &name, "T", Resource::Topic).is_ok());
     }
 }
 

@@ -183,6 +183,8 @@ async fn sighup_reloads() {
         sighup: true,
     };
     let _w = watch::spawn(h.clone(), opts).unwrap();
+    // The watcher's first look at start finds nothing new.
+    wait_for("the start-up check", || h.counts().unchanged == 1).await;
     std::fs::write(&path, example().replace(MOVE_SHARDS.0, MOVE_SHARDS.1)).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.current().version(), 1);
@@ -192,6 +194,21 @@ async fn sighup_reloads() {
         .unwrap();
     assert!(status.success());
     wait_for("version 2 after SIGHUP", || h.current().version() == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_before_the_watch_starts_is_not_missed() {
+    let (_dir, path, h) = setup();
+    std::fs::write(&path, example().replace(MOVE_SHARDS.0, MOVE_SHARDS.1)).unwrap();
+    let opts = WatchOptions {
+        debounce: Duration::from_secs(3600),
+        sighup: false,
+    };
+    let _w = watch::spawn(h.clone(), opts).unwrap();
+    wait_for("version 2 from the start-up check", || {
+        h.current().version() == 2
+    })
+    .await;
 }
 
 /// Two rule sets that differ in five places at once. A reader that ever sees

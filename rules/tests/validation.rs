@@ -364,6 +364,34 @@ fn takeover_checks() {
 }
 
 #[test]
+fn takeover_target_must_be_usable_by_every_tenant_of_the_cell() {
+    let t = format!("{BASE}takeover:\n  - {{ cell: R1, by: R2 }}\n")
+        .replace("cells: [\"*\"]", "cells: [R1, G1, C1]");
+    only(
+        &t,
+        "[R1, G1, C1]",
+        0,
+        "tenant ANT: may use R1, which is taken over by R2, but not R2; add R2 to its cells",
+    );
+}
+
+#[test]
+fn patterns_that_only_fail_together_are_reported() {
+    let big = r#""BILL|\\w{200}""#;
+    let list = [big; 8].join(", ");
+    let t = format!("{BASE}    topics: [{list}]\n");
+    let e = errors(&t);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "{}: these patterns together do not compile: more than ",
+            at(&t, "[\"BILL", 0)
+        )),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn bad_broker() {
     let t = edit(
         "{ name: R2, zone: R, city: SH }",
@@ -433,4 +461,52 @@ fn a_directory_merges_files_and_names_each_file() {
         "{e}"
     );
     assert!(e.contains("10-topology.yaml:11"), "{e}");
+}
+
+#[test]
+fn a_directory_with_an_unreadable_yaml_entry_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("10-all.yaml"), BASE).unwrap();
+    assert!(cellgate_rules::load(dir.path()).is_ok());
+    // A dangling link named like a rules file: loading the rest could drop
+    // whatever it held, so nothing loads.
+    std::os::unix::fs::symlink(
+        dir.path().join("gone.yaml"),
+        dir.path().join("20-more.yaml"),
+    )
+    .unwrap();
+    let e = cellgate_rules::load(dir.path()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: No such file or directory (os error 2)",
+            dir.path().join("20-more.yaml").display()
+        )
+    );
+    std::fs::remove_file(dir.path().join("20-more.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("30-dir.yaml")).unwrap();
+    let e = cellgate_rules::load(dir.path()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: not a regular file",
+            dir.path().join("30-dir.yaml").display()
+        )
+    );
+}
+
+#[test]
+fn an_oversized_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.yaml");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(cellgate_rules::MAX_FILE_BYTES + 1).unwrap();
+    let e = cellgate_rules::load(&p).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: 16777217 bytes, over the limit of 16777216",
+            p.display()
+        )
+    );
 }

@@ -93,9 +93,14 @@ impl Problems {
 
 /// Compiles `p` as a whole-name match. The error is one sentence.
 pub(crate) fn whole_match(p: &str) -> Result<Regex, String> {
-    // Compile the pattern as written first, so the reason refers to it.
-    Regex::new(p).map_err(|e| regex_reason(p, &e))?;
-    Regex::new(&format!("^(?:{p})$")).map_err(|e| regex_reason(p, &e))
+    Regex::new(&anchored(p)?).map_err(|e| regex_reason(p, &e))
+}
+
+/// `^(?:p)$`, after checking `p` compiles on its own: wrapped, a pattern
+/// like `a)|(b` would compile and mean something else.
+fn anchored(p: &str) -> Result<String, String> {
+    regex::Regex::new(p).map_err(|e| regex_reason(p, &e))?;
+    Ok(format!("^(?:{p})$"))
 }
 
 fn regex_reason(p: &str, e: &regex::Error) -> String {
@@ -117,12 +122,20 @@ fn patterns(probs: &mut Problems, at: &At<'_>, src: Option<&Vec<String>>) -> Pat
     let src: Vec<String> = src.cloned().unwrap_or_else(|| vec![".*".to_owned()]);
     let mut ok = Vec::with_capacity(src.len());
     for (i, p) in src.iter().enumerate() {
-        match whole_match(p) {
-            Ok(_) => ok.push(format!("^(?:{p})$")),
+        match anchored(p) {
+            Ok(a) => ok.push(a),
             Err(e) => probs.push(at.index(i).error(e)),
         }
     }
-    let set = RegexSet::new(&ok).unwrap_or_else(|_| RegexSet::empty());
+    let set = RegexSet::new(&ok).unwrap_or_else(|e| {
+        // Each compiled alone, so only the whole set can be too big.
+        let why = match e {
+            regex::Error::CompiledTooBig(n) => format!("more than {n} bytes"),
+            other => other.to_string(),
+        };
+        probs.push(at.error(format!("these patterns together do not compile: {why}")));
+        RegexSet::empty()
+    });
     Patterns { src, set }
 }
 
@@ -137,8 +150,12 @@ pub(crate) fn compile(docs: &[Doc], meta: RulesMeta) -> Result<RuleSet, Diagnost
         return Err(d);
     }
     let (Some(gzone), Some(shard_owner)) = (topo.gzone, topo.shard_owner()) else {
-        // Unreachable: a missing gzone or shard is always a problem above.
-        return Err(Diagnostics::default());
+        // A missing gzone or shard is always a problem above; should that
+        // ever change, say so rather than fail without a word.
+        let at = docs
+            .first()
+            .map(|d| d.src.at("", "incomplete topology: no GZone or shard map"));
+        return Err(Diagnostics(at.into_iter().collect()));
     };
     let tenant_index: HashMap<Box<str>, _> = ten
         .tenants

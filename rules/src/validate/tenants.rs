@@ -70,6 +70,20 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc], topo: &Topology) -> Te
                 }
             }
         }
+        // A taken-over cell's traffic goes to the cell that serves it: a
+        // tenant that may use the one must be able to use the other.
+        for (a, &b) in topo.serving.iter().enumerate() {
+            let (ok_a, ok_b) = (cells[a], cells[usize::from(b.0)]);
+            if ok_a && !ok_b && t.cells.iter().all(|c| c != "*") {
+                let (a, b) = (&topo.cells[a].name, &topo.cells[usize::from(b.0)].name);
+                let msg = format!(
+                    "tenant {}: may use {a}, which is taken over by {b}, but not {b}; \
+                     add {b} to its cells",
+                    t.namespace
+                );
+                probs.push(at.field("cells").error(msg));
+            }
+        }
         let uid_shard = match &t.uid_shard {
             None => UidShardRule::default(),
             Some(u) => uid_rule(probs, &at.field("uid_shard").field("digits"), &u.digits),
@@ -84,9 +98,18 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc], topo: &Topology) -> Te
             probs.push(at.error("more than 65535 tenants"));
             break;
         }
+        let longest_cell = topo
+            .cells
+            .iter()
+            .zip(cells.iter())
+            .filter(|(_, allowed)| **allowed)
+            .map(|(c, _)| c.name.len())
+            .max()
+            .unwrap_or(0);
         tenants.push(Tenant {
             namespace: t.namespace.as_str().into(),
             cells,
+            longest_cell,
             topics: patterns(probs, &at.field("topics"), t.topics.as_ref()),
             groups: patterns(probs, &at.field("groups"), t.groups.as_ref()),
             quotas: quotas(probs, &at.field("quotas"), &t.quotas),
