@@ -7,8 +7,11 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover)"
+)]
 pub(crate) struct RawRules {
     #[serde(default)]
     pub platform_admin: Option<RawAdmin>,

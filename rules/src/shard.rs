@@ -66,14 +66,15 @@ impl UidShardRule {
         if b.is_empty() {
             return Err(InputError::Empty);
         }
+        // Printable first, so the length below is in characters.
+        if !b.iter().all(|c| c.is_ascii_graphic()) {
+            return Err(InputError::NotPrintable);
+        }
         if b.len() > MAX_UID {
             return Err(InputError::TooLong {
                 max: MAX_UID,
                 len: b.len(),
             });
-        }
-        if !b.iter().all(|c| c.is_ascii_graphic()) {
-            return Err(InputError::NotPrintable);
         }
         if b.iter().all(u8::is_ascii_digit) {
             let digit = |pos: u8| {

@@ -190,7 +190,22 @@ fn shard_overlap_and_gap() {
 }
 
 #[test]
+fn top_level_must_be_a_mapping() {
+    assert_eq!(
+        errors("- a\n- b\n"),
+        ["t.yaml:1:1: invalid type: sequence, expected a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover)"]
+    );
+}
+
+#[test]
 fn shard_range_syntax_and_owner() {
+    let t = edit("range: \"50-99\"", "range: \" 50 - 99 \"");
+    only(
+        &t,
+        "\" 50",
+        0,
+        "shard range \" 50 - 99 \" must be NN or NN-NN with 00 <= NN <= 99",
+    );
     let t = edit("range: \"50-99\"", "range: \"50-100\"");
     only(
         &t,
@@ -403,6 +418,25 @@ fn bad_broker() {
         0,
         "cell R2: broker \"rocketmq://\" must be `embedded` or `rocketmq://host:port[,host:port…]`",
     );
+    for bad in [
+        "rocketmq://:::1",
+        "rocketmq://[]:80",
+        "rocketmq://h:0",
+        "rocketmq://h:+80",
+        "rocketmq://-h:80",
+        "rocketmq://a..b:80",
+    ] {
+        let t = edit(
+            "{ name: R2, zone: R, city: SH }",
+            &format!("{{ name: R2, zone: R, city: SH, broker: \"{bad}\" }}"),
+        );
+        assert_eq!(errors(&t).len(), 1, "{bad} accepted");
+    }
+    let ok = edit(
+        "{ name: R2, zone: R, city: SH }",
+        "{ name: R2, zone: R, city: SH, broker: \"rocketmq://[::1]:9876\" }",
+    );
+    assert_eq!(errors(&ok), Vec::<String>::new());
     let ok = edit(
         "{ name: R2, zone: R, city: SH }",
         "{ name: R2, zone: R, city: SH, broker: \"rocketmq://10.0.0.1:9876,ns2:9876\" }",

@@ -9,6 +9,7 @@
 //! `tenants`, …) concatenate across them and single-valued ones (`gzone`,
 //! `platform_admin`) may be set in one file only.
 
+mod shards;
 mod tenants;
 mod topology;
 

@@ -291,12 +291,8 @@ fn route(probs: &mut Problems, at: &At<'_>, r: &RawRoute) -> Option<Route> {
             .map_err(|e| probs.push(at.field("tags").error(e))),
     };
     let mut targets = TargetMask::default();
-    for t in &r.targets {
-        match t {
-            crate::TargetKind::R => targets.r = true,
-            crate::TargetKind::G => targets.g = true,
-            crate::TargetKind::C => targets.c = true,
-        }
+    for &t in &r.targets {
+        targets.set(t);
     }
     Some(Route {
         topic_src: r.topic.clone(),

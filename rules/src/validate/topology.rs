@@ -33,7 +33,7 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc]) -> Topology {
     let city_at = cities(probs, docs);
     let (cells, cell_index) = cells(probs, docs, &city_at);
     let (cities, czone_of) = czones(probs, &city_at, &cells);
-    let owners = shards(probs, docs, &cells, &cell_index);
+    let owners = super::shards::compile(probs, docs, &cells, &cell_index);
     let gzone = gzone(probs, docs, &cells, &cell_index);
     let serving = takeover(probs, docs, &cells, &cell_index);
     Topology {
@@ -74,6 +74,7 @@ fn cells(
     docs: &[Doc],
     cities: &[(&str, At<'_>)],
 ) -> (Vec<Cell>, HashMap<Box<str>, CellId>) {
+    let city_names: std::collections::HashSet<&str> = cities.iter().map(|(n, _)| *n).collect();
     let mut cells: Vec<Cell> = Vec::new();
     let mut index = HashMap::new();
     for (at, c) in items(docs, "cells", |r| &r.cells) {
@@ -84,7 +85,10 @@ fn cells(
             );
             continue;
         }
-        if let Some(first) = cells.iter().find(|x| *x.name == *c.name) {
+        if let Some(first) = index
+            .get(c.name.as_str())
+            .map(|id: &CellId| &cells[usize::from(id.0)])
+        {
             let msg = format!(
                 "cell {} is declared twice (first at {}:{})",
                 c.name, first.declared_at.file, first.declared_at.line
@@ -92,7 +96,7 @@ fn cells(
             probs.push(at.field("name").error(msg));
             continue;
         }
-        if !cities.iter().any(|(n, _)| *n == c.city) {
+        if !city_names.contains(c.city.as_str()) {
             let msg = format!("cell {}: city {} is not a declared city", c.name, c.city);
             probs.push(at.field("city").error(msg));
         }
@@ -134,11 +138,21 @@ pub(crate) fn parse_broker(s: &str) -> Result<BrokerRef, String> {
     let mut name_servers = Vec::new();
     for hp in list.split(',') {
         let (host, port) = hp.rsplit_once(':').ok_or_else(bad)?;
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
-        if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        // A DNS name or IPv4 address, or an IPv6 address in brackets.
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => {
+                !host.is_empty()
+                    && host.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                            && !l.starts_with('-')
+                    })
+            }
+        };
+        let port_ok = port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !host_ok || !port_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(bad());
         }
         name_servers.push(hp.to_owned());
@@ -152,14 +166,19 @@ fn czones(
     cities: &[(&str, At<'_>)],
     cells: &[Cell],
 ) -> (Vec<City>, Vec<CellId>) {
+    // city -> its CZone cells, in one pass (topologies can be large).
+    let mut by_city: HashMap<&str, Vec<(usize, &Cell)>> = HashMap::new();
+    for (i, c) in cells
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.zone == ZoneType::C)
+    {
+        by_city.entry(&c.city).or_default().push((i, c));
+    }
     let mut out = Vec::new();
     for (name, at) in cities {
-        let cz: Vec<(usize, &Cell)> = cells
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.zone == ZoneType::C && &*c.city == *name)
-            .collect();
-        match cz.as_slice() {
+        let cz = by_city.get(name).map_or(&[][..], Vec::as_slice);
+        match cz {
             [] => probs.push(at.error(format!("city {name} has no CZone"))),
             [(i, _)] => out.push(City {
                 name: (*name).into(),
@@ -177,163 +196,13 @@ fn czones(
             }
         }
     }
+    let czone: HashMap<&str, CellId> = out.iter().map(|c| (&*c.name, c.czone)).collect();
     let czone_of = cells
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            out.iter()
-                .find(|city| *city.name == *c.city)
-                .map_or(CellId(i as u16), |city| city.czone)
-        })
+        .map(|(i, c)| czone.get(&*c.city).copied().unwrap_or(CellId(i as u16)))
         .collect();
     (out, czone_of)
-}
-
-#[derive(Clone, Copy)]
-enum Slot {
-    Free,
-    /// Claimed by an entry that had its own problem: no gap report.
-    Invalid,
-    Owned(CellId),
-}
-
-fn shards(
-    probs: &mut Problems,
-    docs: &[Doc],
-    cells: &[Cell],
-    index: &HashMap<Box<str>, CellId>,
-) -> [Option<CellId>; 100] {
-    let entries = items(docs, "shards", |r| &r.shards);
-    let mut slots = [Slot::Free; 100];
-    // (shard, first owner, second owner, entry of the second)
-    let mut clashes: Vec<(u8, CellId, CellId, usize)> = Vec::new();
-    // An unreadable range claims unknown shards: gaps are not reported then.
-    let mut unreadable = false;
-    for (e, (at, s)) in entries.iter().enumerate() {
-        let Some((lo, hi)) = parse_range(&s.range) else {
-            let msg = format!(
-                "shard range {:?} must be NN or NN-NN with 00 <= NN <= 99",
-                s.range
-            );
-            probs.push(at.field("range").error(msg));
-            unreadable = true;
-            continue;
-        };
-        let owner = match index.get(s.cell.as_str()) {
-            None => {
-                let msg = format!(
-                    "shard range {}: cell {} is not a declared cell",
-                    s.range, s.cell
-                );
-                probs.push(at.field("cell").error(msg));
-                None
-            }
-            Some(&id) if cells[usize::from(id.0)].zone != ZoneType::R => {
-                let zone = cells[usize::from(id.0)].zone;
-                let msg = format!(
-                    "shard range {}: cell {} is {}; only RZones own shards",
-                    s.range,
-                    s.cell,
-                    zone.with_article()
-                );
-                probs.push(at.field("cell").error(msg));
-                None
-            }
-            Some(&id) => Some(id),
-        };
-        for n in lo..=hi {
-            let slot = &mut slots[usize::from(n)];
-            match (*slot, owner) {
-                (Slot::Owned(first), Some(second)) => clashes.push((n, first, second, e)),
-                (Slot::Free, Some(id)) => *slot = Slot::Owned(id),
-                (Slot::Free, None) => *slot = Slot::Invalid,
-                _ => {}
-            }
-        }
-    }
-    report_clashes(probs, &entries, cells, &clashes);
-    if !unreadable {
-        report_gaps(probs, docs, &slots);
-    }
-    slots.map(|s| match s {
-        Slot::Owned(id) => Some(id),
-        _ => None,
-    })
-}
-
-fn parse_range(s: &str) -> Option<(u8, u8)> {
-    let num = |x: &str| -> Option<u8> {
-        let ok = (1..=2).contains(&x.len()) && x.bytes().all(|b| b.is_ascii_digit());
-        ok.then(|| x.parse().ok()).flatten()
-    };
-    let (lo, hi) = match s.split_once('-') {
-        Some((a, b)) => (num(a.trim())?, num(b.trim())?),
-        None => (num(s.trim())?, num(s.trim())?),
-    };
-    (lo <= hi && hi <= 99).then_some((lo, hi))
-}
-
-/// One problem per run of consecutive shards with the same two owners.
-fn report_clashes<T>(
-    probs: &mut Problems,
-    entries: &[(At<'_>, T)],
-    cells: &[Cell],
-    clashes: &[(u8, CellId, CellId, usize)],
-) {
-    let name = |id: CellId| &*cells[usize::from(id.0)].name;
-    let mut i = 0;
-    while i < clashes.len() {
-        let (lo, a, b, e) = clashes[i];
-        let mut hi = lo;
-        while i + 1 < clashes.len() && clashes[i + 1] == (hi + 1, a, b, e) {
-            hi += 1;
-            i += 1;
-        }
-        let what = if lo == hi {
-            format!("shard {lo:02} is")
-        } else {
-            format!("shards {lo:02}-{hi:02} are")
-        };
-        let msg = if a == b {
-            format!("{what} assigned to {} twice", name(a))
-        } else {
-            format!("{what} owned by both {} and {}", name(a), name(b))
-        };
-        probs.push(entries[e].0.field("range").error(msg));
-        i += 1;
-    }
-}
-
-fn report_gaps(probs: &mut Problems, docs: &[Doc], slots: &[Slot; 100]) {
-    let Some(doc) = docs
-        .iter()
-        .find(|d| !d.raw.shards.is_empty())
-        .or(docs.first())
-    else {
-        return;
-    };
-    let at = At {
-        src: &doc.src,
-        path: "shards".to_owned(),
-    };
-    let mut n = 0usize;
-    while n < 100 {
-        if !matches!(slots[n], Slot::Free) {
-            n += 1;
-            continue;
-        }
-        let lo = n;
-        while n + 1 < 100 && matches!(slots[n + 1], Slot::Free) {
-            n += 1;
-        }
-        let msg = if lo == n {
-            format!("shard {lo:02} is not owned by any RZone")
-        } else {
-            format!("shards {lo:02}-{n:02} are not owned by any RZone")
-        };
-        probs.push(at.error(msg));
-        n += 1;
-    }
 }
 
 fn gzone(
@@ -395,7 +264,9 @@ fn takeover(
         };
         let (a, ea) = cell("cell", &t.cell);
         let (b, eb) = cell("by", &t.by);
-        probs.0.extend(ea.into_iter().chain(eb));
+        for e in ea.into_iter().chain(eb) {
+            probs.push(e);
+        }
         let (Some(a), Some(b)) = (a, b) else { continue };
         let (za, zb) = (cells[usize::from(a.0)].zone, cells[usize::from(b.0)].zone);
         if a == b {
