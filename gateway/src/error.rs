@@ -5,8 +5,6 @@
 pub enum Error {
     #[error(transparent)]
     Rules(#[from] cellgate_rules::Error),
-    #[error(transparent)]
-    Explain(#[from] cellgate_rules::explain::ExplainError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
     #[error("cannot encode JSON: {0}")]

@@ -1,6 +1,6 @@
 //! The crate's errors.
 //!
-//! Two kinds, on purpose:
+//! One crate error, plus cheap enums for the per-message hot path:
 //! - [`InputError`] is what the per-message hot path returns for a bad name
 //!   or uid. It is `Copy`, allocation-free, and its `Display` is the sentence
 //!   the gateway puts in a 400 body.
@@ -57,6 +57,24 @@ pub enum Error {
     /// cellgate runs; every such change is listed.
     #[error("{0}")]
     NotReloadable(Diagnostics),
+    /// The rules file's directory could not be watched.
+    #[error("cannot watch {}: {reason}", path.display())]
+    Watch { path: PathBuf, reason: String },
+    /// `explain` was asked about a tenant the rules do not declare.
+    #[error("unknown tenant {0}")]
+    UnknownTenant(String),
+    /// `explain` was asked about a cell the rules do not declare.
+    #[error("unknown cell {0}")]
+    UnknownCell(String),
+    /// The tenant may not use the cell.
+    #[error("tenant {tenant} may not use cell {cell}")]
+    CellNotAllowed { tenant: String, cell: String },
+    /// A name was refused.
+    #[error("{0}")]
+    Name(#[from] crate::names::NameError),
+    /// A uid was refused.
+    #[error("uid {0}")]
+    Uid(InputError),
 }
 
 impl Error {
@@ -64,7 +82,7 @@ impl Error {
     pub fn diagnostics(&self) -> Option<&Diagnostics> {
         match self {
             Error::Invalid(d) | Error::NotReloadable(d) => Some(d),
-            Error::Io { .. } => None,
+            _ => None,
         }
     }
 }

@@ -128,7 +128,8 @@ impl RulesHandle {
             Ok(ReloadOutcome::Unchanged { .. }) => &self.counters.unchanged,
             Err(Error::Invalid(_)) => &self.counters.invalid,
             Err(Error::NotReloadable(_)) => &self.counters.not_reloadable,
-            Err(Error::Io { .. }) => &self.counters.io_error,
+            // Io, and nothing else can come out of a reload.
+            Err(_) => &self.counters.io_error,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut s) = self.status.lock() {

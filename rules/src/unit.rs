@@ -25,6 +25,13 @@
 //! So each (message, kind) is accepted in exactly one cell: the origin, or
 //! the single cell the router placed the copy for that kind in. A takeover
 //! that ends leaves the copies placed under it consumable where they are.
+//!
+//! One obligation falls on the router: placement must be idempotent. If it
+//! copies a message, crashes before checkpointing and reads the message
+//! again under a *different* takeover, `router_targets` names a different
+//! destination; dedupe by message id inside one cell cannot see the first
+//! copy in another. So the router records (origin, message id) → placed
+//! destinations before appending and reuses that record on a retry.
 
 use std::str::FromStr;
 
@@ -36,6 +43,11 @@ pub const TARGET_G: &str = "__UNIT.TARGET_G";
 pub const TARGET_C: &str = "__UNIT.TARGET_C";
 pub const TARGET_R: &str = "__UNIT.TARGET_R";
 pub const RULES_VERSION: &str = "__UNIT.RULES_VERSION";
+/// The first 16 hex digits of the SHA-256 of the rules that stamped the
+/// headers. `RULES_VERSION` counts reloads in one process; this one is the
+/// same in every gateway that loaded the same rules, so any cell can tell a
+/// message stamped under rules other than its own.
+pub const RULES_SHA256: &str = "__UNIT.RULES_SHA256";
 /// Set by the router on a copy: the kinds (`R`, `G`, `C`, comma-separated)
 /// the copy was placed for.
 pub const COPY_FOR: &str = "__UNIT.COPY_FOR";
@@ -74,6 +86,10 @@ impl UnitHeaders {
         put(
             RULES_VERSION,
             itoa::Buffer::new().format(self.rules_version),
+        );
+        put(
+            RULES_SHA256,
+            rules.meta.sha256.get(..16).unwrap_or_default(),
         );
         if let Some(kinds) = self.copy_for {
             put(COPY_FOR, kinds.as_str());

@@ -9,7 +9,7 @@
 //! that writes several times triggers one reload, and the reload itself runs
 //! on the blocking pool (it reads files).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::error::Error;
 use crate::reload::RulesHandle;
 
 /// How the watcher behaves.
@@ -38,14 +39,6 @@ impl Default for WatchOptions {
     }
 }
 
-/// Why the watcher could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot watch {}: {reason}", path.display())]
-pub struct WatchError {
-    pub path: PathBuf,
-    pub reason: String,
-}
-
 /// A running watcher; dropping it stops watching.
 #[derive(Debug)]
 pub struct Watcher {
@@ -59,9 +52,9 @@ impl Drop for Watcher {
 }
 
 /// Starts watching `handle`'s source. Must be called inside a tokio runtime.
-pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, WatchError> {
+pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Error> {
     let path = handle.path().to_owned();
-    let err = |reason: String| WatchError {
+    let err = |reason: String| Error::Watch {
         path: path.clone(),
         reason,
     };

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use cellgate_rules::names::{self, Resource};
 use cellgate_rules::{
-    RuleSet, Sources, SubscriptionKind as K, TargetMask, ZoneType, ORIUNIT, RULES_VERSION,
-    TARGET_C, TARGET_G, TARGET_R,
+    RuleSet, Sources, SubscriptionKind as K, TargetMask, ZoneType, ORIUNIT, RULES_SHA256,
+    RULES_VERSION, TARGET_C, TARGET_G, TARGET_R,
 };
 
 /// (destination, COPY_FOR) of each copy the router makes of `h` read in `origin`.
@@ -88,6 +88,7 @@ fn worked_example_headers_predicates_and_copies() {
             (TARGET_C, "CZSH0".to_owned()),
             (TARGET_R, "RZ03A".to_owned()),
             (RULES_VERSION, "1".to_owned()),
+            (RULES_SHA256, r.meta().sha256[..16].to_owned()),
         ]
     );
     // Reading the stored properties back gives the same headers.

@@ -7,7 +7,7 @@ use super::topology::Topology;
 use super::{items, patterns, whole_match, At, Doc, Problems};
 use crate::error::NameKind;
 use crate::names;
-use crate::raw::{Permission, RawQuotas, RawRoute, RawToken};
+use crate::raw::{Permission, RawQuotas, RawRoute, RawTenant, RawToken};
 use crate::ruleset::{
     Grant, Permissions, Quotas, Route, TargetMask, Tenant, TenantId, DEFAULT_MAX_MESSAGE_BYTES,
 };
@@ -52,77 +52,81 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc], topo: &Topology) -> Te
                 claim(probs, &mut seen, &mut grants, hash, tat, grant);
             }
         }
-        let mut cells = vec![false; topo.cells.len()].into_boxed_slice();
-        if t.cells.is_empty() {
-            let msg = format!(
-                "tenant {} has no cells; list them or use \"*\"",
-                t.namespace
-            );
-            probs.push(at.field("cells").error(msg));
-        }
-        for (i, c) in t.cells.iter().enumerate() {
-            match (c.as_str(), topo.cell_index.get(c.as_str())) {
-                ("*", _) => cells.fill(true),
-                (_, Some(id)) => cells[usize::from(id.0)] = true,
-                (_, None) => {
-                    let msg = format!("tenant {}: cell {c} is not a declared cell", t.namespace);
-                    probs.push(at.field("cells").index(i).error(msg));
-                }
-            }
-        }
-        // A taken-over cell's traffic goes to the cell that serves it: a
-        // tenant that may use the one must be able to use the other.
-        for (a, &b) in topo.serving.iter().enumerate() {
-            let (ok_a, ok_b) = (cells[a], cells[usize::from(b.0)]);
-            if ok_a && !ok_b && t.cells.iter().all(|c| c != "*") {
-                let (a, b) = (&topo.cells[a].name, &topo.cells[usize::from(b.0)].name);
-                let msg = format!(
-                    "tenant {}: may use {a}, which is taken over by {b}, but not {b}; \
-                     add {b} to its cells",
-                    t.namespace
-                );
-                probs.push(at.field("cells").error(msg));
-            }
-        }
-        let uid_shard = match &t.uid_shard {
-            None => UidShardRule::default(),
-            Some(u) => uid_rule(probs, &at.field("uid_shard").field("digits"), &u.digits),
-        };
-        let routes = t
-            .routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| route(probs, &at.field("routes").index(i), r))
-            .collect();
         if tenants.len() >= usize::from(u16::MAX) {
             probs.push(at.error("more than 65535 tenants"));
             break;
         }
-        let longest_cell = topo
-            .cells
-            .iter()
-            .zip(cells.iter())
-            .filter(|(_, allowed)| **allowed)
-            .map(|(c, _)| c.name.len())
-            .max()
-            .unwrap_or(0);
-        tenants.push(Tenant {
-            namespace: t.namespace.as_str().into(),
-            cells,
-            longest_cell,
-            topics: patterns(probs, &at.field("topics"), t.topics.as_ref()),
-            groups: patterns(probs, &at.field("groups"), t.groups.as_ref()),
-            quotas: quotas(probs, &at.field("quotas"), &t.quotas),
-            uid_shard,
-            routes,
-            load_test_groups: patterns(
-                probs,
-                &at.field("load_test_groups"),
-                Some(&t.load_test_groups),
-            ),
-        });
+        tenants.push(tenant(probs, &at, t, topo));
     }
     Tenants { tenants, grants }
+}
+
+/// One tenant, once its namespace is known to be valid and new.
+fn tenant(probs: &mut Problems, at: &At<'_>, t: &RawTenant, topo: &Topology) -> Tenant {
+    let cells = tenant_cells(probs, at, t, topo);
+    let longest_cell = topo
+        .cells
+        .iter()
+        .zip(cells.iter())
+        .filter(|(_, allowed)| **allowed)
+        .map(|(c, _)| c.name.len())
+        .max()
+        .unwrap_or(0);
+    let uid_shard = match &t.uid_shard {
+        None => UidShardRule::default(),
+        Some(u) => uid_rule(probs, &at.field("uid_shard").field("digits"), &u.digits),
+    };
+    let routes = t
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| route(probs, &at.field("routes").index(i), r))
+        .collect();
+    let load_test = Some(&t.load_test_groups);
+    Tenant {
+        namespace: t.namespace.as_str().into(),
+        cells,
+        longest_cell,
+        topics: patterns(probs, &at.field("topics"), t.topics.as_ref()),
+        groups: patterns(probs, &at.field("groups"), t.groups.as_ref()),
+        quotas: quotas(probs, &at.field("quotas"), &t.quotas),
+        uid_shard,
+        routes,
+        load_test_groups: patterns(probs, &at.field("load_test_groups"), load_test),
+    }
+}
+
+/// The cells a tenant may use, indexed by `CellId`.
+fn tenant_cells(probs: &mut Problems, at: &At<'_>, t: &RawTenant, topo: &Topology) -> Box<[bool]> {
+    let ns = &t.namespace;
+    let mut cells = vec![false; topo.cells.len()].into_boxed_slice();
+    if t.cells.is_empty() {
+        let msg = format!("tenant {ns} has no cells; list them or use \"*\"");
+        probs.push(at.field("cells").error(msg));
+    }
+    for (i, c) in t.cells.iter().enumerate() {
+        match (c.as_str(), topo.cell_index.get(c.as_str())) {
+            ("*", _) => cells.fill(true),
+            (_, Some(id)) => cells[usize::from(id.0)] = true,
+            (_, None) => {
+                let msg = format!("tenant {ns}: cell {c} is not a declared cell");
+                probs.push(at.field("cells").index(i).error(msg));
+            }
+        }
+    }
+    // A taken-over cell's traffic goes to the cell that serves it: a tenant
+    // that may use the one must be able to use the other.
+    for (a, &b) in topo.serving.iter().enumerate() {
+        if cells[a] && !cells[usize::from(b.0)] {
+            let (a, b) = (&topo.cells[a].name, &topo.cells[usize::from(b.0)].name);
+            let msg = format!(
+                "tenant {ns}: may use {a}, which is taken over by {b}, but not {b}; add {b} to \
+                 its cells"
+            );
+            probs.push(at.field("cells").error(msg));
+        }
+    }
+    cells
 }
 
 fn admin<'a>(
