@@ -24,6 +24,7 @@ mod load;
 pub mod names;
 mod raw;
 mod reload;
+mod route;
 mod ruleset;
 mod shard;
 mod unit;
