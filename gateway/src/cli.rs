@@ -116,6 +116,8 @@ fn explain_cmd(a: &ExplainArgs, out: &mut dyn Write) -> Result<u8, Error> {
     Ok(0)
 }
 
+// Long on purpose: one `writeln!` per line of output, in reading order, so
+// the layout reads top to bottom like what it prints.
 fn write_explanation(e: &Explanation, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,

@@ -126,6 +126,8 @@ fn takeovers(old: &RuleSet, new: &RuleSet, out: &mut Vec<String>) {
     }
 }
 
+// Long on purpose: one comparison per tenant field, each a line of output;
+// splitting them apart would only scatter a flat list.
 fn tenants(old: &RuleSet, new: &RuleSet, out: &mut Vec<String>) {
     for (oid, t) in old.tenants() {
         let Some(nid) = new.tenant_id(&t.namespace) else {

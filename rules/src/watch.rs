@@ -51,6 +51,8 @@ impl Drop for Watcher {
     }
 }
 
+// Long on purpose: setting up the watch, the signal and the task belong
+// together, and each step maps its own error.
 /// Starts watching `handle`'s source. Must be called inside a tokio runtime.
 pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Error> {
     let path = handle.path().to_owned();

@@ -13,6 +13,8 @@ enum Slot {
     Owned(CellId),
 }
 
+// Long on purpose: the checks of one entry run in sequence, each pushing
+// its own problem and carrying on, so that every problem is reported.
 pub(super) fn compile(
     probs: &mut Problems,
     docs: &[Doc],

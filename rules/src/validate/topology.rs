@@ -69,6 +69,8 @@ fn cities<'a>(probs: &mut Problems, docs: &'a [Doc]) -> Vec<(&'a str, At<'a>)> {
     out
 }
 
+// Long on purpose: the checks of one entry run in sequence, each pushing
+// its own problem and carrying on, so that every problem is reported.
 fn cells(
     probs: &mut Problems,
     docs: &[Doc],
@@ -242,6 +244,8 @@ fn gzone(
     None
 }
 
+// Long on purpose: the checks of one entry run in sequence, each pushing
+// its own problem and carrying on, so that every problem is reported.
 /// `serving[c]`: `c`, or the cell that took `c` over.
 fn takeover(
     probs: &mut Problems,
