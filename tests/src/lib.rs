@@ -22,6 +22,26 @@ pub fn example(name: &str) -> PathBuf {
     root().join("examples").join(name)
 }
 
+/// Writes `examples/ldc.yaml` with `edits` applied into `dir/name` and
+/// returns the path and the text. Panics if an edit finds nothing to
+/// replace: a silent no-op would make the test meaningless.
+pub fn edited_example(
+    dir: &std::path::Path,
+    name: &str,
+    edits: &[(&str, &str)],
+) -> (PathBuf, String) {
+    let mut text = std::fs::read_to_string(example("ldc.yaml")).unwrap_or_default();
+    for (from, to) in edits {
+        assert!(text.contains(from), "examples/ldc.yaml has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join(name);
+    if let Err(e) = std::fs::write(&path, &text) {
+        panic!("cannot write {}: {e}", path.display());
+    }
+    (path, text)
+}
+
 /// The `cellgate` binary built for this test run.
 pub fn cellgate_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CELLGATE_BIN") {

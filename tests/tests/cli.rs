@@ -1,7 +1,7 @@
 //! `cellgate rules check|explain|diff` through the real binary and real files.
 #![allow(clippy::unwrap_used)]
 
-use cellgate_tests::{cellgate, example};
+use cellgate_tests::{cellgate, edited_example, example};
 
 fn ldc() -> String {
     example("ldc.yaml").display().to_string()
@@ -21,16 +21,18 @@ fn check_accepts_the_reference_topology() {
 #[test]
 fn check_lists_every_problem_as_file_line_col() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    let text = std::fs::read_to_string(example("ldc.yaml"))
-        .unwrap()
-        .replace("gzone: GZ00A", "gzone: GZ9")
-        .replace(
-            "{ range: \"50-74\", cell: RZ02A }",
-            "{ range: \"50-80\", cell: RZ02A }",
-        )
-        .replace("topics: [\".*\"]", "topics: [\"[a-\"]");
-    std::fs::write(&path, &text).unwrap();
+    let (path, text) = edited_example(
+        dir.path(),
+        "bad.yaml",
+        &[
+            ("gzone: GZ00A", "gzone: GZ9"),
+            (
+                "{ range: \"50-74\", cell: RZ02A }",
+                "{ range: \"50-80\", cell: RZ02A }",
+            ),
+            ("topics: [\".*\"]", "topics: [\"[a-\"]"),
+        ],
+    );
     let r = cellgate(&["rules", "check", &path.display().to_string()]).unwrap();
     assert_eq!(r.code, Some(1), "{r:?}");
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
@@ -179,15 +181,17 @@ fn explain_refuses_bad_input_clearly() {
 #[test]
 fn explain_shows_takeover_and_refused_patterns() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("failover.yaml");
-    let text = std::fs::read_to_string(example("ldc.yaml"))
-        .unwrap()
-        .replace("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }")
-        .replace(
-            "    topics: [\".*\"]\n    groups: [\".*\"]",
-            "    topics: [\"ORDER_.*\"]\n    groups: [\"G_.*\"]",
-        );
-    std::fs::write(&path, text).unwrap();
+    let (path, _) = edited_example(
+        dir.path(),
+        "failover.yaml",
+        &[
+            ("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }"),
+            (
+                "    topics: [\".*\"]\n    groups: [\".*\"]",
+                "    topics: [\"ORDER_.*\"]\n    groups: [\"G_.*\"]",
+            ),
+        ],
+    );
     let p = path.display().to_string();
     let r = cellgate(&[
         "rules", "explain", &p, "--tenant", "ANT", "--cell", "RZ00A", "--topic", "BILL", "--group",
@@ -214,18 +218,20 @@ fn explain_shows_takeover_and_refused_patterns() {
 #[test]
 fn diff_reports_changes_and_restart_only_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let new = dir.path().join("new.yaml");
-    let text = std::fs::read_to_string(example("ldc.yaml")).unwrap();
     let same = cellgate(&["rules", "diff", &ldc(), &ldc()]).unwrap();
     assert_eq!((same.code, same.stdout.trim()), (Some(0), "no changes"));
 
-    let changed = text
-        .replace("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }")
-        .replace(
-            "{ name: CZHZ0, zone: C, city: HZ, broker: embedded }",
-            "{ name: CZHZ0, zone: C, city: HZ, broker: \"rocketmq://127.0.0.1:9876\" }",
-        );
-    std::fs::write(&new, &changed).unwrap();
+    let (new, _) = edited_example(
+        dir.path(),
+        "new.yaml",
+        &[
+            ("takeover: []", "takeover:\n  - { cell: RZ03A, by: RZ02A }"),
+            (
+                "{ name: CZHZ0, zone: C, city: HZ, broker: embedded }",
+                "{ name: CZHZ0, zone: C, city: HZ, broker: \"rocketmq://127.0.0.1:9876\" }",
+            ),
+        ],
+    );
     let r = cellgate(&["rules", "diff", &ldc(), &new.display().to_string()]).unwrap();
     assert_eq!(r.code, Some(1), "{r:?}");
     let lines: Vec<&str> = r.stdout.lines().collect();
