@@ -7,7 +7,7 @@
 //! to the line and column where that value starts. Validation names the path
 //! of the value it complains about and the index turns it into a position.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -76,6 +76,8 @@ impl fmt::Display for Diagnostics {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Marks {
     at: HashMap<String, (usize, usize)>,
+    /// Where the first repeated mapping key is, if any.
+    duplicate: Option<(usize, usize)>,
 }
 
 impl Marks {
@@ -88,7 +90,10 @@ impl Marks {
         // On a parse error keep what was indexed up to it: positions before
         // the error stay exact, later ones fall back to an ancestor.
         let _ = parser.load(&mut b, false);
-        Marks { at: b.at }
+        Marks {
+            at: b.at,
+            duplicate: b.duplicate,
+        }
     }
 
     /// The position of `path`, or of its nearest ancestor that has one
@@ -113,6 +118,9 @@ enum Frame {
         key: Option<String>,
         path: String,
         start: Option<(usize, usize)>,
+        /// Keys seen so far, to locate a duplicate key exactly (serde_yaml
+        /// reports it at the enclosing mapping).
+        seen: HashSet<String>,
     },
     Seq {
         next: usize,
@@ -124,6 +132,7 @@ enum Frame {
 struct MarkBuilder {
     stack: Vec<Frame>,
     at: HashMap<String, (usize, usize)>,
+    duplicate: Option<(usize, usize)>,
 }
 
 impl MarkBuilder {
@@ -155,6 +164,14 @@ impl MarkedEventReceiver for MarkBuilder {
         let pos = (mark.line(), mark.col() + 1);
         match ev {
             Event::Scalar(ref s, ..) => {
+                if let Some(Frame::Map {
+                    key: None, seen, ..
+                }) = self.stack.last_mut()
+                {
+                    if !seen.insert(s.clone()) && self.duplicate.is_none() {
+                        self.duplicate = Some(pos);
+                    }
+                }
                 if let Some(p) = self.value_path(Some(s)) {
                     self.at.entry(p).or_insert(pos);
                 } else if let Some(Frame::Map { path, start, .. }) = self.stack.last_mut() {
@@ -174,6 +191,7 @@ impl MarkedEventReceiver for MarkBuilder {
                     key: None,
                     path,
                     start: Some(pos),
+                    seen: HashSet::new(),
                 });
             }
             Event::SequenceStart(..) => {
@@ -229,10 +247,11 @@ impl Source {
     /// "at line L column C" suffix (the position goes in front instead).
     pub(crate) fn serde_error(&self, e: &serde_yaml::Error) -> Diagnostic {
         let message = one_line(strip_positions(&e.to_string()));
-        let (line, col) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
+        let located = e.location().map(|l| (l.line(), l.column()));
+        let (line, col) = match self.marks.duplicate {
+            Some(dup) if message.contains("duplicate") => dup,
+            _ => located.unwrap_or((1, 1)),
+        };
         Diagnostic {
             file: self.file.clone(),
             line,

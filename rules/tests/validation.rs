@@ -89,6 +89,27 @@ fn unknown_field_is_an_error() {
 }
 
 #[test]
+fn a_duplicate_key_is_located_at_the_repeated_key() {
+    let t = format!("{BASE}gzone: G1\n");
+    let e = errors(&t);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!("{}: ", at(&t, "gzone", 1))),
+        "{e:?}"
+    );
+    assert!(e[0].contains("duplicate field `gzone`"), "{e:?}");
+    let t = edit(
+        "{ name: R2, zone: R, city: SH }",
+        "{ name: R2, zone: R, zone: G, city: SH }",
+    );
+    let e = errors(&t);
+    assert!(
+        e[0].starts_with(&format!("{}: ", at(&t, "zone: G", 0))),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn unknown_zone_type_is_an_error() {
     let t = edit("zone: G,", "zone: X,");
     let e = errors(&t);
