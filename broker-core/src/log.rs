@@ -1,0 +1,626 @@
+//! The commit log: every record of a broker, appended in one sequence of
+//! segments.
+//!
+//! ## Writing
+//!
+//! Appenders encode their records under the writer lock, which assigns log
+//! positions (and, through the caller's state `S`, queue offsets) in one
+//! order. The first appender that finds nobody writing becomes the leader:
+//! it takes everything encoded so far, writes it with one `pwrite` per
+//! segment touched, outside the lock, and repeats until nothing is pending.
+//! Other appenders wait for `written` to pass their records. So under load
+//! many records share one system call, and with one producer each append
+//! is one `pwrite`.
+//!
+//! ## Flushing
+//!
+//! A flusher thread turns `written` into `flushed` with `fdatasync`: on
+//! request (policy `sync`: an appender is acknowledged only once `flushed`
+//! passes its records, and every append waiting meanwhile shares the next
+//! fsync — group commit) or at an interval (policy `async`: acknowledged
+//! once written to the page cache).
+//!
+//! ## Invariants
+//!
+//! - Positions only grow; `flushed <= written <= next`.
+//! - A record lies within one segment; a segment's unused tail starts with
+//!   `END_OF_SEGMENT` (or zeroes, which read as the end of the log).
+//! - After recovery every byte from the end of the last valid record to the
+//!   end of its segment is zero, and no later segment exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::record::{self, Frame};
+use crate::segment::Segment;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// After an fdatasync covers it (group commit).
+    Sync,
+    /// Once written to the page cache; flushed every `interval`.
+    Async { interval: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub flush: FlushPolicy,
+    pub preallocate: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            flush: FlushPolicy::Sync,
+            preallocate: true,
+        }
+    }
+}
+
+/// Records encoded but not yet written.
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: Vec<(Arc<Segment>, u64, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+struct Writer<S> {
+    active: Arc<Segment>,
+    /// The next position to assign.
+    next: u64,
+    pending: Pending,
+    writing: bool,
+    state: S,
+}
+
+/// What an append closure uses to place records.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    log: &'a LogShared,
+    active: &'a mut Arc<Segment>,
+    next: &'a mut u64,
+    pending: &'a mut Pending,
+}
+
+impl Batch<'_> {
+    /// Reserves `len` bytes for one record, rolling to a new segment when it
+    /// does not fit, and lets `fill` encode it; returns its position.
+    pub fn push(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
+        let len64 = len as u64;
+        if len64 + 4 > self.log.cfg.segment_bytes {
+            return Err(Error::MessageTooLarge {
+                size: len,
+                max: (self.log.cfg.segment_bytes - 4) as usize,
+            });
+        }
+        if *self.next + len64 + 4 > self.active.end() {
+            // Mark the tail unused, then start the next segment there.
+            let marker = record::END_OF_SEGMENT.to_le_bytes().to_vec();
+            if self.active.end() - *self.next >= 4 {
+                self.append_bytes(marker);
+            }
+            let seg = self.log.create_segment(self.active.end())?;
+            *self.next = seg.base;
+            *self.active = seg;
+        }
+        let pos = *self.next;
+        let buf = self.chunk_for_current();
+        let before = buf.len();
+        fill(buf);
+        debug_assert_eq!(buf.len() - before, len);
+        *self.next += len64;
+        Ok(pos)
+    }
+
+    fn chunk_for_current(&mut self) -> &mut Vec<u8> {
+        let starts_new = match self.pending.chunks.last() {
+            Some((seg, start, bytes)) => {
+                !Arc::ptr_eq(seg, self.active) || start + bytes.len() as u64 != *self.next
+            }
+            None => true,
+        };
+        if starts_new {
+            self.pending.chunks.push((
+                self.active.clone(),
+                *self.next,
+                Vec::with_capacity(64 * 1024),
+            ));
+        }
+        let last = self.pending.chunks.len() - 1;
+        &mut self.pending.chunks[last].2
+    }
+
+    fn append_bytes(&mut self, bytes: Vec<u8>) {
+        let n = bytes.len() as u64;
+        self.chunk_for_current().extend_from_slice(&bytes);
+        *self.next += n;
+    }
+}
+
+/// What the writer, the flusher and readers share.
+#[derive(Debug)]
+struct LogShared {
+    dir: PathBuf,
+    cfg: LogConfig,
+    /// RwLock: readers look segments up on every read; only a roll or a
+    /// retention pass writes.
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    /// Oldest retained position.
+    min: AtomicU64,
+}
+
+impl LogShared {
+    fn create_segment(&self, base: u64) -> Result<Arc<Segment>> {
+        let seg = Arc::new(Segment::create(
+            &self.dir,
+            base,
+            self.cfg.segment_bytes,
+            self.cfg.preallocate,
+        )?);
+        self.segments
+            .write()
+            .map_err(|_| Error::Closed)?
+            .insert(base, seg.clone());
+        Ok(seg)
+    }
+
+    fn segment_at(&self, pos: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().ok()?;
+        segs.range(..=pos).next_back().map(|(_, s)| s.clone())
+    }
+}
+
+/// Flush requests and shutdown, for the flusher thread.
+#[derive(Debug, Default)]
+struct FlushSignal {
+    /// Mutex + Condvar: the flusher is a plain thread (fsync blocks), woken
+    /// by appenders that need durability.
+    wanted: Mutex<bool>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+/// The commit log; `S` is caller state updated under the writer lock.
+#[derive(Debug)]
+pub struct CommitLog<S> {
+    shared: Arc<LogShared>,
+    /// Mutex: assigning positions must be serial; held only to encode.
+    writer: Mutex<Writer<S>>,
+    written: watch::Sender<u64>,
+    flushed: watch::Sender<u64>,
+    signal: Arc<FlushSignal>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+// === impl CommitLog ===
+
+impl<S: Send + 'static> CommitLog<S> {
+    /// Opens (or creates) the log in `dir`. Scans from `scan_from` (a record
+    /// boundary known durable, e.g. a checkpoint) to the end, calling
+    /// `on_record(pos, bytes)` for every valid record, zeroes a torn or
+    /// corrupt tail, and starts the flusher.
+    pub fn open(
+        dir: &Path,
+        cfg: LogConfig,
+        scan_from: u64,
+        state: S,
+        on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<CommitLog<S>> {
+        if cfg.segment_bytes < record::HEADER as u64 + 4 {
+            return Err(Error::Config(format!(
+                "segment_bytes {} is too small",
+                cfg.segment_bytes
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let shared = Arc::new(LogShared {
+            dir: dir.to_owned(),
+            cfg,
+            segments: RwLock::new(BTreeMap::new()),
+            min: AtomicU64::new(0),
+        });
+        let mut bases = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+            let name = e.map_err(Error::io(dir))?.file_name();
+            if let Some(b) = Segment::parse_name(&name.to_string_lossy()) {
+                bases.push(b);
+            }
+        }
+        bases.sort_unstable();
+        let end = match bases.first() {
+            None => {
+                shared.create_segment(0)?;
+                0
+            }
+            Some(&first) => {
+                for &b in &bases {
+                    let seg = Segment::open(&dir.join(Segment::file_name(b)), b)?;
+                    shared
+                        .segments
+                        .write()
+                        .map_err(|_| Error::Closed)?
+                        .insert(b, Arc::new(seg));
+                }
+                shared.min.store(first, Ordering::Relaxed);
+                recover(&shared, scan_from.max(first), on_record)?
+            }
+        };
+        let active = shared.segment_at(end).ok_or(Error::Closed)?;
+        let log = CommitLog {
+            shared,
+            writer: Mutex::new(Writer {
+                active,
+                next: end,
+                pending: Pending::default(),
+                writing: false,
+                state,
+            }),
+            written: watch::channel(end).0,
+            flushed: watch::channel(end).0,
+            signal: Arc::new(FlushSignal::default()),
+            flusher: Mutex::new(None),
+        };
+        log.start_flusher();
+        Ok(log)
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.cfg
+    }
+
+    /// Runs `f` under the writer lock to encode records (through `Batch`)
+    /// and update the caller state; writes them (leading the write if
+    /// nobody is) and returns `f`'s result and the end of its records.
+    /// Durability is awaited separately ([`CommitLog::wait_durable`]).
+    pub fn append_with<T>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>, &mut S) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
+        let w_ref = &mut *w;
+        let mut batch = Batch {
+            log: &self.shared,
+            active: &mut w_ref.active,
+            next: &mut w_ref.next,
+            pending: &mut w_ref.pending,
+        };
+        let out = f(&mut batch, &mut w_ref.state)?;
+        let end = w.next;
+        if w.writing {
+            return Ok((out, end));
+        }
+        w.writing = true;
+        loop {
+            let chunks = std::mem::take(&mut w.pending.chunks);
+            let upto = w.next;
+            drop(w);
+            let res = chunks
+                .iter()
+                .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
+            w = self.writer.lock().map_err(|_| Error::Closed)?;
+            if let Err(e) = res {
+                w.writing = false;
+                return Err(e);
+            }
+            self.written.send_replace(upto);
+            if w.pending.chunks.is_empty() {
+                w.writing = false;
+                return Ok((out, end));
+            }
+        }
+    }
+
+    /// Waits until `end` is written (and, under `sync`, flushed).
+    pub async fn wait_durable(&self, end: u64) -> Result<()> {
+        let mut rx = self.written.subscribe();
+        rx.wait_for(|w| *w >= end)
+            .await
+            .map_err(|_| Error::Closed)?;
+        if self.shared.cfg.flush == FlushPolicy::Sync {
+            self.request_flush();
+            let mut rx = self.flushed.subscribe();
+            rx.wait_for(|f| *f >= end)
+                .await
+                .map_err(|_| Error::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The position up to which records are acknowledged under the policy.
+    pub fn durable(&self) -> u64 {
+        match self.shared.cfg.flush {
+            FlushPolicy::Sync => *self.flushed.borrow(),
+            FlushPolicy::Async { .. } => *self.written.borrow(),
+        }
+    }
+
+    pub fn flushed(&self) -> u64 {
+        *self.flushed.borrow()
+    }
+
+    pub fn min_pos(&self) -> u64 {
+        self.shared.min.load(Ordering::Relaxed)
+    }
+
+    /// Reads the record of `len` bytes at `pos` into `buf`.
+    pub fn read(&self, pos: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let max = *self.written.borrow();
+        let min = self.min_pos();
+        if pos < min || pos + len as u64 > max {
+            return Err(Error::OutOfRange { pos, min, max });
+        }
+        let seg = self
+            .shared
+            .segment_at(pos)
+            .ok_or(Error::OutOfRange { pos, min, max })?;
+        buf.resize(len, 0);
+        let n = seg.read_at(pos, buf)?;
+        if n < len {
+            return Err(Error::OutOfRange { pos, min, max });
+        }
+        Ok(())
+    }
+
+    fn request_flush(&self) {
+        if let Ok(mut w) = self.signal.wanted.lock() {
+            *w = true;
+            self.signal.cv.notify_one();
+        }
+    }
+
+    fn start_flusher(&self) {
+        let shared = self.shared.clone();
+        let signal = self.signal.clone();
+        let written = self.written.subscribe();
+        let flushed = self.flushed.clone();
+        let h = std::thread::Builder::new()
+            .name("cellgate-flush".into())
+            .spawn(move || flush_loop(&shared, &signal, &written, &flushed));
+        match h {
+            Ok(h) => {
+                if let Ok(mut f) = self.flusher.lock() {
+                    *f = Some(h);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the flusher thread"),
+        }
+    }
+
+    /// Flushes everything written and stops the flusher.
+    pub fn close(&self) {
+        self.signal.stop.store(true, Ordering::Relaxed);
+        self.request_flush();
+        let h = self.flusher.lock().ok().and_then(|mut f| f.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+
+    /// Deletes whole segments, oldest first, while `expired(segment)` says
+    /// so; never the active one. Returns the new oldest position.
+    pub fn retain(&self, mut expired: impl FnMut(&Path, u64) -> bool) -> Result<u64> {
+        let active = self.writer.lock().map_err(|_| Error::Closed)?.active.base;
+        let mut segs = self.shared.segments.write().map_err(|_| Error::Closed)?;
+        while let Some((&base, seg)) = segs.iter().next() {
+            if base == active || !expired(&seg.path, seg.size) {
+                break;
+            }
+            std::fs::remove_file(&seg.path).map_err(Error::io(&seg.path))?;
+            segs.remove(&base);
+        }
+        let min = segs.keys().next().copied().unwrap_or(active);
+        self.shared.min.store(min, Ordering::Relaxed);
+        Ok(min)
+    }
+
+    /// Total bytes of all segments.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared
+            .segments
+            .read()
+            .map(|s| s.values().map(|s| s.size).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl<S> Drop for CommitLog<S> {
+    fn drop(&mut self) {
+        self.signal.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut w) = self.signal.wanted.lock() {
+            *w = true;
+            self.signal.cv.notify_one();
+        }
+        let h = self.flusher.lock().ok().and_then(|mut f| f.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The flusher: fdatasync on request (sync) or every interval (async).
+fn flush_loop(
+    shared: &LogShared,
+    signal: &FlushSignal,
+    written: &watch::Receiver<u64>,
+    flushed: &watch::Sender<u64>,
+) {
+    let interval = match shared.cfg.flush {
+        FlushPolicy::Sync => Duration::from_millis(200),
+        FlushPolicy::Async { interval } => interval,
+    };
+    loop {
+        let stop = {
+            let Ok(mut wanted) = signal.wanted.lock() else {
+                return;
+            };
+            if !*wanted {
+                wanted = match signal.cv.wait_timeout(wanted, interval) {
+                    Ok((g, _)) => g,
+                    Err(_) => return,
+                };
+            }
+            *wanted = false;
+            signal.stop.load(Ordering::Relaxed)
+        };
+        let target = *written.borrow();
+        let from = *flushed.borrow();
+        if target > from {
+            // Every segment holding bytes in (from, target].
+            let dirty: Vec<Arc<Segment>> = match shared.segments.read() {
+                Ok(segs) => segs
+                    .range(..target)
+                    .filter(|(_, s)| s.end() > from)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+                Err(_) => return,
+            };
+            match dirty.iter().try_for_each(|s| s.sync()) {
+                Ok(()) => {
+                    flushed.send_replace(target);
+                }
+                Err(e) => tracing::error!(error = %e, "fdatasync failed; will retry"),
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Scans from `from` to the end of the log, zeroes what follows the last
+/// valid record and deletes later segments. Returns the end of the log.
+fn recover(
+    shared: &LogShared,
+    from: u64,
+    mut on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let segs: Vec<Arc<Segment>> = match shared.segments.read() {
+        Ok(s) => s.range(..).map(|(_, s)| s.clone()).collect(),
+        Err(_) => return Err(Error::Closed),
+    };
+    let Some(start) = segs.iter().rposition(|s| s.base <= from) else {
+        return Err(Error::Config(format!("no segment holds position {from}")));
+    };
+    let mut pos = from;
+    let mut last = start;
+    for (i, seg) in segs.iter().enumerate().skip(start) {
+        last = i;
+        pos = pos.max(seg.base);
+        let end = scan_segment(seg, pos, &mut on_record)?;
+        pos = end.end;
+        if end.torn {
+            tracing::warn!(pos, segment = %seg.path.display(), "torn or corrupt log tail; truncating");
+            seg.zero_from(pos)?;
+            break;
+        }
+        if !end.segment_done {
+            break;
+        }
+        if i + 1 == segs.len() {
+            // The marker ended the last segment: the next append rolls.
+            pos = seg.end();
+        }
+    }
+    for seg in &segs[last + 1..] {
+        tracing::warn!(segment = %seg.path.display(), "removing a segment past the end of the log");
+        std::fs::remove_file(&seg.path).map_err(Error::io(&seg.path))?;
+        if let Ok(mut s) = shared.segments.write() {
+            s.remove(&seg.base);
+        }
+    }
+    Ok(pos)
+}
+
+struct SegmentEnd {
+    end: u64,
+    torn: bool,
+    /// Ended by an end-of-segment marker: the log continues in the next.
+    segment_done: bool,
+}
+
+/// Scans one segment from `pos` in large reads.
+fn scan_segment(
+    seg: &Segment,
+    mut pos: u64,
+    on_record: &mut impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<SegmentEnd> {
+    const CHUNK: usize = 4 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let (mut filled, mut buf_pos) = (0usize, pos);
+    let max_record = seg.size as usize;
+    loop {
+        let at = (pos - buf_pos) as usize;
+        if pos >= seg.end() {
+            return Ok(SegmentEnd {
+                end: pos,
+                torn: false,
+                segment_done: true,
+            });
+        }
+        let frame = record::frame(&buf[at..filled], max_record);
+        let need = match frame {
+            Ok(Frame::Record(n)) if at + n <= filled => {
+                match record::decode(&buf[at..at + n], pos) {
+                    Ok(_) => {
+                        on_record(pos, &buf[at..at + n])?;
+                        pos += n as u64;
+                        continue;
+                    }
+                    Err(_) => {
+                        return Ok(SegmentEnd {
+                            end: pos,
+                            torn: true,
+                            segment_done: false,
+                        })
+                    }
+                }
+            }
+            Ok(Frame::Record(n)) => n,
+            Ok(Frame::Empty) => {
+                return Ok(SegmentEnd {
+                    end: pos,
+                    torn: false,
+                    segment_done: false,
+                })
+            }
+            Ok(Frame::EndOfSegment) => {
+                return Ok(SegmentEnd {
+                    end: pos,
+                    torn: false,
+                    segment_done: true,
+                })
+            }
+            Err(crate::DecodeError::Truncated { .. }) => 4,
+            Err(_) => {
+                return Ok(SegmentEnd {
+                    end: pos,
+                    torn: true,
+                    segment_done: false,
+                })
+            }
+        };
+        // Refill from `pos`, large enough for the record.
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        buf_pos = pos;
+        filled = seg.read_at(pos, &mut buf)?;
+        if filled < need {
+            // The record claims to run past the segment: torn.
+            return Ok(SegmentEnd {
+                end: pos,
+                torn: true,
+                segment_done: false,
+            });
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The record: one message as stored in the commit log.
+//!
+//! ## On-disk format (little-endian)
+//!
+//! ```text
+//! offset size field
+//!      0    4 len        bytes after this field (crc .. end of body)
+//!      4    4 crc        CRC32C of bytes [8, 4 + len)
+//!      8    1 version    1
+//!      9    1 flags      0 (reserved)
+//!     10    2 queue      queue id within the topic
+//!     12    8 queue_off  offset of the record in its consume queue
+//!     20    8 born_ms    producer time, ms since the Unix epoch
+//!     28    8 stored_ms  broker time, ms since the Unix epoch
+//!     36   16 id         message id (UUIDv7: unique, time-sortable)
+//!     52    2 topic_len
+//!     54    2 tag_len
+//!     56    4 keys_len   encoded keys section
+//!     60    4 props_len  encoded properties section
+//!     64    4 body_len
+//!     68    … topic, tag, keys, properties, body
+//! keys:  u16 count, then per key u16 len + bytes
+//! props: u16 count, then per entry u16 key len + bytes, u32 value len + bytes
+//! ```
+//!
+//! ## Invariants
+//!
+//! - `len` = 64 + the five section lengths, and `8 <= 4 + len`; a `len` of 0
+//!   is never written, so zeroed (pre-allocated) space reads as "end of log".
+//! - `crc` covers everything after itself, so a torn write (any prefix of a
+//!   record) fails the check: the decoder never returns a partial record.
+//! - Strings (topic, tag, keys, property keys and values) are UTF-8.
+//! - A record never spans two segments; [`END_OF_SEGMENT`] as `len` marks the
+//!   unused tail of a segment.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::error::{DecodeError, Error};
+
+/// Fixed part of a record, `len` and `crc` included.
+pub const HEADER: usize = 68;
+/// `len` value that marks the rest of a segment as unused.
+pub const END_OF_SEGMENT: u32 = u32::MAX;
+const VERSION: u8 = 1;
+
+/// A message as a producer hands it to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub topic: String,
+    pub body: Vec<u8>,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub born_ms: i64,
+}
+
+/// A message as the broker stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: Uuid,
+    pub topic: String,
+    pub queue: u16,
+    pub queue_offset: u64,
+    /// Where the record starts in the commit log.
+    pub log_pos: u64,
+    pub body: Vec<u8>,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub born_ms: i64,
+    pub stored_ms: i64,
+}
+
+/// The broker-assigned fields of a record.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub id: Uuid,
+    pub queue: u16,
+    pub queue_offset: u64,
+    pub stored_ms: i64,
+}
+
+fn too_long(field: &'static str, len: usize, max: usize) -> Error {
+    Error::FieldTooLong { field, len, max }
+}
+
+/// The encoded size of `m`, or why it cannot be encoded.
+pub fn encoded_len(m: &Message) -> Result<usize, Error> {
+    let u16max = usize::from(u16::MAX);
+    if m.topic.len() > u16max {
+        return Err(too_long("topic", m.topic.len(), u16max));
+    }
+    let tag = m.tag.as_deref().unwrap_or("");
+    if tag.len() > u16max {
+        return Err(too_long("tag", tag.len(), u16max));
+    }
+    if m.keys.len() > u16max || m.properties.len() > u16max {
+        return Err(too_long(
+            "keys or properties count",
+            m.keys.len().max(m.properties.len()),
+            u16max,
+        ));
+    }
+    let mut keys = 2;
+    for k in &m.keys {
+        if k.len() > u16max {
+            return Err(too_long("key", k.len(), u16max));
+        }
+        keys += 2 + k.len();
+    }
+    let mut props = 2;
+    for (k, v) in &m.properties {
+        if k.len() > u16max {
+            return Err(too_long("property name", k.len(), u16max));
+        }
+        props += 2 + k.len() + 4 + v.len();
+    }
+    Ok(HEADER + m.topic.len() + tag.len() + keys + props + m.body.len())
+}
+
+/// Appends the record of `m` to `out`; `len` is what [`encoded_len`]
+/// returned for `m` (it must have succeeded).
+pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    let tag = m.tag.as_deref().unwrap_or("");
+    let keys_len: usize = 2 + m.keys.iter().map(|k| 2 + k.len()).sum::<usize>();
+    let props_len: usize = 2 + m
+        .properties
+        .iter()
+        .map(|(k, v)| 6 + k.len() + v.len())
+        .sum::<usize>();
+    out.reserve(len);
+    out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, filled in below
+    out.push(VERSION);
+    out.push(0);
+    out.extend_from_slice(&s.queue.to_le_bytes());
+    out.extend_from_slice(&s.queue_offset.to_le_bytes());
+    out.extend_from_slice(&m.born_ms.to_le_bytes());
+    out.extend_from_slice(&s.stored_ms.to_le_bytes());
+    out.extend_from_slice(s.id.as_bytes());
+    out.extend_from_slice(&(m.topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(keys_len as u32).to_le_bytes());
+    out.extend_from_slice(&(props_len as u32).to_le_bytes());
+    out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(m.topic.as_bytes());
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(&(m.keys.len() as u16).to_le_bytes());
+    for k in &m.keys {
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+    }
+    out.extend_from_slice(&(m.properties.len() as u16).to_le_bytes());
+    for (k, v) in &m.properties {
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&m.body);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What the first bytes at a log position say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A record of this total size (`len` + 4).
+    Record(usize),
+    /// The rest of the segment is unused.
+    EndOfSegment,
+    /// Zeroes: nothing was ever written here.
+    Empty,
+}
+
+/// Reads the length prefix. `max` bounds a record's total size.
+pub(crate) fn frame(buf: &[u8], max: usize) -> Result<Frame, DecodeError> {
+    let Some(len) = buf.get(..4) else {
+        return Err(DecodeError::Truncated {
+            need: 4,
+            have: buf.len(),
+        });
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+    match len {
+        0 => Ok(Frame::Empty),
+        END_OF_SEGMENT => Ok(Frame::EndOfSegment),
+        n if (n as usize) + 4 < HEADER || (n as usize) + 4 > max => Err(DecodeError::BadLength(n)),
+        n => Ok(Frame::Record(n as usize + 4)),
+    }
+}
+
+/// A cursor over a record's bytes that never panics.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.at.checked_add(n).ok_or(DecodeError::Layout)?;
+        let s = self.buf.get(self.at..end).ok_or(DecodeError::Layout)?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn str(&mut self, n: usize, what: &'static str) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Utf8(what))
+    }
+}
+
+/// Decodes the record at the start of `buf` (which may hold more after it).
+/// Checks the length, the checksum and the layout; never panics.
+pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
+    let total = match frame(buf, usize::MAX)? {
+        Frame::Record(n) => n,
+        Frame::Empty | Frame::EndOfSegment => return Err(DecodeError::BadLength(0)),
+    };
+    let rec = buf.get(..total).ok_or(DecodeError::Truncated {
+        need: total,
+        have: buf.len(),
+    })?;
+    let stored = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+    let computed = crc32c::crc32c(&rec[8..]);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    let mut c = Cursor { buf: rec, at: 8 };
+    let version = c.take(1)?[0];
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    c.take(1)?;
+    let queue = c.u16()?;
+    let queue_offset = c.u64()?;
+    let born_ms = c.u64()? as i64;
+    let stored_ms = c.u64()? as i64;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(c.take(16)?);
+    let topic_len = usize::from(c.u16()?);
+    let tag_len = usize::from(c.u16()?);
+    let keys_len = c.u32()? as usize;
+    let props_len = c.u32()? as usize;
+    let body_len = c.u32()? as usize;
+    let sum = [topic_len, tag_len, keys_len, props_len, body_len]
+        .iter()
+        .try_fold(HEADER, |a, &b| a.checked_add(b))
+        .ok_or(DecodeError::Layout)?;
+    if sum != total {
+        return Err(DecodeError::Layout);
+    }
+    let topic = c.str(topic_len, "topic")?.to_owned();
+    let tag = c.str(tag_len, "tag")?;
+    let keys = decode_keys(&mut Cursor {
+        buf: c.take(keys_len)?,
+        at: 0,
+    })?;
+    let properties = decode_props(&mut Cursor {
+        buf: c.take(props_len)?,
+        at: 0,
+    })?;
+    let body = c.take(body_len)?.to_vec();
+    Ok(StoredMessage {
+        id: Uuid::from_bytes(id),
+        topic,
+        queue,
+        queue_offset,
+        log_pos,
+        body,
+        tag: (!tag.is_empty()).then(|| tag.to_owned()),
+        keys,
+        properties,
+        born_ms,
+        stored_ms,
+    })
+}
+
+fn decode_keys(c: &mut Cursor<'_>) -> Result<Vec<String>, DecodeError> {
+    let n = c.u16()?;
+    let mut keys = Vec::with_capacity(usize::from(n).min(c.buf.len() / 2));
+    for _ in 0..n {
+        let len = usize::from(c.u16()?);
+        keys.push(c.str(len, "key")?.to_owned());
+    }
+    if c.at != c.buf.len() {
+        return Err(DecodeError::Layout);
+    }
+    Ok(keys)
+}
+
+fn decode_props(c: &mut Cursor<'_>) -> Result<BTreeMap<String, String>, DecodeError> {
+    let n = c.u16()?;
+    let mut props = BTreeMap::new();
+    for _ in 0..n {
+        let klen = usize::from(c.u16()?);
+        let k = c.str(klen, "property name")?.to_owned();
+        let vlen = c.u32()? as usize;
+        let v = c.str(vlen, "property value")?.to_owned();
+        props.insert(k, v);
+    }
+    if c.at != c.buf.len() {
+        return Err(DecodeError::Layout);
+    }
+    Ok(props)
+}
+
+/// The tag's hash as the consume index stores it (0 for no tag).
+pub fn tag_hash(tag: Option<&str>) -> u32 {
+    match tag {
+        None | Some("") => 0,
+        Some(t) => crc32c::crc32c(t.as_bytes()) | 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Message {
+        Message {
+            topic: "ANT|RZ00A%T1".into(),
+            body: b"hello".to_vec(),
+            tag: Some("TagA".into()),
+            keys: vec!["order-1".into(), "k2".into()],
+            properties: [("__UNIT.ORIUNIT".to_owned(), "RZ00A".to_owned())].into(),
+            born_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        let s = Stamp {
+            id: Uuid::now_v7(),
+            queue: 3,
+            queue_offset: 42,
+            stored_ms: 1_700_000_000_001,
+        };
+        let len = encoded_len(&m).unwrap();
+        let mut buf = vec![9u8; 7]; // records are appended after other bytes
+        encode(&m, &s, len, &mut buf);
+        assert_eq!(buf.len(), 7 + len);
+        let d = decode(&buf[7..], 1234).unwrap();
+        assert_eq!(
+            (d.topic.as_str(), d.queue, d.queue_offset, d.log_pos),
+            ("ANT|RZ00A%T1", 3, 42, 1234)
+        );
+        assert_eq!(
+            (d.body, d.tag, d.keys, d.properties),
+            (m.body, m.tag, m.keys, m.properties)
+        );
+        assert_eq!(
+            (d.id, d.born_ms, d.stored_ms),
+            (s.id, m.born_ms, s.stored_ms)
+        );
+    }
+
+    #[test]
+    fn every_torn_prefix_and_every_flipped_byte_is_refused() {
+        let m = sample();
+        let s = Stamp {
+            id: Uuid::now_v7(),
+            queue: 0,
+            queue_offset: 0,
+            stored_ms: 0,
+        };
+        let len = encoded_len(&m).unwrap();
+        let mut buf = Vec::new();
+        encode(&m, &s, len, &mut buf);
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut], 0).is_err(), "prefix {cut}");
+        }
+        for i in 4..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x40;
+            assert!(decode(&b, 0).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn no_tag_and_empty_tag_hash_to_zero() {
+        assert_eq!(tag_hash(None), 0);
+        assert_eq!(tag_hash(Some("")), 0);
+        assert_ne!(tag_hash(Some("TagA")), 0);
+    }
+}
