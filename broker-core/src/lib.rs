@@ -7,12 +7,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cq;
 mod error;
+mod keys;
 pub mod log;
 pub mod record;
 mod segment;
+mod store;
 
 pub use log::{FlushPolicy, LogConfig};
 
 pub use error::{DecodeError, Error, Result};
 pub use record::{Message, StoredMessage};
+pub use store::{PutResult, QueueSelect, Store, StoreConfig};

@@ -319,6 +319,12 @@ impl<S: Send + 'static> CommitLog<S> {
         }
     }
 
+    /// Runs `f` on the caller state under the writer lock.
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut S) -> T) -> Result<T> {
+        let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
+        Ok(f(&mut w.state))
+    }
+
     /// Waits until `end` is written (and, under `sync`, flushed).
     pub async fn wait_durable(&self, end: u64) -> Result<()> {
         let mut rx = self.written.subscribe();

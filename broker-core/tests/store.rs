@@ -1,0 +1,193 @@
+//! The store over real files: put, read by offset, time, id and key;
+//! queue selection; reopen; typed errors; retention.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use cellgate_broker_core::log::{FlushPolicy, LogConfig};
+use cellgate_broker_core::{Error, Message, QueueSelect, Store, StoreConfig};
+
+fn cfg() -> StoreConfig {
+    StoreConfig {
+        log: LogConfig {
+            segment_bytes: 64 * 1024,
+            flush: FlushPolicy::Sync,
+            preallocate: true,
+        },
+        ..StoreConfig::default()
+    }
+}
+
+fn msg(topic: &str, i: usize) -> Message {
+    Message {
+        topic: topic.into(),
+        body: format!("m{i}").into_bytes(),
+        tag: Some(if i.is_multiple_of(2) { "Even" } else { "Odd" }.into()),
+        keys: vec![format!("order-{}", i % 10)],
+        properties: [("i".to_owned(), i.to_string())].into(),
+        born_ms: 1,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, cfg()).unwrap()
+}
+
+#[tokio::test]
+async fn put_then_read_by_offset_id_key_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t = "ANT|RZ00A%T1";
+    s.create_topic(t, 2).unwrap();
+    let mut results = Vec::new();
+    for i in 0..20 {
+        results.push(
+            s.put(msg(t, i), QueueSelect::Queue((i % 2) as u16))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(s.queue_range(t, 0).unwrap(), (0, 10));
+    let entries = s.entries(t, 1, 0, 100).unwrap();
+    assert_eq!(entries.len(), 10);
+    let m = s.read(&entries[3]).unwrap();
+    assert_eq!((m.body, m.queue, m.queue_offset), (b"m7".to_vec(), 1, 3));
+    assert_eq!(m.properties["i"], "7");
+    // By id and by key.
+    let by_id = s.get_by_id(&results[7].id).unwrap().unwrap();
+    assert_eq!(by_id.body, b"m7");
+    let by_key = s.get_by_key(t, "order-3").unwrap();
+    assert_eq!(
+        by_key.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        [b"m3".to_vec(), b"m13".to_vec()]
+    );
+    assert!(s.get_by_key("OTHER", "order-3").unwrap().is_empty());
+    // By time: everything was stored at or after the first stamp.
+    assert_eq!(s.offset_at_time(t, 0, results[0].stored_ms).unwrap(), 0);
+    assert_eq!(s.offset_at_time(t, 0, i64::MAX).unwrap(), 10);
+}
+
+#[tokio::test]
+async fn queue_selection_round_robin_and_by_sharding_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t = "T";
+    s.create_topic(t, 4).unwrap();
+    let mut rr = Vec::new();
+    for i in 0..8 {
+        rr.push(
+            s.put(msg(t, i), QueueSelect::RoundRobin)
+                .await
+                .unwrap()
+                .queue,
+        );
+    }
+    assert_eq!(rr, [0, 1, 2, 3, 0, 1, 2, 3]);
+    let mut by_key = Vec::new();
+    for i in 0..6 {
+        by_key.push(
+            s.put(msg(t, i), QueueSelect::ShardingKey("user-42".into()))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        by_key.windows(2).all(|w| w[0].queue == w[1].queue),
+        "one key, one queue"
+    );
+    assert!(
+        by_key
+            .windows(2)
+            .all(|w| w[0].queue_offset + 1 == w[1].queue_offset),
+        "in order"
+    );
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen_and_offsets_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = "ANT|RZ00A%T1";
+    let first = {
+        let s = open(dir.path());
+        for i in 0..50 {
+            s.put(msg(t, i), QueueSelect::Queue(0)).await.unwrap();
+        }
+        s.close().unwrap();
+        s.get_by_key(t, "order-1").unwrap().len()
+    };
+    let s = open(dir.path());
+    assert_eq!(s.queues(t), Some(4));
+    assert_eq!(s.queue_range(t, 0).unwrap(), (0, 50));
+    assert_eq!(s.get_by_key(t, "order-1").unwrap().len(), first);
+    let r = s.put(msg(t, 50), QueueSelect::Queue(0)).await.unwrap();
+    assert_eq!(r.queue_offset, 50);
+}
+
+#[tokio::test]
+async fn errors_are_typed_and_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreConfig {
+            auto_create_topics: false,
+            max_message_bytes: 100,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let e = s
+        .put(msg("NOPE", 0), QueueSelect::RoundRobin)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownTopic(_)));
+    assert_eq!(e.to_string(), "topic NOPE does not exist");
+    s.create_topic("T", 2).unwrap();
+    let e = s.create_topic("T", 3).unwrap_err();
+    assert_eq!(e.to_string(), "topic T already exists with 2 queues, not 3");
+    let e = s.put(msg("T", 0), QueueSelect::Queue(5)).await.unwrap_err();
+    assert_eq!(e.to_string(), "topic T has 2 queues, there is no queue 5");
+    let mut big = msg("T", 0);
+    big.body = vec![0; 101];
+    let e = s.put(big, QueueSelect::RoundRobin).await.unwrap_err();
+    assert_eq!(e.to_string(), "message is 101 bytes, over the limit of 100");
+    let e = s.entries("T", 9, 0, 1).unwrap_err();
+    assert!(matches!(e, Error::UnknownQueue { .. }));
+    let e = s.create_topic("Z", 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration: a topic needs at least one queue"
+    );
+}
+
+#[tokio::test]
+async fn retention_by_size_deletes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreConfig {
+            retention_bytes: Some(3 * 64 * 1024),
+            retention_age: Duration::from_secs(3600),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let t = "T";
+    s.create_topic(t, 1).unwrap();
+    let mut big = msg(t, 0);
+    big.body = vec![7; 8 * 1024];
+    for _ in 0..60 {
+        s.put(big.clone(), QueueSelect::Queue(0)).await.unwrap();
+    }
+    let before = s.queue_range(t, 0).unwrap();
+    assert_eq!(before, (0, 60));
+    let min_pos = s.enforce_retention().unwrap();
+    assert!(min_pos > 0);
+    let (lo, hi) = s.queue_range(t, 0).unwrap();
+    assert!(lo > 0 && hi == 60, "{lo}..{hi}");
+    // What remains is readable; what is gone is refused, not garbage.
+    let e = s.entries(t, 0, lo, 1).unwrap()[0];
+    assert_eq!(s.read(&e).unwrap().body.len(), 8 * 1024);
+    let gone = s.entries(t, 0, 0, 1).unwrap()[0];
+    assert!(matches!(s.read(&gone), Err(Error::OutOfRange { .. })));
+}
