@@ -110,6 +110,7 @@ pub fn encoded_len(m: &Message) -> Result<usize, Error> {
         }
         keys += 2 + k.len();
     }
+    let u32max = u32::MAX as usize;
     let mut props = 2;
     for (k, v) in &m.properties {
         if k.len() > u16max {
@@ -117,7 +118,13 @@ pub fn encoded_len(m: &Message) -> Result<usize, Error> {
         }
         props += 2 + k.len() + 4 + v.len();
     }
-    Ok(HEADER + m.topic.len() + tag.len() + keys + props + m.body.len())
+    let total = HEADER + m.topic.len() + tag.len() + keys + props + m.body.len();
+    // Every length field must hold its section, and the whole record fits
+    // a u32 length prefix.
+    if total > u32max - 4 {
+        return Err(too_long("message", total, u32max - 4));
+    }
+    Ok(total)
 }
 
 /// Appends the record of `m` to `out`; `len` is what [`encoded_len`]
@@ -234,7 +241,8 @@ impl<'a> Cursor<'a> {
 pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     let total = match frame(buf, usize::MAX)? {
         Frame::Record(n) => n,
-        Frame::Empty | Frame::EndOfSegment => return Err(DecodeError::BadLength(0)),
+        Frame::Empty => return Err(DecodeError::BadLength(0)),
+        Frame::EndOfSegment => return Err(DecodeError::BadLength(END_OF_SEGMENT)),
     };
     let rec = buf.get(..total).ok_or(DecodeError::Truncated {
         need: total,
@@ -250,7 +258,10 @@ pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    c.take(1)?;
+    if c.take(1)?[0] != 0 {
+        // Reserved flags: a record with any set was not written by us.
+        return Err(DecodeError::Layout);
+    }
     let queue = c.u16()?;
     let queue_offset = c.u64()?;
     let born_ms = c.u64()? as i64;
@@ -311,12 +322,19 @@ fn decode_keys(c: &mut Cursor<'_>) -> Result<Vec<String>, DecodeError> {
 fn decode_props(c: &mut Cursor<'_>) -> Result<BTreeMap<String, String>, DecodeError> {
     let n = c.u16()?;
     let mut props = BTreeMap::new();
+    let mut prev: Option<&str> = None;
     for _ in 0..n {
         let klen = usize::from(c.u16()?);
-        let k = c.str(klen, "property name")?.to_owned();
+        let k = c.str(klen, "property name")?;
         let vlen = c.u32()? as usize;
         let v = c.str(vlen, "property value")?.to_owned();
-        props.insert(k, v);
+        // The encoder writes names strictly ascending (a BTreeMap): anything
+        // else (a duplicate would silently drop data) is not our record.
+        if prev.is_some_and(|p| p >= k) {
+            return Err(DecodeError::Layout);
+        }
+        prev = Some(k);
+        props.insert(k.to_owned(), v);
     }
     if c.at != c.buf.len() {
         return Err(DecodeError::Layout);
