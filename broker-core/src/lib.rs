@@ -7,8 +7,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod cq;
+mod embedded;
 mod error;
+pub mod filter;
+mod group;
 mod keys;
 pub mod log;
 pub mod record;
@@ -17,6 +21,9 @@ mod store;
 
 pub use log::{FlushPolicy, LogConfig};
 
+pub use broker::{Broker, ConsumeMode, Delivery, DeliveryConfig, QueueLag, ReceiveOptions};
+pub use embedded::EmbeddedBroker;
 pub use error::{DecodeError, Error, Result};
+pub use filter::{Predicate, TagFilter};
 pub use record::{Message, StoredMessage};
 pub use store::{PutResult, QueueSelect, Store, StoreConfig};

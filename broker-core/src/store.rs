@@ -127,7 +127,7 @@ fn now_ms() -> i64 {
 }
 
 /// `%`-encodes a topic name for use as a directory name.
-fn dir_name(topic: &str) -> String {
+pub(crate) fn dir_name(topic: &str) -> String {
     let mut out = String::with_capacity(topic.len());
     for b in topic.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' && !out.is_empty() {
@@ -208,6 +208,10 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Creates `topic` with `queues` queues; creating it again with the same
@@ -537,7 +541,7 @@ fn open_topic(dir: &Path, name: &str, queues: u16, log_end: u64) -> Result<Topic
     })
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Io {
             path: path.to_owned(),
@@ -552,7 +556,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
 }
 
 /// Writes `v` as JSON atomically: a temp file, fsynced, renamed over.
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec(v).map_err(|e| Error::Io {
         path: path.to_owned(),

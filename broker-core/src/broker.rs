@@ -1,0 +1,143 @@
+//! The broker interface every backend implements, shaped after RocketMQ:
+//! topics with queues; messages with body, tag, keys and properties;
+//! consumer groups with pop-style receive, an invisibility time, ack by
+//! receipt handle, nack, retry with back-off and dead letters.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::filter::{Predicate, TagFilter};
+use crate::record::{Message, StoredMessage};
+use crate::store::{PutResult, QueueSelect};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Clustering: each message to one consumer of the group. Broadcast: every
+/// consumer id gets every message and keeps its own progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeMode {
+    Clustering,
+    Broadcast { consumer_id: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    pub max_messages: usize,
+    /// Long-poll: wait up to this long for a first message.
+    pub wait: Duration,
+    /// A delivered message is invisible to the group for this long unless
+    /// acked; then it is delivered again.
+    pub invisible: Duration,
+    pub tags: TagFilter,
+    pub predicate: Option<Predicate>,
+    pub mode: ConsumeMode,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            max_messages: 16,
+            wait: Duration::ZERO,
+            invisible: Duration::from_secs(30),
+            tags: TagFilter::All,
+            predicate: None,
+            mode: ConsumeMode::Clustering,
+        }
+    }
+}
+
+/// One delivered message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: StoredMessage,
+    /// Ack or nack with this; it is void once the message is redelivered.
+    pub receipt: String,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+}
+
+/// A group's backlog on one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLag {
+    pub queue: u16,
+    /// Everything below is done.
+    pub committed: u64,
+    /// The queue's next offset.
+    pub max: u64,
+    /// Messages not yet done (in flight included).
+    pub lag: u64,
+    pub inflight: usize,
+}
+
+/// Retry and dead-letter behaviour.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Invisibility after the n-th nack (the last level repeats).
+    pub retry_levels: Vec<Duration>,
+    /// Deliveries before a message goes to `%DLQ%<group>`.
+    pub max_attempts: u32,
+}
+
+/// RocketMQ's delay levels from 10 s (levels 3–18).
+pub fn rocketmq_retry_levels() -> Vec<Duration> {
+    [
+        10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+    ]
+    .into_iter()
+    .map(Duration::from_secs)
+    .collect()
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry_levels: rocketmq_retry_levels(),
+            max_attempts: 16,
+        }
+    }
+}
+
+/// The dead-letter topic of a physical group.
+pub fn dlq_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+
+/// Properties a dead-lettered copy carries.
+pub const ORIGIN_TOPIC: &str = "__ORIGIN_TOPIC";
+pub const ORIGIN_MESSAGE_ID: &str = "__ORIGIN_MESSAGE_ID";
+pub const DELIVERY_ATTEMPTS: &str = "__DELIVERY_ATTEMPTS";
+
+/// What every broker backend offers the gateway and the router.
+pub trait Broker: Send + Sync {
+    /// Creates a topic with `queues` queues (a no-op if it exists alike).
+    fn create_topic(&self, topic: &str, queues: u16) -> Result<()>;
+    /// Stores a message; resolves once it is durable under the policy.
+    fn send(&self, msg: Message, select: QueueSelect) -> BoxFuture<'_, Result<PutResult>>;
+    /// Stores messages in order, as one write.
+    fn send_batch(
+        &self,
+        msgs: Vec<(Message, QueueSelect)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>>;
+    /// Pop-style receive for a group.
+    fn receive<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        opts: ReceiveOptions,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>>>;
+    fn ack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()>;
+    /// Makes the message visible again after the back-off of its attempt.
+    fn nack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()>;
+    /// Moves the group's progress on every queue to the first message
+    /// stored at or after `ms`.
+    fn reset_to_time(&self, group: &str, topic: &str, mode: &ConsumeMode, ms: i64) -> Result<()>;
+    fn lag(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Vec<QueueLag>>;
+    fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>>;
+    fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>>;
+    /// Moves up to `max` messages from `%DLQ%<group>` back to their topics.
+    fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>>;
+}

@@ -1,0 +1,532 @@
+//! The embedded broker: [`Store`] plus consumer-group delivery.
+//!
+//! A receive walks the group's queues round-robin. In each it first
+//! redelivers in-flight messages whose invisibility ended (their attempt
+//! grows; past `max_attempts` they go to `%DLQ%<group>`), then scans new
+//! offsets: the tag filter is checked on the index's tag hash before any
+//! read, then the tag itself and the property predicate on the record.
+//! Filtered-out offsets are completed on the spot, so they never count as
+//! lag. An empty receive with a wait parks on the store's "appended" signal
+//! or the next invisibility deadline, whichever comes first — no polling.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::broker::{
+    dlq_topic, BoxFuture, Broker, ConsumeMode, Delivery, DeliveryConfig, QueueLag, ReceiveOptions,
+    DELIVERY_ATTEMPTS, ORIGIN_MESSAGE_ID, ORIGIN_TOPIC,
+};
+use crate::error::{Error, Result};
+use crate::group::{Groups, InFlight, QueueState};
+use crate::record::{Message, StoredMessage};
+use crate::store::{PutResult, QueueSelect, Store};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The progress key: broadcast consumers each have their own.
+fn group_key(group: &str, mode: &ConsumeMode) -> String {
+    match mode {
+        ConsumeMode::Clustering => group.to_owned(),
+        ConsumeMode::Broadcast { consumer_id } => format!("{group}\u{1}{consumer_id}"),
+    }
+}
+
+fn receipt(queue: u16, offset: u64, nonce: u64) -> String {
+    format!("{queue}.{offset}.{nonce:016x}")
+}
+
+fn parse_receipt(r: &str) -> Result<(u16, u64, u64)> {
+    let mut it = r.split('.');
+    let (Some(q), Some(o), Some(n), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(Error::BadReceipt);
+    };
+    let q = q.parse().map_err(|_| Error::BadReceipt)?;
+    let o = o.parse().map_err(|_| Error::BadReceipt)?;
+    let n = u64::from_str_radix(n, 16).map_err(|_| Error::BadReceipt)?;
+    Ok((q, o, n))
+}
+
+fn nonce() -> u64 {
+    // The random half of a fresh UUIDv7.
+    Uuid::now_v7().as_u128() as u64
+}
+
+/// A message that exhausted its attempts, to be dead-lettered.
+struct Dead {
+    queue: u16,
+    offset: u64,
+    message: StoredMessage,
+    attempts: u32,
+}
+
+/// The embedded broker.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    store: Arc<Store>,
+    groups: Groups,
+    cfg: DeliveryConfig,
+    /// Where the next receive starts its round-robin over queues.
+    rr: AtomicUsize,
+}
+
+impl EmbeddedBroker {
+    pub fn new(store: Arc<Store>, cfg: DeliveryConfig) -> EmbeddedBroker {
+        let groups = Groups::new(store.dir());
+        EmbeddedBroker {
+            store,
+            groups,
+            cfg,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Persists group progress, checkpoints the store and applies retention.
+    /// Call it periodically ([`EmbeddedBroker::run_maintenance`]) and on close.
+    pub fn maintain(&self) -> Result<()> {
+        self.groups.persist()?;
+        self.store.write_checkpoint()?;
+        self.store.enforce_retention()?;
+        Ok(())
+    }
+
+    /// Runs [`EmbeddedBroker::maintain`] every `every` until the broker is
+    /// dropped.
+    pub fn run_maintenance(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(b) = weak.upgrade() else { return };
+                if let Err(e) = b.maintain() {
+                    tracing::warn!(error = %e, "broker maintenance failed");
+                }
+            }
+        })
+    }
+
+    /// Flushes everything and persists all progress.
+    pub fn close(&self) -> Result<()> {
+        self.groups.persist()?;
+        self.store.close()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) - 1) as usize;
+        let levels = &self.cfg.retry_levels;
+        levels
+            .get(i)
+            .or(levels.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// One pass over the queues: returns deliveries, dead letters and the
+    /// earliest time an in-flight message becomes visible again.
+    fn collect(
+        &self,
+        key: &str,
+        topic: &str,
+        queues: u16,
+        opts: &ReceiveOptions,
+    ) -> Result<(Vec<Delivery>, Vec<Dead>, Option<i64>)> {
+        let now = now_ms();
+        let invisible = opts.invisible.as_millis() as i64;
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        self.groups.with(key, topic, queues, |states| {
+            let mut out = Vec::new();
+            let mut dead = Vec::new();
+            for i in 0..usize::from(queues) {
+                let q = ((start + i) % usize::from(queues)) as u16;
+                let st = &mut states[usize::from(q)];
+                self.redeliver(topic, q, st, opts, now, invisible, &mut out, &mut dead)?;
+                self.scan_new(topic, q, st, opts, now, invisible, &mut out)?;
+                if out.len() >= opts.max_messages {
+                    break;
+                }
+            }
+            let next = states
+                .iter()
+                .flat_map(|s| s.inflight.values())
+                .map(|f| f.visible_at)
+                .min();
+            Ok((out, dead, next))
+        })?
+    }
+
+    #[allow(clippy::too_many_arguments)] // one pass's working set, kept explicit
+    fn redeliver(
+        &self,
+        topic: &str,
+        q: u16,
+        st: &mut QueueState,
+        opts: &ReceiveOptions,
+        now: i64,
+        invisible: i64,
+        out: &mut Vec<Delivery>,
+        dead: &mut Vec<Dead>,
+    ) -> Result<()> {
+        let due: Vec<(u64, InFlight)> = st
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.visible_at <= now)
+            .map(|(o, f)| (*o, *f))
+            .collect();
+        for (offset, f) in due {
+            if out.len() >= opts.max_messages {
+                break;
+            }
+            let message = match self.store.entries(topic, q, offset, 1)?.first() {
+                Some(e) => match self.store.read(e) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        tracing::warn!(topic, queue = q, offset, error = %err, "skipping unreadable message");
+                        st.complete(offset);
+                        continue;
+                    }
+                },
+                None => {
+                    st.complete(offset);
+                    continue;
+                }
+            };
+            let attempt = f.attempt + 1;
+            if attempt > self.cfg.max_attempts {
+                // Parked until the dead letter is written.
+                st.inflight.insert(
+                    offset,
+                    InFlight {
+                        visible_at: i64::MAX,
+                        ..f
+                    },
+                );
+                dead.push(Dead {
+                    queue: q,
+                    offset,
+                    message,
+                    attempts: f.attempt,
+                });
+                continue;
+            }
+            let n = nonce();
+            st.inflight.insert(
+                offset,
+                InFlight {
+                    attempt,
+                    visible_at: now + invisible,
+                    nonce: n,
+                },
+            );
+            out.push(Delivery {
+                message,
+                receipt: receipt(q, offset, n),
+                attempt,
+            });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // one pass's working set, kept explicit
+    fn scan_new(
+        &self,
+        topic: &str,
+        q: u16,
+        st: &mut QueueState,
+        opts: &ReceiveOptions,
+        now: i64,
+        invisible: i64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let (min, max) = self.store.queue_range(topic, q)?;
+        if st.committed < min {
+            // Retention removed messages this group had not finished.
+            st.jump_to(min);
+        }
+        while out.len() < opts.max_messages && st.next < max {
+            let entries = self.store.entries(topic, q, st.next, 32)?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in entries {
+                let offset = st.next;
+                st.next += 1;
+                // The tag hash rules most messages out without a read.
+                if !opts.tags.may_match(e.tag_hash) {
+                    st.complete(offset);
+                    continue;
+                }
+                let m = match self.store.read(&e) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        tracing::warn!(topic, queue = q, offset, error = %err, "skipping unreadable message");
+                        st.complete(offset);
+                        continue;
+                    }
+                };
+                let wanted = opts.tags.matches(m.tag.as_deref())
+                    && opts.predicate.as_ref().is_none_or(|p| (p.0)(&m));
+                if !wanted {
+                    st.complete(offset);
+                    continue;
+                }
+                let n = nonce();
+                st.inflight.insert(
+                    offset,
+                    InFlight {
+                        attempt: 1,
+                        visible_at: now + invisible,
+                        nonce: n,
+                    },
+                );
+                out.push(Delivery {
+                    message: m,
+                    receipt: receipt(q, offset, n),
+                    attempt: 1,
+                });
+                if out.len() >= opts.max_messages {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        group: &str,
+        key: &str,
+        topic: &str,
+        queues: u16,
+        dead: Vec<Dead>,
+    ) -> Result<()> {
+        for d in dead {
+            let mut props = d.message.properties.clone();
+            props.insert(ORIGIN_TOPIC.into(), topic.to_owned());
+            props.insert(ORIGIN_MESSAGE_ID.into(), d.message.id.to_string());
+            props.insert(DELIVERY_ATTEMPTS.into(), d.attempts.to_string());
+            let copy = Message {
+                topic: dlq_topic(group),
+                body: d.message.body,
+                tag: d.message.tag,
+                keys: d.message.keys,
+                properties: props,
+                born_ms: d.message.born_ms,
+            };
+            self.store.put(copy, QueueSelect::Queue(0)).await?;
+            self.groups.with(key, topic, queues, |s| {
+                s[usize::from(d.queue)].complete(d.offset)
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn receive_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        opts: ReceiveOptions,
+    ) -> Result<Vec<Delivery>> {
+        let queues = match self.store.queues(topic) {
+            Some(n) => n,
+            None if self.store.config().auto_create_topics => {
+                self.store
+                    .create_topic(topic, self.store.config().default_queues)?;
+                self.store.config().default_queues
+            }
+            None => return Err(Error::UnknownTopic(topic.to_owned())),
+        };
+        let key = group_key(group, &opts.mode);
+        let deadline = Instant::now() + opts.wait;
+        let mut appended = self.store.appended();
+        loop {
+            appended.borrow_and_update();
+            let (out, dead, next_visible) = self.collect(&key, topic, queues, &opts)?;
+            if !dead.is_empty() {
+                self.dead_letter(group, &key, topic, queues, dead).await?;
+            }
+            let now = Instant::now();
+            if !out.is_empty() || now >= deadline {
+                return Ok(out);
+            }
+            let mut until = deadline;
+            if let Some(v) = next_visible {
+                let in_ms = (v - now_ms()).max(0) as u64;
+                until = until.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                changed = appended.changed() => { changed.map_err(|_| Error::Closed)?; }
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn settle(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+        r: &str,
+        ack: bool,
+    ) -> Result<()> {
+        let (q, offset, n) = parse_receipt(r)?;
+        let queues = self
+            .store
+            .queues(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        if q >= queues {
+            return Err(Error::BadReceipt);
+        }
+        let backoff = |attempt| self.backoff(attempt).as_millis() as i64;
+        self.groups
+            .with(&group_key(group, mode), topic, queues, |s| {
+                let st = &mut s[usize::from(q)];
+                match st.inflight.get_mut(&offset) {
+                    Some(f) if f.nonce == n => {
+                        if ack {
+                            st.complete(offset);
+                        } else {
+                            f.visible_at = now_ms() + backoff(f.attempt);
+                        }
+                        Ok(())
+                    }
+                    // Acking what is already done is a no-op; anything else is
+                    // a stale (redelivered) or foreign handle.
+                    None if ack && (offset < st.committed || st.done.contains(&offset)) => Ok(()),
+                    _ => Err(Error::BadReceipt),
+                }
+            })?
+    }
+}
+
+impl Broker for EmbeddedBroker {
+    fn create_topic(&self, topic: &str, queues: u16) -> Result<()> {
+        self.store.create_topic(topic, queues)
+    }
+
+    fn send(&self, msg: Message, select: QueueSelect) -> BoxFuture<'_, Result<PutResult>> {
+        Box::pin(self.store.put(msg, select))
+    }
+
+    fn send_batch(
+        &self,
+        msgs: Vec<(Message, QueueSelect)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
+        Box::pin(self.store.put_batch(msgs))
+    }
+
+    fn receive<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        opts: ReceiveOptions,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
+        Box::pin(self.receive_impl(group, topic, opts))
+    }
+
+    fn ack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()> {
+        self.settle(group, topic, mode, receipt, true)
+    }
+
+    fn nack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()> {
+        self.settle(group, topic, mode, receipt, false)
+    }
+
+    fn reset_to_time(&self, group: &str, topic: &str, mode: &ConsumeMode, ms: i64) -> Result<()> {
+        let queues = self
+            .store
+            .queues(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        let offsets = (0..queues)
+            .map(|q| self.store.offset_at_time(topic, q, ms))
+            .collect::<Result<Vec<_>>>()?;
+        self.groups
+            .with(&group_key(group, mode), topic, queues, |s| {
+                for (st, off) in s.iter_mut().zip(offsets) {
+                    st.jump_to(off);
+                }
+            })
+    }
+
+    fn lag(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Vec<QueueLag>> {
+        let queues = self
+            .store
+            .queues(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        let ranges = (0..queues)
+            .map(|q| self.store.queue_range(topic, q))
+            .collect::<Result<Vec<_>>>()?;
+        self.groups
+            .with(&group_key(group, mode), topic, queues, |s| {
+                s.iter()
+                    .zip(ranges)
+                    .enumerate()
+                    .map(|(q, (st, (min, max)))| {
+                        let committed = st.committed.max(min);
+                        let done = st.done.range(committed..).count() as u64;
+                        QueueLag {
+                            queue: q as u16,
+                            committed,
+                            max,
+                            lag: max.saturating_sub(committed).saturating_sub(done),
+                            inflight: st.inflight.len(),
+                        }
+                    })
+                    .collect()
+            })
+    }
+
+    fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
+        self.store.get_by_id(id)
+    }
+
+    fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
+        self.store.get_by_key(topic, key)
+    }
+
+    fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let dlq = dlq_topic(group);
+            let redriver = format!("%REDRIVE%{group}");
+            let opts = ReceiveOptions {
+                max_messages: max,
+                ..ReceiveOptions::default()
+            };
+            let got = self.receive_impl(&redriver, &dlq, opts).await?;
+            let mut n = 0;
+            for d in got {
+                let m = d.message;
+                let mut props = m.properties.clone();
+                let Some(origin) = props.remove(ORIGIN_TOPIC) else {
+                    continue;
+                };
+                props.remove(ORIGIN_MESSAGE_ID);
+                props.remove(DELIVERY_ATTEMPTS);
+                let again = Message {
+                    topic: origin,
+                    body: m.body,
+                    tag: m.tag,
+                    keys: m.keys,
+                    properties: props,
+                    born_ms: m.born_ms,
+                };
+                self.store.put(again, QueueSelect::RoundRobin).await?;
+                self.settle(&redriver, &dlq, &ConsumeMode::Clustering, &d.receipt, true)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+}
