@@ -191,3 +191,51 @@ async fn retention_by_size_deletes_whole_old_segments() {
     let gone = s.entries(t, 0, 0, 1).unwrap()[0];
     assert!(matches!(s.read(&gone), Err(Error::OutOfRange { .. })));
 }
+
+#[tokio::test]
+async fn retention_by_age_deletes_segments_older_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreConfig {
+            retention_age: Duration::from_secs(72 * 3600),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let t = "T";
+    s.create_topic(t, 1).unwrap();
+    let mut big = msg(t, 0);
+    big.body = vec![7; 8 * 1024];
+    for _ in 0..30 {
+        s.put(big.clone(), QueueSelect::Queue(0)).await.unwrap();
+    }
+    // Nothing is old yet.
+    assert_eq!(s.enforce_retention().unwrap(), 0);
+    // Age the first two segments past 72 h.
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let old = std::time::SystemTime::now() - Duration::from_secs(100 * 3600);
+    for p in &segs[..2] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let min = s.enforce_retention().unwrap();
+    let third: u64 = segs[2]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(min, third);
+    assert!(!segs[0].exists() && !segs[1].exists() && segs[2].exists());
+    assert!(s.queue_range(t, 0).unwrap().0 > 0);
+}
