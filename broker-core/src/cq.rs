@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -62,6 +62,8 @@ pub struct ConsumeQueue {
     /// Offsets handed out to appends (ahead of `len` until dispatched).
     /// Changed only under the log's writer lock.
     pub(crate) assigned: AtomicU64,
+    /// Written since the last fsync.
+    dirty: AtomicBool,
 }
 
 impl ConsumeQueue {
@@ -84,6 +86,7 @@ impl ConsumeQueue {
             file,
             len: AtomicU64::new(bytes / ENTRY as u64),
             assigned: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
         };
         let mut n = q.len();
         while n > 0 {
@@ -108,23 +111,39 @@ impl ConsumeQueue {
         self.len() == 0
     }
 
-    /// Appends the entry for `offset`; an offset already present is skipped
-    /// (re-dispatch after recovery is idempotent).
-    pub(crate) fn dispatch(&self, offset: u64, e: &Entry) -> Result<()> {
+    /// Appends the entries for offsets `first..`, in one write; offsets
+    /// already present are skipped (re-dispatch after recovery is
+    /// idempotent).
+    pub(crate) fn dispatch_many(&self, first: u64, entries: &[Entry]) -> Result<()> {
         let len = self.len();
-        if offset < len {
+        let skip = len.saturating_sub(first) as usize;
+        let Some(rest) = entries.get(skip..).filter(|r| !r.is_empty()) else {
             return Ok(());
-        }
-        if offset > len {
+        };
+        let at = first + skip as u64;
+        if at > len {
             return Err(Error::Config(format!(
-                "consume queue {} would skip from {len} to {offset}",
+                "consume queue {} would skip from {len} to {at}",
                 self.path.display()
             )));
         }
+        let mut buf = Vec::with_capacity(rest.len() * ENTRY);
+        for e in rest {
+            buf.extend_from_slice(&e.encode());
+        }
         self.file
-            .write_all_at(&e.encode(), offset * ENTRY as u64)
+            .write_all_at(&buf, at * ENTRY as u64)
             .map_err(Error::io(&self.path))?;
-        self.len.store(offset + 1, Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
+        self.len.store(at + rest.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// fsyncs the file if entries were added since the last sync.
+    pub(crate) fn sync_if_dirty(&self) -> Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.file.sync_data().map_err(Error::io(&self.path))?;
+        }
         Ok(())
     }
 

@@ -55,10 +55,7 @@ fn parse_receipt(r: &str) -> Result<(u16, u64, u64)> {
     Ok((q, o, n))
 }
 
-fn nonce() -> u64 {
-    // The random half of a fresh UUIDv7.
-    Uuid::now_v7().as_u128() as u64
-}
+use crate::ids::nonce;
 
 /// A message that exhausted its attempts, to be dead-lettered.
 struct Dead {

@@ -3,15 +3,16 @@
 //! An append-only file of 17-byte entries (`kind u8, hash u64, log_pos u64`)
 //! loaded into memory at start. Hashes only narrow the search: a lookup
 //! reads each candidate record and checks it, so collisions cost a read,
-//! never a wrong answer. Like the consume queues, the file is repaired from
-//! the log after a crash (entries past the log's end dropped, missing ones
-//! re-dispatched; duplicates are harmless).
+//! never a wrong answer. Entries are appended in log order, so after a
+//! crash the entries past the log's end are a tail, cut by truncation;
+//! missing ones are re-dispatched (a duplicate is ignored).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use nohash_hasher::BuildNoHashHasher;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -20,11 +21,47 @@ const ENTRY: usize = 17;
 const KIND_KEY: u8 = 0;
 const KIND_ID: u8 = 1;
 
+/// Positions of one hash: almost always one, so no allocation for it.
+#[derive(Debug, Clone)]
+enum Positions {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Positions {
+    fn add(&mut self, pos: u64) -> bool {
+        match self {
+            Positions::One(p) if *p == pos => false,
+            Positions::One(p) => {
+                *self = Positions::Many(vec![*p, pos]);
+                true
+            }
+            Positions::Many(v) if v.contains(&pos) => false,
+            Positions::Many(v) => {
+                v.push(pos);
+                true
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        match self {
+            Positions::One(p) => vec![*p],
+            Positions::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The keys are already hashes: hashing them again would only cost time.
+type Map = HashMap<u64, Positions, BuildNoHashHasher<u64>>;
+
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
     path: PathBuf,
     file: File,
-    map: HashMap<(u8, u64), Vec<u64>>,
+    keys: Map,
+    ids: Map,
+    dirty: bool,
 }
 
 /// A stable 64-bit hash of a topic and key (two CRC32Cs: stable across
@@ -36,10 +73,8 @@ fn key_hash(topic: &str, key: &str) -> u64 {
 }
 
 fn id_hash(id: &Uuid) -> u64 {
-    let b = id.as_bytes();
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[8..16]);
-    u64::from_le_bytes(a)
+    // The id's low half: its counter and random bits.
+    id.as_u128() as u64
 }
 
 impl KeyIndex {
@@ -50,68 +85,101 @@ impl KeyIndex {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(Error::io(path))?;
         }
-        let mut map: HashMap<(u8, u64), Vec<u64>> = HashMap::new();
-        let mut keep = Vec::with_capacity(bytes.len());
+        let mut idx = KeyIndex {
+            path: path.to_owned(),
+            file: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(Error::io(path))?,
+            keys: Map::default(),
+            ids: Map::default(),
+            dirty: false,
+        };
+        let mut valid = 0;
         for e in bytes.chunks_exact(ENTRY) {
             let mut h = [0u8; 8];
             h.copy_from_slice(&e[1..9]);
             let mut p = [0u8; 8];
             p.copy_from_slice(&e[9..17]);
             let pos = u64::from_le_bytes(p);
-            if pos < log_end {
-                map.entry((e[0], u64::from_le_bytes(h)))
-                    .or_default()
-                    .push(pos);
-                keep.extend_from_slice(e);
+            if pos >= log_end {
+                break; // the tail past the log: cut below
             }
+            idx.map_mut(e[0])
+                .entry(u64::from_le_bytes(h))
+                .or_insert(Positions::One(pos))
+                .add(pos);
+            valid += ENTRY;
         }
-        // Rewrite without the cut entries (and a partial last one).
-        std::fs::write(path, &keep).map_err(Error::io(path))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(Error::io(path))?;
-        Ok(KeyIndex {
-            path: path.to_owned(),
-            file,
-            map,
-        })
+        if valid != bytes.len() {
+            idx.file.set_len(valid as u64).map_err(Error::io(path))?;
+        }
+        Ok(idx)
+    }
+
+    fn map_mut(&mut self, kind: u8) -> &mut Map {
+        if kind == KIND_ID {
+            &mut self.ids
+        } else {
+            &mut self.keys
+        }
     }
 
     fn add(&mut self, kind: u8, hash: u64, pos: u64, out: &mut Vec<u8>) {
-        let v = self.map.entry((kind, hash)).or_default();
-        if v.contains(&pos) {
-            return;
+        let added = match self.map_mut(kind).entry(hash) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Positions::One(pos));
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().add(pos),
+        };
+        if added {
+            out.push(kind);
+            out.extend_from_slice(&hash.to_le_bytes());
+            out.extend_from_slice(&pos.to_le_bytes());
         }
-        v.push(pos);
-        out.push(kind);
-        out.extend_from_slice(&hash.to_le_bytes());
-        out.extend_from_slice(&pos.to_le_bytes());
     }
 
-    /// Indexes one record's id and keys.
-    pub fn insert(&mut self, topic: &str, id: &Uuid, keys: &[String], pos: u64) -> Result<()> {
-        let mut out = Vec::with_capacity(ENTRY * (1 + keys.len()));
-        self.add(KIND_ID, id_hash(id), pos, &mut out);
-        for k in keys {
-            self.add(KIND_KEY, key_hash(topic, k), pos, &mut out);
+    /// Indexes records' ids and keys, with one write.
+    pub fn insert_many<'a>(
+        &mut self,
+        records: impl Iterator<Item = (&'a str, &'a Uuid, &'a [String], u64)>,
+    ) -> Result<()> {
+        let mut out = Vec::new();
+        for (topic, id, keys, pos) in records {
+            self.add(KIND_ID, id_hash(id), pos, &mut out);
+            for k in keys {
+                self.add(KIND_KEY, key_hash(topic, k), pos, &mut out);
+            }
         }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.dirty = true;
         self.file.write_all(&out).map_err(Error::io(&self.path))
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.dirty) {
+            self.file.sync_data().map_err(Error::io(&self.path))?;
+        }
+        Ok(())
     }
 
     /// Candidate positions for `key` in `topic`.
     pub fn by_key(&self, topic: &str, key: &str) -> Vec<u64> {
-        self.map
-            .get(&(KIND_KEY, key_hash(topic, key)))
-            .cloned()
+        self.keys
+            .get(&key_hash(topic, key))
+            .map(Positions::to_vec)
             .unwrap_or_default()
     }
 
     /// Candidate positions for message `id`.
     pub fn by_id(&self, id: &Uuid) -> Vec<u64> {
-        self.map
-            .get(&(KIND_ID, id_hash(id)))
-            .cloned()
+        self.ids
+            .get(&id_hash(id))
+            .map(Positions::to_vec)
             .unwrap_or_default()
     }
 }

@@ -13,6 +13,7 @@ mod embedded;
 mod error;
 pub mod filter;
 mod group;
+mod ids;
 mod keys;
 pub mod log;
 pub mod record;

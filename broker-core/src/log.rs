@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::record::{self, Frame};
+use crate::record::{self, Frame, StoredMessage};
 use crate::segment::Segment;
 
 /// When an append is acknowledged.
@@ -206,14 +206,14 @@ pub struct CommitLog<S> {
 impl<S: Send + 'static> CommitLog<S> {
     /// Opens (or creates) the log in `dir`. Scans from `scan_from` (a record
     /// boundary known durable, e.g. a checkpoint) to the end, calling
-    /// `on_record(pos, bytes)` for every valid record, zeroes a torn or
+    /// `on_record(pos, len, message)` for every valid record, zeroes a torn or
     /// corrupt tail, and starts the flusher.
     pub fn open(
         dir: &Path,
         cfg: LogConfig,
         scan_from: u64,
         state: S,
-        on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+        on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
     ) -> Result<CommitLog<S>> {
         if cfg.segment_bytes < record::HEADER as u64 + 4 {
             return Err(Error::Config(format!(
@@ -507,7 +507,7 @@ fn flush_loop(
 fn recover(
     shared: &LogShared,
     from: u64,
-    mut on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+    mut on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
 ) -> Result<u64> {
     let segs: Vec<Arc<Segment>> = match shared.segments.read() {
         Ok(s) => s.range(..).map(|(_, s)| s.clone()).collect(),
@@ -557,7 +557,7 @@ struct SegmentEnd {
 fn scan_segment(
     seg: &Segment,
     mut pos: u64,
-    on_record: &mut impl FnMut(u64, &[u8]) -> Result<()>,
+    on_record: &mut impl FnMut(u64, usize, StoredMessage) -> Result<()>,
 ) -> Result<SegmentEnd> {
     const CHUNK: usize = 4 << 20;
     let mut buf = vec![0u8; CHUNK];
@@ -575,9 +575,10 @@ fn scan_segment(
         let frame = record::frame(&buf[at..filled], max_record);
         let need = match frame {
             Ok(Frame::Record(n)) if at + n <= filled => {
+                // Decoded once: the callback gets the message it verified.
                 match record::decode(&buf[at..at + n], pos) {
-                    Ok(_) => {
-                        on_record(pos, &buf[at..at + n])?;
+                    Ok(m) => {
+                        on_record(pos, n, m)?;
                         pos += n as u64;
                         continue;
                     }

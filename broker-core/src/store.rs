@@ -139,12 +139,11 @@ pub(crate) fn dir_name(topic: &str) -> String {
     out
 }
 
-fn meta_of(pos: u64, bytes: &[u8]) -> Result<Meta> {
-    let m = record::decode(bytes, pos).map_err(|why| Error::Corrupt { pos, why })?;
-    Ok(Meta {
+fn meta_of(pos: u64, size: usize, m: StoredMessage) -> Meta {
+    Meta {
         entry: Entry {
             log_pos: pos,
-            size: bytes.len() as u32,
+            size: size as u32,
             tag_hash: record::tag_hash(m.tag.as_deref()),
             stored_ms: m.stored_ms,
         },
@@ -153,7 +152,7 @@ fn meta_of(pos: u64, bytes: &[u8]) -> Result<Meta> {
         queue_offset: m.queue_offset,
         id: m.id,
         keys: m.keys,
-    })
+    }
 }
 
 // === impl Store ===
@@ -169,8 +168,8 @@ impl Store {
             cfg.log.clone(),
             cp.scan_from,
             VecDeque::new(),
-            |pos, bytes| {
-                redo.push(meta_of(pos, bytes)?);
+            |pos, size, m| {
+                redo.push(meta_of(pos, size, m));
                 Ok(())
             },
         )?;
@@ -193,8 +192,8 @@ impl Store {
             stop: Arc::new(AtomicBool::new(false)),
         };
         let n = redo.len();
-        for m in redo {
-            store.dispatch_one(&m)?;
+        for chunk in redo.chunks(4096) {
+            store.dispatch_batch(chunk)?;
         }
         for t in store.topics.read().map_err(|_| Error::Closed)?.values() {
             for q in &t.queues {
@@ -292,7 +291,7 @@ impl Store {
                 let q = &topic.queues[usize::from(*queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
                 let stamp = Stamp {
-                    id: Uuid::now_v7(),
+                    id: crate::ids::message_id(stored_ms),
                     queue: *queue,
                     queue_offset: offset,
                     stored_ms,
@@ -342,38 +341,61 @@ impl Store {
             return Ok(());
         };
         let end = last.entry.log_pos + u64::from(last.entry.size);
-        for m in &ready {
-            self.dispatch_one(m)?;
-        }
+        self.dispatch_batch(&ready)?;
         self.dispatched.send_replace(end);
         Ok(())
     }
 
-    fn dispatch_one(&self, m: &Meta) -> Result<()> {
-        let topic = match self.topics.read().map_err(|_| Error::Closed)?.get(&m.topic) {
-            Some(t) => t.clone(),
+    /// Appends the records' index entries: one write per consume queue and
+    /// one for the key index, however many records (per-record writes
+    /// would cost more than the log append itself).
+    fn dispatch_batch(&self, metas: &[Meta]) -> Result<()> {
+        let mut runs: Vec<(Arc<ConsumeQueue>, u64, Vec<Entry>)> = Vec::new();
+        for m in metas {
+            let q = self.queue_for(m)?;
+            match runs.iter_mut().find(|(rq, _, _)| Arc::ptr_eq(rq, &q)) {
+                Some((_, first, es)) if *first + es.len() as u64 == m.queue_offset => {
+                    es.push(m.entry)
+                }
+                _ => runs.push((q, m.queue_offset, vec![m.entry])),
+            }
+        }
+        for (q, first, entries) in &runs {
+            q.dispatch_many(*first, entries)?;
+        }
+        let mut keys = self.keys.lock().map_err(|_| Error::Closed)?;
+        keys.insert_many(
+            metas
+                .iter()
+                .map(|m| (m.topic.as_str(), &m.id, m.keys.as_slice(), m.entry.log_pos)),
+        )
+    }
+
+    fn queue_for(&self, m: &Meta) -> Result<Arc<ConsumeQueue>> {
+        let topic = self
+            .topics
+            .read()
+            .map_err(|_| Error::Closed)?
+            .get(&m.topic)
+            .cloned();
+        let topic = match topic {
+            Some(t) => t,
             None => {
-                // Recovery: a topic created after the last topics.json write.
+                // Recovery: a topic whose topics.json write was lost.
                 let n = m.queue.saturating_add(1).max(self.cfg.default_queues);
                 self.create_topic(&m.topic, n)?;
-                return self.dispatch_one(m);
+                return self.queue_for(m);
             }
         };
-        let q = topic
+        topic
             .queues
             .get(usize::from(m.queue))
+            .cloned()
             .ok_or_else(|| Error::UnknownQueue {
                 topic: m.topic.clone(),
                 queue: m.queue,
                 queues: topic.queues.len() as u16,
-            })?;
-        q.dispatch(m.queue_offset, &m.entry)?;
-        self.keys.lock().map_err(|_| Error::Closed)?.insert(
-            &m.topic,
-            &m.id,
-            &m.keys,
-            m.entry.log_pos,
-        )
+            })
     }
 
     /// A receiver of the dispatched position: it changes whenever new
@@ -484,7 +506,16 @@ impl Store {
     /// Writes the recovery checkpoint: everything below it is flushed and
     /// dispatched.
     pub fn write_checkpoint(&self) -> Result<()> {
+        // Index files are written without fsync; make what the checkpoint
+        // vouches for durable first, or a power loss could lose entries the
+        // next recovery would not re-create.
         let scan_from = self.log.flushed().min(*self.dispatched.borrow());
+        for t in self.topics.read().map_err(|_| Error::Closed)?.values() {
+            for q in &t.queues {
+                q.sync_if_dirty()?;
+            }
+        }
+        self.keys.lock().map_err(|_| Error::Closed)?.sync()?;
         write_json(&self.dir.join("checkpoint.json"), &Checkpoint { scan_from })
     }
 

@@ -33,8 +33,8 @@ type Log = CommitLog<Vec<(u64, usize)>>;
 /// Opens the log, collecting (pos, len) of every record the recovery scan sees.
 fn open(dir: &Path, flush: FlushPolicy) -> (Log, Vec<(u64, usize)>) {
     let mut seen = Vec::new();
-    let log = CommitLog::open(dir, cfg(flush), 0, Vec::new(), |pos, bytes| {
-        seen.push((pos, bytes.len()));
+    let log = CommitLog::open(dir, cfg(flush), 0, Vec::new(), |pos, len, _| {
+        seen.push((pos, len));
         Ok(())
     })
     .unwrap();
