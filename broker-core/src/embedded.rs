@@ -57,6 +57,15 @@ fn parse_receipt(r: &str) -> Result<(u16, u64, u64)> {
 
 use crate::ids::nonce;
 
+/// What one receive pass works with.
+struct Pass<'a> {
+    topic: &'a str,
+    opts: &'a ReceiveOptions,
+    now: i64,
+    /// The invisibility time in ms.
+    invisible: i64,
+}
+
 /// A message that exhausted its attempts, to be dead-lettered.
 struct Dead {
     queue: u16,
@@ -140,8 +149,12 @@ impl EmbeddedBroker {
         queues: u16,
         opts: &ReceiveOptions,
     ) -> Result<(Vec<Delivery>, Vec<Dead>, Option<i64>)> {
-        let now = now_ms();
-        let invisible = opts.invisible.as_millis() as i64;
+        let pass = Pass {
+            topic,
+            opts,
+            now: now_ms(),
+            invisible: opts.invisible.as_millis() as i64,
+        };
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
         self.groups.with(key, topic, queues, |states| {
             let mut out = Vec::new();
@@ -149,8 +162,8 @@ impl EmbeddedBroker {
             for i in 0..usize::from(queues) {
                 let q = ((start + i) % usize::from(queues)) as u16;
                 let st = &mut states[usize::from(q)];
-                self.redeliver(topic, q, st, opts, now, invisible, &mut out, &mut dead)?;
-                self.scan_new(topic, q, st, opts, now, invisible, &mut out)?;
+                self.redeliver(&pass, q, st, &mut out, &mut dead)?;
+                self.scan_new(&pass, q, st, &mut out)?;
                 if out.len() >= opts.max_messages {
                     break;
                 }
@@ -164,18 +177,15 @@ impl EmbeddedBroker {
         })?
     }
 
-    #[allow(clippy::too_many_arguments)] // one pass's working set, kept explicit
     fn redeliver(
         &self,
-        topic: &str,
+        p: &Pass<'_>,
         q: u16,
         st: &mut QueueState,
-        opts: &ReceiveOptions,
-        now: i64,
-        invisible: i64,
         out: &mut Vec<Delivery>,
         dead: &mut Vec<Dead>,
     ) -> Result<()> {
+        let (topic, opts, now, invisible) = (p.topic, p.opts, p.now, p.invisible);
         let due: Vec<(u64, InFlight)> = st
             .inflight
             .iter()
@@ -236,17 +246,14 @@ impl EmbeddedBroker {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)] // one pass's working set, kept explicit
     fn scan_new(
         &self,
-        topic: &str,
+        p: &Pass<'_>,
         q: u16,
         st: &mut QueueState,
-        opts: &ReceiveOptions,
-        now: i64,
-        invisible: i64,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
+        let (topic, opts, now, invisible) = (p.topic, p.opts, p.now, p.invisible);
         let (min, max) = self.store.queue_range(topic, q)?;
         if st.committed < min {
             // Retention removed messages this group had not finished.
