@@ -350,17 +350,25 @@ impl Store {
     /// one for the key index, however many records (per-record writes
     /// would cost more than the log append itself).
     fn dispatch_batch(&self, metas: &[Meta]) -> Result<()> {
-        let mut runs: Vec<(Arc<ConsumeQueue>, u64, Vec<Entry>)> = Vec::new();
+        // One run per queue; the topic map is consulted (and locked) once
+        // per queue in the batch, not once per record.
+        let mut runs: Vec<(&str, u16, Arc<ConsumeQueue>, u64, Vec<Entry>)> = Vec::new();
         for m in metas {
-            let q = self.queue_for(m)?;
-            match runs.iter_mut().find(|(rq, _, _)| Arc::ptr_eq(rq, &q)) {
-                Some((_, first, es)) if *first + es.len() as u64 == m.queue_offset => {
-                    es.push(m.entry)
-                }
-                _ => runs.push((q, m.queue_offset, vec![m.entry])),
+            let run = runs.iter_mut().find(|(t, q, _, first, es)| {
+                *t == m.topic && *q == m.queue && *first + es.len() as u64 == m.queue_offset
+            });
+            match run {
+                Some((.., es)) => es.push(m.entry),
+                None => runs.push((
+                    &m.topic,
+                    m.queue,
+                    self.queue_for(m)?,
+                    m.queue_offset,
+                    vec![m.entry],
+                )),
             }
         }
-        for (q, first, entries) in &runs {
+        for (_, _, q, first, entries) in &runs {
             q.dispatch_many(*first, entries)?;
         }
         let mut keys = self.keys.lock().map_err(|_| Error::Closed)?;

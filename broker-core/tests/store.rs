@@ -30,6 +30,20 @@ fn msg(topic: &str, i: usize) -> Message {
     }
 }
 
+/// A store with one single-queue topic "T" holding `n` 8 KiB messages
+/// (several 64 KiB segments).
+async fn filled(dir: &Path, c: StoreConfig, n: usize) -> (Store, &'static str) {
+    let s = Store::open(dir, c).unwrap();
+    let t = "T";
+    s.create_topic(t, 1).unwrap();
+    let mut big = msg(t, 0);
+    big.body = vec![7; 8 * 1024];
+    for _ in 0..n {
+        s.put(big.clone(), QueueSelect::Queue(0)).await.unwrap();
+    }
+    (s, t)
+}
+
 fn open(dir: &Path) -> Store {
     Store::open(dir, cfg()).unwrap()
 }
@@ -163,22 +177,12 @@ async fn errors_are_typed_and_clear() {
 #[tokio::test]
 async fn retention_by_size_deletes_whole_old_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(
-        dir.path(),
-        StoreConfig {
-            retention_bytes: Some(3 * 64 * 1024),
-            retention_age: Duration::from_secs(3600),
-            ..cfg()
-        },
-    )
-    .unwrap();
-    let t = "T";
-    s.create_topic(t, 1).unwrap();
-    let mut big = msg(t, 0);
-    big.body = vec![7; 8 * 1024];
-    for _ in 0..60 {
-        s.put(big.clone(), QueueSelect::Queue(0)).await.unwrap();
-    }
+    let c = StoreConfig {
+        retention_bytes: Some(3 * 64 * 1024),
+        retention_age: Duration::from_secs(3600),
+        ..cfg()
+    };
+    let (s, t) = filled(dir.path(), c, 60).await;
     let before = s.queue_range(t, 0).unwrap();
     assert_eq!(before, (0, 60));
     let min_pos = s.enforce_retention().unwrap();
@@ -195,21 +199,11 @@ async fn retention_by_size_deletes_whole_old_segments() {
 #[tokio::test]
 async fn retention_by_age_deletes_segments_older_than_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(
-        dir.path(),
-        StoreConfig {
-            retention_age: Duration::from_secs(72 * 3600),
-            ..cfg()
-        },
-    )
-    .unwrap();
-    let t = "T";
-    s.create_topic(t, 1).unwrap();
-    let mut big = msg(t, 0);
-    big.body = vec![7; 8 * 1024];
-    for _ in 0..30 {
-        s.put(big.clone(), QueueSelect::Queue(0)).await.unwrap();
-    }
+    let c = StoreConfig {
+        retention_age: Duration::from_secs(72 * 3600),
+        ..cfg()
+    };
+    let (s, t) = filled(dir.path(), c, 30).await;
     // Nothing is old yet.
     assert_eq!(s.enforce_retention().unwrap(), 0);
     // Age the first two segments past 72 h.
@@ -238,4 +232,71 @@ async fn retention_by_age_deletes_segments_older_than_the_limit() {
     assert_eq!(min, third);
     assert!(!segs[0].exists() && !segs[1].exists() && segs[2].exists());
     assert!(s.queue_range(t, 0).unwrap().0 > 0);
+}
+
+#[tokio::test]
+async fn storage_error_paths_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    // A segment too small for any record is refused at open.
+    let tiny = StoreConfig {
+        log: LogConfig {
+            segment_bytes: 16,
+            flush: FlushPolicy::Sync,
+            preallocate: false,
+        },
+        ..cfg()
+    };
+    let e = Store::open(&dir.path().join("tiny"), tiny).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration: segment_bytes 16 is too small"
+    );
+
+    let (s, t) = filled(&dir.path().join("main"), cfg(), 3).await;
+    // A read past the log is OutOfRange, with the retained range.
+    let mut e = s.entries(t, 0, 0, 1).unwrap()[0];
+    e.log_pos += 1 << 30;
+    let err = s.read(&e).unwrap_err();
+    assert!(matches!(err, Error::OutOfRange { .. }));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "log position {} is outside the retained log [0, ",
+            e.log_pos
+        )),
+        "{err}"
+    );
+    // Bytes changed on disk are caught by the checksum on every read.
+    let e = s.entries(t, 0, 1, 1).unwrap()[0];
+    let seg = dir.path().join("main/log").join(format!("{:020}", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[e.log_pos as usize + e.size as usize - 1] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = s.read(&e).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "corrupt record at log position {}: checksum mismatch (stored ",
+            e.log_pos
+        )),
+        "{err}"
+    );
+    // A message too big for a segment is refused before anything is written.
+    let small = StoreConfig {
+        log: LogConfig {
+            segment_bytes: 4096,
+            flush: FlushPolicy::Sync,
+            preallocate: false,
+        },
+        max_message_bytes: 1 << 20,
+        ..cfg()
+    };
+    let s2 = Store::open(&dir.path().join("small"), small).unwrap();
+    let mut m = msg("T", 0);
+    m.body = vec![0; 8192];
+    let err = s2.put(m, QueueSelect::RoundRobin).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("message is ")
+            && err.to_string().ends_with("over the limit of 4092"),
+        "{err}"
+    );
 }
