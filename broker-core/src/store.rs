@@ -352,7 +352,9 @@ impl Store {
     fn dispatch_batch(&self, metas: &[Meta]) -> Result<()> {
         // One run per queue; the topic map is consulted (and locked) once
         // per queue in the batch, not once per record.
-        let mut runs: Vec<(&str, u16, Arc<ConsumeQueue>, u64, Vec<Entry>)> = Vec::new();
+        /// Consecutive entries of one queue: (topic, queue, its file, first offset, entries).
+        type Run<'a> = (&'a str, u16, Arc<ConsumeQueue>, u64, Vec<Entry>);
+        let mut runs: Vec<Run<'_>> = Vec::new();
         for m in metas {
             let run = runs.iter_mut().find(|(t, q, _, first, es)| {
                 *t == m.topic && *q == m.queue && *first + es.len() as u64 == m.queue_offset
