@@ -30,6 +30,8 @@ pub enum Command {
     /// Check, explain and compare routing rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Run the gateway (HTTP/1.1, h2c, HTTPS with h2) with an embedded broker per cell.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +74,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Rules(RulesCommand::Check { file }) => (check(&file, out), 1),
         Command::Rules(RulesCommand::Explain(args)) => (explain_cmd(&args, out), 1),
         Command::Rules(RulesCommand::Diff { old, new }) => (diff(&old, &new, out), 2),
+        Command::Serve(args) => (crate::serve::run(args, out).map(|()| 0), 1),
     };
     match result {
         Ok(code) => code,

@@ -9,4 +9,16 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("cell {cell}: {source}")]
+    Broker {
+        cell: String,
+        #[source]
+        source: cellgate_broker_core::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Config(String),
 }

@@ -1,4 +1,4 @@
-//! cellgate's edge: the command line now, the HTTP(S) API next (issue 4).
+//! cellgate's edge: the HTTP(S) API (SPEC §9) and the command line.
 //!
 //! The `cellgate` binary (src/main.rs) only parses arguments and calls
 //! [`cli::run`]; everything it does lives here so it can be tested in-process
@@ -6,7 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod brokers;
 pub mod cli;
 mod error;
+pub mod metrics;
+pub mod serve;
+pub mod server;
+mod validate;
 
 pub use error::Error;

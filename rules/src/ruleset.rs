@@ -266,6 +266,13 @@ impl RuleSet {
         self.grants.get(&digest)
     }
 
+    /// The grant of a credential by its SHA-256: a token's hash, or a TLS
+    /// client certificate's fingerprint (SHA-256 of its DER), which the
+    /// rules list like a token hash.
+    pub fn authenticate_digest(&self, digest: &[u8; 32]) -> Option<&Grant> {
+        self.grants.get(digest)
+    }
+
     /// The physical name of `tenant`'s logical `name` in `cell`. The
     /// namespace and cell were validated when the rules were loaded, so only
     /// `name` and the total length are checked here.

@@ -5,16 +5,18 @@
 //! which a watch on the old inode would miss, and Kubernetes swaps a
 //! ConfigMap by re-pointing a `..data` symlink, whose events do not name the
 //! file at all. So any event in the directory triggers a reload; one that
-//! finds the same bytes is a no-op (same sha256, no new version). Events are debounced so a save
-//! that writes several times triggers one reload, and the reload itself runs
-//! on the blocking pool (it reads files).
+//! finds the same bytes is a no-op (same sha256, no new version). Access
+//! events (open, read, close without write) are ignored: a reload reads the
+//! file, and counting its own read as a change would reload forever. Events
+//! are debounced (a reload runs once the directory has been quiet for the
+//! debounce period) so a save that writes several times triggers one reload,
+//! and the reload itself runs on the blocking pool (it reads files).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -66,18 +68,19 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Er
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
         dir.unwrap_or(Path::new(".")).to_owned()
     };
-    // Unbounded is fine: the debouncer sends at most one batch per period.
+    // Unbounded is fine: one message per file event, drained by the task,
+    // and events come from one rules directory.
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let tx_first = tx.clone();
-    let mut debouncer = new_debouncer(opts.debounce, move |res: DebounceEventResult| {
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "rules watcher error; reloading to be safe");
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        match res {
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => return,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rules watcher error; reloading to be safe"),
         }
         let _ = tx.send(());
     })
     .map_err(|e| err(e.to_string()))?;
-    debouncer
-        .watcher()
+    watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| err(e.to_string()))?;
     let mut hup = if opts.sighup {
@@ -88,17 +91,35 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Er
     } else {
         None
     };
-    // A change between loading the rules and arming the watch has made no
-    // event: check once now.
-    let _ = tx_first.send(());
+    let debounce = opts.debounce;
     let task = tokio::spawn(async move {
-        // The debouncer lives as long as the task: dropping it stops the watch.
-        let _debouncer = debouncer;
+        // The watcher lives as long as the task: dropping it stops the watch.
+        let _watcher = watcher;
+        // A change between loading the rules and arming the watch has made
+        // no event: check once now.
+        let h = handle.clone();
+        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+        // A file change waits until the directory has been quiet for
+        // `debounce` (the sleep restarts on every event); SIGHUP reloads
+        // at once.
+        let mut pending = false;
         loop {
-            let why = tokio::select! {
-                got = rx.recv() => match got { Some(()) => "file change", None => return },
-                _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            let quiet = async {
+                if pending {
+                    tokio::time::sleep(debounce).await
+                } else {
+                    std::future::pending().await
+                }
             };
+            let why = tokio::select! {
+                got = rx.recv() => match got {
+                    Some(()) => { pending = true; continue }
+                    None => return,
+                },
+                _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                () = quiet => "file change",
+            };
+            pending = false;
             tracing::debug!(why, "reloading rules");
             let h = handle.clone();
             // Errors are recorded in the handle's status and logged there.

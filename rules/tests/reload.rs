@@ -175,6 +175,26 @@ async fn watcher_reloads_on_file_change_and_keeps_last_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reading_the_file_does_not_trigger_another() {
+    // inotify reports opens and reads; a watcher that took them for changes
+    // would reload forever, a few times a second.
+    let (_dir, path, h) = setup();
+    let opts = WatchOptions {
+        debounce: Duration::from_millis(20),
+        sighup: false,
+    };
+    let _w = watch::spawn(h.clone(), opts).unwrap();
+    wait_for("the start-up check", || h.counts().unchanged == 1).await;
+    // Readers of the file (like the reload itself) are not changes.
+    for _ in 0..5 {
+        let _ = std::fs::read_to_string(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(h.counts().unchanged, 1, "{:?}", h.counts());
+    assert_eq!(h.current().version(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads() {
     let (_dir, path, h) = setup();
     // Debounce so long that only SIGHUP can trigger the reload in this test.

@@ -1,0 +1,354 @@
+//! Consume: receive, ack, nack, reset and lag on
+//! `/v1/groups/{group}/topics/{topic}/…`.
+//!
+//! The subscription kind (SPEC §4) becomes the broker's property predicate,
+//! evaluated while the broker scans the queue: a message the kind does not
+//! accept is skipped there and advances the group's progress, so it is
+//! never delivered and never stays behind as lag.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use cellgate_broker_core::{
+    Broker, ConsumeMode, Error as BrokerError, Predicate, ReceiveOptions, TagFilter,
+};
+use cellgate_rules::names::Resource;
+use cellgate_rules::{CellId, Permission, SubscriptionKind};
+
+use super::view::MessageView;
+use super::{body, json, ApiError, ApiResult, App, Caller, Reply};
+use crate::validate;
+
+const MAX_MESSAGES: u32 = 256;
+const MIN_INVISIBLE_MS: u64 = 100;
+const MAX_INVISIBLE_MS: u64 = 12 * 3600 * 1000;
+/// Small bodies only: these requests carry a few fields and handles.
+const SMALL_BODY: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Clustering,
+    Broadcast,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiveRequest {
+    #[serde(default = "local")]
+    subscription: SubscriptionKind,
+    max_messages: Option<u32>,
+    wait_ms: Option<u64>,
+    invisible_ms: Option<u64>,
+    tags: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    consumer_id: Option<String>,
+}
+
+fn local() -> SubscriptionKind {
+    SubscriptionKind::Local
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleRequest {
+    receipt_handles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    timestamp_ms: i64,
+    consumer_id: Option<String>,
+}
+
+/// A group on a topic in a cell, resolved once per request.
+struct Sub<'a> {
+    cell: CellId,
+    cell_name: &'a str,
+    logical_group: &'a str,
+    logical_topic: &'a str,
+    group: String,
+    topic: String,
+    broker: std::sync::Arc<dyn Broker>,
+}
+
+fn sub<'a>(
+    app: &App,
+    c: &Caller<'a>,
+    g: &'a str,
+    t: &'a str,
+    headers: &http::HeaderMap,
+) -> ApiResult<Sub<'a>> {
+    c.require(Permission::Subscribe)?;
+    c.group(g)?;
+    c.topic(t)?;
+    let cell = c.cell(headers, app.default_cell.as_deref())?;
+    Ok(Sub {
+        cell,
+        cell_name: c.rules.cell_name(cell),
+        logical_group: g,
+        logical_topic: t,
+        group: c.physical(cell, g, Resource::Group)?,
+        topic: c.physical(cell, t, Resource::Topic)?,
+        broker: app.brokers.get(c.rules, cell)?,
+    })
+}
+
+fn consume_mode(mode: Mode, consumer_id: Option<String>) -> ApiResult<ConsumeMode> {
+    match (mode, consumer_id) {
+        (Mode::Clustering, _) => Ok(ConsumeMode::Clustering),
+        (Mode::Broadcast, None) => Err(ApiError::invalid(
+            "consumer_id",
+            "broadcast consumption needs a consumer_id: each consumer keeps its own progress",
+        )),
+        (Mode::Broadcast, Some(id)) => {
+            cellgate_rules::names::validate(cellgate_rules::NameKind::Group, &id)
+                .map_err(|e| ApiError::invalid("consumer_id", format!("consumer_id {e}")))?;
+            Ok(ConsumeMode::Broadcast { consumer_id: id })
+        }
+    }
+}
+
+/// Creates the topic with the default queue count if it does not exist, so
+/// consumers may start before the first publish.
+fn ensure_topic(app: &App, s: &Sub<'_>) -> ApiResult<()> {
+    match s.broker.create_topic(&s.topic, app.limits.default_queues) {
+        Ok(()) | Err(BrokerError::TopicExists { .. }) => Ok(()),
+        Err(e) => Err(ApiError::from_broker(&e, "topic")),
+    }
+}
+
+fn options(app: &App, c: &Caller<'_>, s: &Sub<'_>, r: ReceiveRequest) -> ApiResult<ReceiveOptions> {
+    let max = r.max_messages.unwrap_or(16);
+    if !(1..=MAX_MESSAGES).contains(&max) {
+        return Err(ApiError::invalid(
+            "max_messages",
+            format!("must be 1 to {MAX_MESSAGES}, got {max}"),
+        ));
+    }
+    let wait = r.wait_ms.unwrap_or(0);
+    let max_wait = app.limits.max_wait.as_millis() as u64;
+    if wait > max_wait {
+        return Err(ApiError::invalid(
+            "wait_ms",
+            format!("must be at most {max_wait}, got {wait}"),
+        ));
+    }
+    let invisible = r.invisible_ms.unwrap_or(30_000);
+    if !(MIN_INVISIBLE_MS..=MAX_INVISIBLE_MS).contains(&invisible) {
+        return Err(ApiError::invalid(
+            "invisible_ms",
+            format!("must be {MIN_INVISIBLE_MS} to {MAX_INVISIBLE_MS}, got {invisible}"),
+        ));
+    }
+    let tags = r.tags.unwrap_or_else(|| "*".to_owned());
+    validate::tag_expression(&tags).map_err(|m| ApiError::invalid("tags", m))?;
+    let filter = c.rules.subscription_filter(r.subscription, s.cell);
+    let predicate =
+        Predicate::new(move |m| filter.matches(|k| m.properties.get(k).map(String::as_str)));
+    Ok(ReceiveOptions {
+        max_messages: max as usize,
+        wait: Duration::from_millis(wait),
+        invisible: Duration::from_millis(invisible),
+        tags: TagFilter::parse(&tags),
+        predicate: Some(predicate),
+        mode: consume_mode(r.mode, r.consumer_id)?,
+    })
+}
+
+pub async fn receive(
+    app: &App,
+    c: &Caller<'_>,
+    g: &str,
+    t: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Reply> {
+    let s = sub(app, c, g, t, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let r: ReceiveRequest = body::json(
+        incoming,
+        &parts.headers,
+        SMALL_BODY,
+        app.limits.body_timeout,
+    )
+    .await?;
+    let opts = options(app, c, &s, r)?;
+    ensure_topic(app, &s)?;
+    let consumer = match &opts.mode {
+        ConsumeMode::Broadcast { consumer_id } => Some(consumer_id.clone()),
+        ConsumeMode::Clustering => None,
+    };
+    let got = s
+        .broker
+        .receive(&s.group, &s.topic, opts)
+        .await
+        .map_err(|e| ApiError::from_broker(&e, "topic"))?;
+    let mut bytes = 0u64;
+    let views: Vec<MessageView<'_>> = got
+        .iter()
+        .map(|d| {
+            bytes += d.message.body.len() as u64;
+            let mut v = MessageView::new(&d.message, s.logical_topic, s.cell_name);
+            v.receipt_handle =
+                Some(
+                    app.receipts
+                        .seal(&s.group, &s.topic, &d.receipt, consumer.as_deref()),
+                );
+            v.delivery_attempt = Some(d.attempt);
+            v
+        })
+        .collect();
+    let ns = &c.tenant()?.namespace;
+    app.metrics
+        .delivered(ns, s.cell_name, views.len() as u64, bytes);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "messages": views }),
+    ))
+}
+
+/// Ack (`ack = true`) or nack every handle. Every handle is checked before
+/// any is applied: one forged handle settles nothing.
+pub async fn settle(
+    app: &App,
+    c: &Caller<'_>,
+    g: &str,
+    t: &str,
+    req: Request<Incoming>,
+    ack: bool,
+) -> ApiResult<Reply> {
+    let s = sub(app, c, g, t, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let r: SettleRequest = body::json(
+        incoming,
+        &parts.headers,
+        SMALL_BODY,
+        app.limits.body_timeout,
+    )
+    .await?;
+    if r.receipt_handles.is_empty() || r.receipt_handles.len() > 1024 {
+        return Err(ApiError::invalid(
+            "receipt_handles",
+            "must hold 1 to 1024 handles",
+        ));
+    }
+    let mut opened = Vec::with_capacity(r.receipt_handles.len());
+    for (i, h) in r.receipt_handles.iter().enumerate() {
+        let o = app.receipts.open(&s.group, &s.topic, h).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_receipt",
+                "the receipt handle is malformed, or was not issued for this group, topic and cell",
+            )
+            .field(format!("receipt_handles[{i}]"))
+        })?;
+        opened.push(o);
+    }
+    let mut failed = Vec::new();
+    for (i, o) in opened.into_iter().enumerate() {
+        let mode = match o.consumer_id {
+            Some(id) => ConsumeMode::Broadcast { consumer_id: id },
+            None => ConsumeMode::Clustering,
+        };
+        let res = if ack {
+            s.broker.ack(&s.group, &s.topic, &mode, &o.receipt)
+        } else {
+            s.broker.nack(&s.group, &s.topic, &mode, &o.receipt)
+        };
+        if let Err(e) = res {
+            failed.push((i, ApiError::from_broker(&e, "receipt_handles")));
+        }
+    }
+    let verb = if ack { "acked" } else { "nacked" };
+    let done = r.receipt_handles.len() - failed.len();
+    let Some((first, e)) = failed.first() else {
+        return Ok(json(StatusCode::OK, &serde_json::json!({ verb: done })));
+    };
+    let mut body = e.clone().field(format!("receipt_handles[{first}]")).body();
+    body["error"][verb] = done.into();
+    body["error"]["failed"] = failed
+        .iter()
+        .map(|(i, e)| serde_json::json!({"index": i, "code": e.code, "message": e.message}))
+        .collect();
+    Ok(json(e.status, &body))
+}
+
+pub async fn reset(
+    app: &App,
+    c: &Caller<'_>,
+    g: &str,
+    t: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Reply> {
+    let s = sub(app, c, g, t, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let r: ResetRequest = body::json(
+        incoming,
+        &parts.headers,
+        SMALL_BODY,
+        app.limits.body_timeout,
+    )
+    .await?;
+    let mode = match r.consumer_id {
+        Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
+        None => ConsumeMode::Clustering,
+    };
+    ensure_topic(app, &s)?;
+    s.broker
+        .reset_to_time(&s.group, &s.topic, &mode, r.timestamp_ms)
+        .map_err(|e| ApiError::from_broker(&e, "timestamp_ms"))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "group": s.logical_group, "topic": s.logical_topic, "cell": s.cell_name,
+            "timestamp_ms": r.timestamp_ms,
+        }),
+    ))
+}
+
+pub fn lag(
+    app: &App,
+    c: &Caller<'_>,
+    g: &str,
+    t: &str,
+    req: &Request<Incoming>,
+) -> ApiResult<Reply> {
+    let s = sub(app, c, g, t, req.headers())?;
+    let consumer = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("consumer_id="))
+            .map(str::to_owned)
+    });
+    let mode = match consumer {
+        Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
+        None => ConsumeMode::Clustering,
+    };
+    let queues = match s.broker.lag(&s.group, &s.topic, &mode) {
+        Ok(q) => q,
+        Err(BrokerError::UnknownTopic(_)) => Vec::new(),
+        Err(e) => return Err(ApiError::from_broker(&e, "topic")),
+    };
+    let total: u64 = queues.iter().map(|q| q.lag).sum();
+    let queues: Vec<_> = queues
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "queue": q.queue, "committed": q.committed, "max": q.max,
+                "lag": q.lag, "inflight": q.inflight,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "group": s.logical_group, "topic": s.logical_topic, "cell": s.cell_name,
+            "lag": total, "queues": queues,
+        }),
+    ))
+}

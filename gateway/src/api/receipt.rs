@@ -1,0 +1,174 @@
+//! Receipt handles that a tenant cannot forge or reuse elsewhere.
+//!
+//! The broker's receipt (`queue.offset.nonce`) names a delivery but not who
+//! may settle it. The gateway wraps it with an HMAC-SHA256 over the
+//! physical group and topic (which contain the namespace and the cell), so
+//! a handle is accepted only for the group, topic, cell and tenant it was
+//! issued for: another tenant's handle, or a made-up one, fails the check
+//! before the broker sees it. For broadcast consumption the consumer id
+//! rides inside the handle, so ack needs nothing else.
+//!
+//! Handle: `v1.<base64url(receipt '\n' consumer_id)>.<base64url(mac[..16])>`.
+//!
+//! The key lives in `<data>/gateway.secret` (32 random bytes, mode 0600),
+//! created on first start, so handles stay valid across a restart (the
+//! broker's in-flight state is durable too). Gateways that share a data
+//! directory share handles.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::Error;
+
+const FILE: &str = "gateway.secret";
+const MAC_BYTES: usize = 16;
+
+/// The HMAC key.
+pub struct ReceiptKey([u8; 32]);
+
+impl std::fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptKey(..)")
+    }
+}
+
+/// What a valid handle carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub receipt: String,
+    pub consumer_id: Option<String>,
+}
+
+// === impl ReceiptKey ===
+
+impl ReceiptKey {
+    pub fn load_or_create(dir: &Path) -> Result<ReceiptKey, Error> {
+        let path = dir.join(FILE);
+        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        match OpenOptions::new().read(true).open(&path) {
+            Ok(mut f) => {
+                let mut key = [0u8; 32];
+                let mut extra = [0u8; 1];
+                f.read_exact(&mut key).map_err(io)?;
+                if f.read(&mut extra).map_err(io)? != 0 {
+                    return Err(Error::Io(format!(
+                        "{}: must be exactly 32 bytes",
+                        path.display()
+                    )));
+                }
+                Ok(ReceiptKey(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| Error::Io(format!("random key: {e}")))?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io)?;
+                f.write_all(&key).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Ok(ReceiptKey(key))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn mac(&self, group: &str, topic: &str, payload: &[u8]) -> [u8; MAC_BYTES] {
+        // new_from_slice only fails for key lengths HMAC cannot take; any
+        // length works for HMAC-SHA256, so the fallback is unreachable.
+        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return [0; MAC_BYTES];
+        };
+        m.update(group.as_bytes());
+        m.update(&[0]);
+        m.update(topic.as_bytes());
+        m.update(&[0]);
+        m.update(payload);
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; MAC_BYTES];
+        out.copy_from_slice(&full[..MAC_BYTES]);
+        out
+    }
+
+    /// Wraps a broker receipt for `group` on `topic` (physical names).
+    pub fn seal(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+        consumer_id: Option<&str>,
+    ) -> String {
+        let payload = format!("{receipt}\n{}", consumer_id.unwrap_or(""));
+        let mac = self.mac(group, topic, payload.as_bytes());
+        format!("v1.{}.{}", B64.encode(payload), B64.encode(mac))
+    }
+
+    /// Checks a handle against `group` and `topic`; `None` if it is garbage
+    /// or was issued for something else (the two are not told apart, so a
+    /// handle reveals nothing about where it came from).
+    pub fn open(&self, group: &str, topic: &str, handle: &str) -> Option<Opened> {
+        let rest = handle.strip_prefix("v1.")?;
+        let (payload, mac) = rest.split_once('.')?;
+        let payload = B64.decode(payload).ok()?;
+        let mac = B64.decode(mac).ok()?;
+        if mac.len() != MAC_BYTES {
+            return None;
+        }
+        // Constant-time comparison, through the Mac trait.
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
+        m.update(group.as_bytes());
+        m.update(&[0]);
+        m.update(topic.as_bytes());
+        m.update(&[0]);
+        m.update(&payload);
+        m.verify_truncated_left(&mac).ok()?;
+        let text = String::from_utf8(payload).ok()?;
+        let (receipt, consumer) = text.split_once('\n')?;
+        Some(Opened {
+            receipt: receipt.to_owned(),
+            consumer_id: (!consumer.is_empty()).then(|| consumer.to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_opens_only_for_its_group_and_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = ReceiptKey::load_or_create(dir.path()).unwrap();
+        let h = k.seal("ANT|RZ00A%G1", "ANT|RZ00A%T1", "0.5.00ff", None);
+        let o = k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &h).unwrap();
+        assert_eq!(o.receipt, "0.5.00ff");
+        assert_eq!(o.consumer_id, None);
+        assert!(k.open("BETA|RZ00A%G1", "BETA|RZ00A%T1", &h).is_none());
+        assert!(k.open("ANT|RZ01A%G1", "ANT|RZ00A%T1", &h).is_none());
+        assert!(k
+            .open("ANT|RZ00A%G1", "ANT|RZ00A%T1", "v1.garbage")
+            .is_none());
+        assert!(k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", "").is_none());
+        let mut forged = h.clone();
+        forged.pop();
+        assert!(k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &forged).is_none());
+        let b = k.seal("g", "t", "1.2.3", Some("c-1"));
+        assert_eq!(
+            k.open("g", "t", &b).unwrap().consumer_id.as_deref(),
+            Some("c-1")
+        );
+        // The key persists: a restarted gateway opens old handles.
+        let k2 = ReceiptKey::load_or_create(dir.path()).unwrap();
+        assert!(k2.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &h).is_some());
+    }
+}

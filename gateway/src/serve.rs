@@ -1,0 +1,195 @@
+//! `cellgate serve`: the gateway with one embedded broker per cell, rules
+//! hot reload, and graceful shutdown on SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use cellgate_broker_core::{DeliveryConfig, FlushPolicy};
+use cellgate_rules::watch::{self, WatchOptions};
+use cellgate_rules::RulesHandle;
+
+use crate::api::{ApiLimits, App};
+use crate::brokers::{BrokerOptions, Brokers};
+use crate::server::{self, Drained, ServerLimits, TlsFiles, TlsSetup};
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Flush {
+    /// Acknowledge after fdatasync (group commit): nothing acknowledged is lost.
+    Sync,
+    /// Acknowledge once in the page cache; flush every --flush-interval.
+    Async,
+}
+
+/// `cellgate serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Rules file or directory (watched; reloaded on change and on SIGHUP).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data directory: one broker directory per cell.
+    #[arg(long, default_value = "./data")]
+    pub data: PathBuf,
+    /// Default cell for requests without X-Cell.
+    #[arg(long)]
+    pub cell: Option<String>,
+    /// PEM certificate chain; with --tls-key, serves HTTPS (h2 and HTTP/1.1 by ALPN).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate.
+    #[arg(long, requires = "tls_client_ca")]
+    pub tls_require_client_cert: bool,
+    #[arg(long, value_enum, default_value = "sync")]
+    pub flush: Flush,
+    /// Flush interval under --flush async.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+    /// Commit-log segment size (e.g. 1GiB, 64MiB).
+    #[arg(long, default_value = "1GiB")]
+    pub segment_size: bytesize::ByteSize,
+    /// Queues of a topic created on first use.
+    #[arg(long, default_value_t = 8)]
+    pub queues: u16,
+    /// Retry back-off levels, comma-separated (default: RocketMQ's 10s … 2h).
+    #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+    pub retry_levels: Vec<Duration>,
+    /// Deliveries before a message is dead-lettered.
+    #[arg(long, default_value_t = 16)]
+    pub max_attempts: u32,
+    /// Retention by age.
+    #[arg(long, default_value = "72h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn broker_options(a: &ServeArgs) -> BrokerOptions {
+    let mut delivery = DeliveryConfig {
+        max_attempts: a.max_attempts,
+        ..DeliveryConfig::default()
+    };
+    if !a.retry_levels.is_empty() {
+        delivery.retry_levels = a.retry_levels.clone();
+    }
+    BrokerOptions {
+        flush: match a.flush {
+            Flush::Sync => FlushPolicy::Sync,
+            Flush::Async => FlushPolicy::Async {
+                interval: a.flush_interval,
+            },
+        },
+        segment_bytes: a.segment_size.as_u64(),
+        default_queues: a.queues,
+        delivery,
+        retention: a.retention,
+        retention_bytes: None,
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. `out` gets one line once the listener is
+/// bound: `listening on ADDR` (tests and scripts wait for it).
+pub fn run(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cellgate")
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(serve(a, out))
+}
+
+async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let rules = Arc::new(RulesHandle::open(&a.config)?);
+    let current = rules.current();
+    if let Some(cell) = &a.cell {
+        if current.cell_id(cell).is_none() {
+            return Err(Error::Config(format!(
+                "--cell {cell}: the rules declare no such cell"
+            )));
+        }
+    }
+    let brokers = Brokers::open_all(&a.data, broker_options(&a), &current)?;
+    drop(current);
+    let limits = ApiLimits {
+        default_queues: a.queues,
+        ..ApiLimits::default()
+    };
+    let app = Arc::new(App::new(
+        rules.clone(),
+        brokers,
+        a.cell.clone(),
+        limits,
+        &a.data,
+    )?);
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsSetup::load(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+            require_client_cert: a.tls_require_client_cert,
+        })?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", a.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("listener address: {e}")))?;
+    let _watcher = watch::spawn(rules.clone(), WatchOptions::default())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "cellgate listening");
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    let limits = ServerLimits {
+        max_connections: a.max_connections,
+        drain_timeout: a.drain_timeout,
+        ..ServerLimits::default()
+    };
+    let drained = server::serve(listener, app.clone(), tls, limits, shutdown_signal()).await;
+    match drained {
+        Drained::All => tracing::info!("shutdown: every in-flight request finished"),
+        Drained::TimedOut { open } => {
+            tracing::warn!(
+                open,
+                "shutdown: drain timeout reached with connections open"
+            )
+        }
+    }
+    app.brokers().close()?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM: draining"),
+                _ = i.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
