@@ -16,10 +16,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = cellgate::cli::Cli::parse();
-    let code = cellgate::cli::run(
-        cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    // Unlocked handles: `serve` logs to stderr from every runtime thread,
+    // and a lock held here for the whole run would block them all.
+    let code = cellgate::cli::run(cli, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }

@@ -88,3 +88,6 @@ pub fn cellgate(args: &[&str]) -> anyhow::Result<Run> {
         .output()?;
     Ok(out.into())
 }
+
+pub mod server;
+pub use server::{Api, Server};
