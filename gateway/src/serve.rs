@@ -73,6 +73,12 @@ pub struct ServeArgs {
     pub retention: Duration,
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Time a client has to send a request's headers (also the keep-alive idle timeout).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -126,6 +132,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
     drop(current);
     let limits = ApiLimits {
         default_queues: a.queues,
+        body_timeout: a.body_timeout,
         ..ApiLimits::default()
     };
     let app = Arc::new(App::new(
@@ -158,6 +165,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
     let limits = ServerLimits {
         max_connections: a.max_connections,
         drain_timeout: a.drain_timeout,
+        header_read_timeout: a.header_timeout,
         ..ServerLimits::default()
     };
     let drained = server::serve(listener, app.clone(), tls, limits, shutdown_signal()).await;
