@@ -80,6 +80,9 @@ struct Args {
     /// `perf record -g -p {pid} -o gw.data -- sleep 3`. Awaited after the load.
     #[arg(long)]
     profile: Option<String>,
+    /// Which server `--profile` runs alongside: gateway or baseline.
+    #[arg(long, default_value = "gateway")]
+    profile_side: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(a.client_threads.max(1))
         .enable_all()
         .build()?;
+    let fsync_start = procs::fdatasync_rate(tmp.path(), Duration::from_secs(1))?;
     let load_start = report::loadavg();
     let mut results = Vec::new();
     for rep in 0..a.reps {
@@ -132,7 +136,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let load_avg = report::loadavg();
                 let profiler = match (&a.profile, side) {
-                    (Some(cmd), Side::Gateway) => Some(
+                    (Some(cmd), s) if s.name() == a.profile_side => Some(
                         std::process::Command::new("sh")
                             .arg("-c")
                             .arg(cmd.replace("{pid}", &server.pid().to_string()))
@@ -177,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let load_end = report::loadavg();
+    let fsync_end = procs::fdatasync_rate(tmp.path(), Duration::from_secs(1))?;
     let command: Vec<String> = std::env::args().collect();
     report::print(&report::Run {
         command: command.join(" "),
@@ -184,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         results: &results,
         load_start,
         load_end,
+        fdatasync: (fsync_start, fsync_end),
         duration: a.duration,
         warmup: a.warmup,
         client_threads: a.client_threads,

@@ -162,3 +162,25 @@ pub fn cpu_ns(pid: &str) -> u64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// fdatasync/s of 4 KiB appends to a fresh file in `dir`, one writer, for
+/// `dur`: the disk's limit that the `sync` case is up against (each
+/// acknowledged batch of publishes needs one). Measured in the same run
+/// because it moves a lot on a shared virtual disk.
+pub fn fdatasync_rate(dir: &Path, dur: Duration) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}

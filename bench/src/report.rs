@@ -80,6 +80,8 @@ pub struct Run<'a> {
     pub results: &'a [Measurement],
     pub load_start: String,
     pub load_end: String,
+    /// fdatasync/s at the start and at the end of the run.
+    pub fdatasync: (f64, f64),
     pub duration: Duration,
     pub warmup: Duration,
     pub client_threads: usize,
@@ -141,6 +143,12 @@ pub fn print(run: &Run<'_>) {
         run.warmup,
         run.duration,
         run.client_threads
+    );
+    println!();
+    println!(
+        "Disk: {:.0} fdatasync/s at the start, {:.0} at the end (4 KiB appends to a fresh \
+         file in the data directory's filesystem, 1 writer, 1 s).",
+        run.fdatasync.0, run.fdatasync.1
     );
     println!();
     println!("| case | rep | server | load avg | req/s | msgs/s | p50 | p99 | errors | server CPU/req | client CPU/req | throughput ÷ baseline | p50 ÷ baseline |");
