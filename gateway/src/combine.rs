@@ -92,17 +92,35 @@ impl Combiner {
                 .await
                 .map_err(|e| broker_error(&e));
         }
-        let (tx, rx) = oneshot::channel();
-        let start = {
+        let queued = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.queue.push_back(Waiting { msg, select, tx });
-            !std::mem::replace(&mut st.draining, true)
+            if st.draining {
+                let (tx, rx) = oneshot::channel();
+                st.queue.push_back(Waiting { msg, select, tx });
+                Err(rx)
+            } else {
+                st.draining = true;
+                Ok((msg, select))
+            }
         };
-        if start {
-            tokio::spawn(self.clone().drain());
+        match queued {
+            Err(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(ApiError::unavailable("the broker is shutting down"))),
+            Ok((msg, select)) => {
+                // Nothing was in progress: this task stores its message
+                // itself, with no hand-over to a drain task and back. That
+                // is every publish on an idle or single-connection gateway.
+                // Publishes arriving meanwhile queue; the guard hands them
+                // to a drain task when this write ends, however it ends (a
+                // cancelled request cancels only its own write).
+                let _guard = HandOver(self);
+                self.broker
+                    .send(msg, select)
+                    .await
+                    .map_err(|e| broker_error(&e))
+            }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(ApiError::unavailable("the broker is shutting down")))
     }
 
     async fn drain(self: Arc<Self>) {
@@ -153,6 +171,31 @@ impl Combiner {
                 for tx in txs {
                     let _ = tx.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+/// Ends a publish that stored its own message: starts a drain task for
+/// whatever queued meanwhile, or marks the cell idle.
+struct HandOver<'a>(&'a Arc<Combiner>);
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.queue.is_empty() {
+            st.draining = false;
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(self.0.clone().drain());
+            }
+            // The runtime is going away (shutdown): the waiting publishes
+            // are answered "shutting down" as their senders drop.
+            Err(_) => {
+                st.queue.clear();
+                st.draining = false;
             }
         }
     }

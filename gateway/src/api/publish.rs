@@ -61,7 +61,8 @@ struct UnitView<'a> {
 
 #[derive(Debug, Serialize)]
 struct Published<'a> {
-    message_id: String,
+    #[serde(serialize_with = "hyphenated")]
+    message_id: uuid::Uuid,
     topic: &'a str,
     cell: &'a str,
     queue: u16,
@@ -87,7 +88,7 @@ struct Target<'r> {
 fn published<'a>(t: &'a Target<'_>, h: &UnitHeaders, r: &PutResult) -> Published<'a> {
     let name = |c: CellId| t.rules.cell_name(c);
     Published {
-        message_id: r.id.to_string(),
+        message_id: r.id,
         topic: t.logical,
         cell: name(t.cell),
         queue: r.queue,
@@ -100,6 +101,13 @@ fn published<'a>(t: &'a Target<'_>, h: &UnitHeaders, r: &PutResult) -> Published
             TARGET_R: h.target_r.map(name),
         },
     }
+}
+
+/// A message id as `Display` writes it (hyphenated, lower case), from a
+/// stack buffer: no `String` per message, no formatting machinery.
+fn hyphenated<S: serde::Serializer>(id: &uuid::Uuid, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = uuid::Uuid::encode_buffer();
+    s.serialize_str(id.hyphenated().encode_lower(&mut buf))
 }
 
 fn now_ms() -> i64 {
@@ -133,6 +141,7 @@ fn build(
     req: PublishRequest,
     at: At,
     max_body: usize,
+    born_ms: i64,
 ) -> ApiResult<(Message, QueueSelect, UnitHeaders)> {
     let f = |name: &str| at.field(name);
     if req.delay_ms.is_some() && req.deliver_at_ms.is_some() {
@@ -224,7 +233,7 @@ fn build(
         tag: req.tag,
         keys: req.keys,
         properties,
-        born_ms: now_ms(),
+        born_ms,
     };
     Ok((msg, select, headers))
 }
@@ -272,7 +281,7 @@ pub async fn one(
     let limit = request_limit(max_body);
     let parsed: PublishRequest =
         body::json(incoming, &parts.headers, limit, app.limits.body_timeout).await?;
-    let (msg, select, headers) = build(&t, parsed, At::Single, max_body)?;
+    let (msg, select, headers) = build(&t, parsed, At::Single, max_body, now_ms())?;
     let cell_name = t.rules.cell_name(t.cell);
     let combiner = app
         .combiners
@@ -326,8 +335,10 @@ pub async fn batch(
     let mut msgs = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(n);
     let mut bytes = 0u64;
+    // One clock read per request: a batch's messages are born together.
+    let born_ms = now_ms();
     for (i, m) in parsed.messages.into_iter().enumerate() {
-        let (msg, select, h) = build(&t, m, At::Batch(i), max_body)?;
+        let (msg, select, h) = build(&t, m, At::Batch(i), max_body, born_ms)?;
         bytes += msg.body.len() as u64;
         msgs.push((msg, select));
         headers.push(h);
