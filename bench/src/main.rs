@@ -75,6 +75,10 @@ struct Args {
     gateway_bin: Option<PathBuf>,
     #[arg(long)]
     baseline_bin: Option<PathBuf>,
+    /// Another `cellgate` build (e.g. an older commit's) to run in the same
+    /// run as a third side, `compare`: the same cases, next to the others.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
     /// A command run (with `sh -c`) alongside every gateway load, `{pid}`
     /// replaced by the gateway's pid, e.g.
     /// `perf record -g -p {pid} -o gw.data -- sleep 3`. Awaited after the load.
@@ -97,6 +101,10 @@ fn main() -> anyhow::Result<()> {
     }
     let gateway = procs::sibling("cellgate", a.gateway_bin.clone())?;
     let baseline = procs::sibling("cellgate-baseline", a.baseline_bin.clone())?;
+    let compare = match &a.compare_bin {
+        Some(p) => Some(procs::sibling("cellgate", Some(p.clone()))?),
+        None => None,
+    };
     let tmp = tempfile::Builder::new()
         .prefix("cellgate-bench")
         .tempdir()?;
@@ -118,20 +126,27 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for rep in 0..a.reps {
         for (ci, case) in cases.iter().enumerate() {
-            let order = if rep % 2 == 0 {
-                [Side::Baseline, Side::Gateway]
-            } else {
-                [Side::Gateway, Side::Baseline]
-            };
+            // Rotate the order every repetition, so a drift in the
+            // machine's load does not always favour the same side.
+            let mut order = vec![Side::Baseline, Side::Gateway];
+            if compare.is_some() {
+                order.push(Side::Compare);
+            }
+            let sides = order.len();
+            order.rotate_left(rep % sides);
             for side in order {
                 let data = tmp.path().join(format!("data-{rep}-{ci}"));
                 std::fs::create_dir_all(&data)?;
                 let log = tmp.path().join(format!("{}-{rep}-{ci}.log", side.name()));
                 let server = match side {
                     Side::Baseline => Server::start(&baseline, &[], &log)?,
-                    Side::Gateway => {
+                    Side::Gateway | Side::Compare => {
                         let args = procs::gateway_args(&config, &data, case.flush, &a.segment_size);
-                        Server::start(&gateway, &args, &log)?
+                        let bin = match (&compare, side) {
+                            (Some(c), Side::Compare) => c,
+                            _ => &gateway,
+                        };
+                        Server::start(bin, &args, &log)?
                     }
                 };
                 let load_avg = report::loadavg();

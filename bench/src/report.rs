@@ -11,6 +11,8 @@ use crate::load::Outcome;
 pub enum Side {
     Baseline,
     Gateway,
+    /// `--compare-bin`: another gateway build, reported but not judged.
+    Compare,
 }
 
 impl Side {
@@ -18,6 +20,7 @@ impl Side {
         match self {
             Side::Baseline => "baseline",
             Side::Gateway => "gateway",
+            Side::Compare => "compare",
         }
     }
 }
@@ -155,14 +158,15 @@ pub fn print(run: &Run<'_>) {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (ci, c) in run.cases.iter().enumerate() {
         for (b, g) in run.pairs(ci) {
-            for m in [b, g] {
-                let (tput, p50) = if m.side == Side::Gateway {
-                    (
-                        format!("**{:.2}×**", g.outcome.per_sec() / b.outcome.per_sec()),
-                        format!("{:.2}×", g.p50() as f64 / b.p50().max(1) as f64),
-                    )
-                } else {
+            let other = run.find(ci, b.rep, Side::Compare);
+            for m in [Some(b), Some(g), other].into_iter().flatten() {
+                let (tput, p50) = if m.side == Side::Baseline {
                     (String::new(), String::new())
+                } else {
+                    (
+                        format!("**{:.2}×**", m.outcome.per_sec() / b.outcome.per_sec()),
+                        format!("{:.2}×", m.p50() as f64 / b.p50().max(1) as f64),
+                    )
                 };
                 println!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} µs | {:.1} µs | {tput} | {p50} |",
