@@ -243,6 +243,17 @@ impl App {
             }
             Route::Readyz => return Ok(ops::readyz(self)),
             Route::Metrics => return Ok(ops::metrics(self)),
+            // Operators and probes read these without a token; a token, if
+            // sent, must be valid, and only an admin token sees the text of
+            // a reload error.
+            Route::Rules | Route::Topology
+                if !req.headers().contains_key(http::header::AUTHORIZATION) =>
+            {
+                return Ok(match r {
+                    Route::Rules => ops::rules(self, false),
+                    _ => ops::topology(self, &rules),
+                });
+            }
             _ => {}
         }
         let caller = Caller::authenticate(&rules, req.headers(), peer)?;
@@ -258,7 +269,7 @@ impl App {
                 Route::Nack(g, t) => consume::settle(self, &caller, g, t, req, false).await,
                 Route::Reset(g, t) => consume::reset(self, &caller, g, t, req).await,
                 Route::Lag(g, t) => consume::lag(self, &caller, g, t, &req),
-                Route::Rules => Ok(ops::rules(self, &caller)),
+                Route::Rules => Ok(ops::rules(self, caller.is_admin())),
                 Route::Topology => Ok(ops::topology(self, &rules)),
                 Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::no_route()),
             }
