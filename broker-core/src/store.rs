@@ -13,11 +13,12 @@
 //! ```
 //!
 //! A record becomes visible to readers (dispatched into its consume queue)
-//! only once it is durable under the flush policy, in log order.
+//! only once it is durable under the flush policy, in log order. Dispatch
+//! runs off the put path, on its own thread (see `dispatch.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cq::{ConsumeQueue, Entry};
+use crate::dispatch::{Dispatcher, Meta, Undispatched};
 use crate::error::{Error, Result};
 use crate::keys::KeyIndex;
 use crate::log::{CommitLog, LogConfig};
@@ -79,14 +81,24 @@ pub struct PutResult {
 }
 
 #[derive(Debug)]
-struct Topic {
-    queues: Vec<Arc<ConsumeQueue>>,
+pub(crate) struct Topic {
+    pub name: String,
+    pub queues: Vec<Arc<ConsumeQueue>>,
     rr: AtomicU32,
 }
 
-/// A stored record not yet in its consume queue.
-#[derive(Debug, Clone)]
-struct Meta {
+/// A message checked and placed, before it is encoded.
+#[derive(Debug)]
+struct Prepared {
+    msg: Message,
+    topic: Arc<Topic>,
+    queue: u16,
+    len: usize,
+}
+
+/// A record found by recovery past the checkpoint, to re-dispatch.
+#[derive(Debug)]
+struct Redo {
     topic: String,
     queue: u16,
     queue_offset: u64,
@@ -107,16 +119,13 @@ pub struct Store {
     cfg: StoreConfig,
     /// The writer state is the queue of records not yet dispatched: pushed
     /// under the writer lock, so it is in log order.
-    log: CommitLog<VecDeque<Meta>>,
+    log: Arc<CommitLog<Undispatched>>,
     /// RwLock: every put and read looks a topic up; creation is rare.
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Mutex: dispatch must be serial to keep each queue in order.
-    dispatch_lock: Mutex<()>,
-    /// Mutex: inserts come from dispatch, lookups are rare.
-    keys: Mutex<KeyIndex>,
-    /// The end of the last dispatched record; consumers wait on it.
-    dispatched: watch::Sender<u64>,
-    stop: Arc<AtomicBool>,
+    /// Index entries, written off the put path; also owns the key index.
+    dispatch: Arc<Dispatcher>,
+    /// Mutex: taken by `close` (or drop) to stop the thread once.
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn now_ms() -> i64 {
@@ -139,8 +148,8 @@ pub(crate) fn dir_name(topic: &str) -> String {
     out
 }
 
-fn meta_of(pos: u64, size: usize, m: StoredMessage) -> Meta {
-    Meta {
+fn redo_of(pos: u64, size: usize, m: StoredMessage) -> Redo {
+    Redo {
         entry: Entry {
             log_pos: pos,
             size: size as u32,
@@ -163,16 +172,16 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let cp: Checkpoint = read_json(&dir.join("checkpoint.json"))?.unwrap_or_default();
         let mut redo = Vec::new();
-        let log = CommitLog::open(
+        let log = Arc::new(CommitLog::open(
             &dir.join("log"),
             cfg.log.clone(),
             cp.scan_from,
             VecDeque::new(),
             |pos, size, m| {
-                redo.push(meta_of(pos, size, m));
+                redo.push(redo_of(pos, size, m));
                 Ok(())
             },
-        )?;
+        )?);
         let end = log.durable();
         let topic_queues: HashMap<String, u16> =
             read_json(&dir.join("topics.json"))?.unwrap_or_default();
@@ -184,16 +193,21 @@ impl Store {
         let store = Store {
             dir: dir.to_owned(),
             cfg,
-            log,
+            log: log.clone(),
             topics: RwLock::new(topics),
-            dispatch_lock: Mutex::new(()),
-            keys: Mutex::new(keys),
-            dispatched: watch::channel(end).0,
-            stop: Arc::new(AtomicBool::new(false)),
+            dispatch: Arc::new(Dispatcher::new(log, keys, end)),
+            dispatcher: Mutex::new(None),
         };
         let n = redo.len();
-        for chunk in redo.chunks(4096) {
-            store.dispatch_batch(chunk)?;
+        let mut metas = Vec::with_capacity(n.min(4096));
+        let mut last = None;
+        let mut redo = redo.into_iter().peekable();
+        while redo.peek().is_some() {
+            metas.clear();
+            for r in redo.by_ref().take(4096) {
+                metas.push(store.meta_of_redo(r, &mut last)?);
+            }
+            store.dispatch.write_entries(metas.iter())?;
         }
         for t in store.topics.read().map_err(|_| Error::Closed)?.values() {
             for q in &t.queues {
@@ -202,7 +216,43 @@ impl Store {
         }
         tracing::info!(dir = %dir.display(), end, redispatched = n, "store open");
         store.write_checkpoint()?;
+        let handle = store.dispatch.start()?;
+        *store.dispatcher.lock().map_err(|_| Error::Closed)? = Some(handle);
         Ok(store)
+    }
+
+    /// A recovered record's meta; creates its topic if the `topics.json`
+    /// write that announced it was lost.
+    fn meta_of_redo(&self, r: Redo, last: &mut Option<Arc<Topic>>) -> Result<Meta> {
+        let topic = match last.as_ref().filter(|t| t.name == r.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let known = self
+                    .topics
+                    .read()
+                    .map_err(|_| Error::Closed)?
+                    .get(&r.topic)
+                    .cloned();
+                let t = match known {
+                    Some(t) => t,
+                    None => {
+                        let n = r.queue.saturating_add(1).max(self.cfg.default_queues);
+                        self.create_topic(&r.topic, n)?;
+                        self.topic(&r.topic)?
+                    }
+                };
+                *last = Some(t.clone());
+                t
+            }
+        };
+        Ok(Meta {
+            topic,
+            queue: r.queue,
+            queue_offset: r.queue_offset,
+            id: r.id,
+            keys: r.keys,
+            entry: r.entry,
+        })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -265,158 +315,115 @@ impl Store {
 
     /// Stores one message; returns once it is durable under the policy.
     pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
-        let mut r = self.put_batch(vec![(msg, select)]).await?;
-        r.pop().ok_or(Error::Closed)
+        let mut prepared = [self.prepare(msg, &select, &mut None)?];
+        let mut result = None;
+        let end = self.append(&mut prepared, |r| result = Some(r))?;
+        // The message is encoded: free it before waiting, not after.
+        drop(prepared);
+        self.log.wait_durable(end).await?;
+        result.ok_or(Error::Closed)
     }
 
     /// Stores messages in order, with one write and one durability wait.
     pub async fn put_batch(&self, msgs: Vec<(Message, QueueSelect)>) -> Result<Vec<PutResult>> {
         let mut prepared = Vec::with_capacity(msgs.len());
+        let mut last = None;
         for (m, sel) in msgs {
-            if m.body.len() > self.cfg.max_message_bytes {
-                return Err(Error::MessageTooLarge {
-                    size: m.body.len(),
-                    max: self.cfg.max_message_bytes,
-                });
-            }
-            let len = record::encoded_len(&m)?;
-            let topic = self.topic(&m.topic)?;
-            let queue = select_queue(&topic, &m.topic, &sel)?;
-            prepared.push((m, topic, queue, len));
+            prepared.push(self.prepare(m, &sel, &mut last)?);
         }
+        let mut results = Vec::with_capacity(prepared.len());
+        let end = self.append(&mut prepared, |r| results.push(r))?;
+        drop(prepared);
+        self.log.wait_durable(end).await?;
+        Ok(results)
+    }
+
+    /// Checks a message and picks its queue; `last` caches the topic of the
+    /// previous message of a batch (usually the same).
+    fn prepare(
+        &self,
+        msg: Message,
+        sel: &QueueSelect,
+        last: &mut Option<Arc<Topic>>,
+    ) -> Result<Prepared> {
+        if msg.body.len() > self.cfg.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size: msg.body.len(),
+                max: self.cfg.max_message_bytes,
+            });
+        }
+        let len = record::encoded_len(&msg)?;
+        let topic = match last.as_ref().filter(|t| t.name == msg.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.topic(&msg.topic)?;
+                *last = Some(t.clone());
+                t
+            }
+        };
+        let queue = select_queue(&topic, &msg.topic, sel)?;
+        Ok(Prepared {
+            msg,
+            topic,
+            queue,
+            len,
+        })
+    }
+
+    /// Encodes and writes the records (queueing their metas for dispatch)
+    /// and returns the end of the last; `out` gets each one's result.
+    fn append(&self, prepared: &mut [Prepared], mut out: impl FnMut(PutResult)) -> Result<u64> {
         let stored_ms = now_ms();
-        let (results, end) = self.log.append_with(|batch, undispatched| {
-            let mut out = Vec::with_capacity(prepared.len());
-            for (m, topic, queue, len) in &prepared {
-                let q = &topic.queues[usize::from(*queue)];
+        let ((), end) = self.log.append_with(|batch, undispatched| {
+            for p in prepared.iter_mut() {
+                let q = &p.topic.queues[usize::from(p.queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
                 let stamp = Stamp {
                     id: crate::ids::message_id(stored_ms),
-                    queue: *queue,
+                    queue: p.queue,
                     queue_offset: offset,
                     stored_ms,
                 };
-                let pos = batch.push(*len, |buf| record::encode(m, &stamp, *len, buf))?;
+                let (m, len) = (&p.msg, p.len);
+                let pos = batch.push(len, |buf| record::encode(m, &stamp, len, buf))?;
                 q.assigned.store(offset + 1, Ordering::Release);
                 undispatched.push_back(Meta {
-                    topic: m.topic.clone(),
-                    queue: *queue,
+                    topic: p.topic.clone(),
+                    queue: p.queue,
                     queue_offset: offset,
                     id: stamp.id,
-                    keys: m.keys.clone(),
+                    // Encoded already: the dispatcher can have them.
+                    keys: std::mem::take(&mut p.msg.keys),
                     entry: Entry {
                         log_pos: pos,
-                        size: *len as u32,
-                        tag_hash: record::tag_hash(m.tag.as_deref()),
+                        size: len as u32,
+                        tag_hash: record::tag_hash(p.msg.tag.as_deref()),
                         stored_ms,
                     },
                 });
-                out.push(PutResult {
+                out(PutResult {
                     id: stamp.id,
-                    queue: *queue,
+                    queue: p.queue,
                     queue_offset: offset,
                     log_pos: pos,
                     stored_ms,
                 });
             }
-            Ok(out)
+            Ok(())
         })?;
-        self.log.wait_durable(end).await?;
-        self.dispatch()?;
-        Ok(results)
-    }
-
-    /// Moves every durable, undispatched record into its consume queue.
-    fn dispatch(&self) -> Result<()> {
-        let _serial = self.dispatch_lock.lock().map_err(|_| Error::Closed)?;
-        let durable = self.log.durable();
-        let ready: Vec<Meta> = self.log.with_state(|q| {
-            let n = q
-                .iter()
-                .take_while(|m| m.entry.log_pos + u64::from(m.entry.size) <= durable)
-                .count();
-            q.drain(..n).collect()
-        })?;
-        let Some(last) = ready.last() else {
-            return Ok(());
-        };
-        let end = last.entry.log_pos + u64::from(last.entry.size);
-        self.dispatch_batch(&ready)?;
-        self.dispatched.send_replace(end);
-        Ok(())
-    }
-
-    /// Appends the records' index entries: one write per consume queue and
-    /// one for the key index, however many records (per-record writes
-    /// would cost more than the log append itself).
-    fn dispatch_batch(&self, metas: &[Meta]) -> Result<()> {
-        // One run per queue; the topic map is consulted (and locked) once
-        // per queue in the batch, not once per record.
-        /// Consecutive entries of one queue: (topic, queue, its file, first offset, entries).
-        type Run<'a> = (&'a str, u16, Arc<ConsumeQueue>, u64, Vec<Entry>);
-        let mut runs: Vec<Run<'_>> = Vec::new();
-        for m in metas {
-            let run = runs.iter_mut().find(|(t, q, _, first, es)| {
-                *t == m.topic && *q == m.queue && *first + es.len() as u64 == m.queue_offset
-            });
-            match run {
-                Some((.., es)) => es.push(m.entry),
-                None => runs.push((
-                    &m.topic,
-                    m.queue,
-                    self.queue_for(m)?,
-                    m.queue_offset,
-                    vec![m.entry],
-                )),
-            }
-        }
-        for (_, _, q, first, entries) in &runs {
-            q.dispatch_many(*first, entries)?;
-        }
-        let mut keys = self.keys.lock().map_err(|_| Error::Closed)?;
-        keys.insert_many(
-            metas
-                .iter()
-                .map(|m| (m.topic.as_str(), &m.id, m.keys.as_slice(), m.entry.log_pos)),
-        )
-    }
-
-    fn queue_for(&self, m: &Meta) -> Result<Arc<ConsumeQueue>> {
-        let topic = self
-            .topics
-            .read()
-            .map_err(|_| Error::Closed)?
-            .get(&m.topic)
-            .cloned();
-        let topic = match topic {
-            Some(t) => t,
-            None => {
-                // Recovery: a topic whose topics.json write was lost.
-                let n = m.queue.saturating_add(1).max(self.cfg.default_queues);
-                self.create_topic(&m.topic, n)?;
-                return self.queue_for(m);
-            }
-        };
-        topic
-            .queues
-            .get(usize::from(m.queue))
-            .cloned()
-            .ok_or_else(|| Error::UnknownQueue {
-                topic: m.topic.clone(),
-                queue: m.queue,
-                queues: topic.queues.len() as u16,
-            })
+        Ok(end)
     }
 
     /// A receiver of the dispatched position: it changes whenever new
     /// messages become readable (long polls wait on it).
     pub fn appended(&self) -> watch::Receiver<u64> {
-        self.dispatched.subscribe()
+        self.dispatch.dispatched.subscribe()
     }
 
     /// The readable offsets of a queue: `[min, max)`.
     pub fn queue_range(&self, topic: &str, queue: u16) -> Result<(u64, u64)> {
         let q = self.queue(topic, queue)?;
+        self.dispatch.catch_up()?;
         let len = q.len();
         let min_pos = self.log.min_pos();
         // The first entry whose record is still retained.
@@ -448,12 +455,20 @@ impl Store {
 
     /// Up to `max` index entries of a queue from `from`.
     pub fn entries(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<Entry>> {
-        self.queue(topic, queue)?.range(from, max)
+        let q = self.queue(topic, queue)?;
+        let len = q.len();
+        if from.saturating_add(max as u64) > len && q.assigned.load(Ordering::Acquire) > len {
+            // Asked past the dispatched end of a queue that has more.
+            self.dispatch.catch_up()?;
+        }
+        q.range(from, max)
     }
 
     /// The first offset stored at or after `ms`.
     pub fn offset_at_time(&self, topic: &str, queue: u16, ms: i64) -> Result<u64> {
-        self.queue(topic, queue)?.offset_at_time(ms)
+        let q = self.queue(topic, queue)?;
+        self.dispatch.catch_up()?;
+        q.offset_at_time(ms)
     }
 
     /// Reads and verifies the record an entry points at.
@@ -483,7 +498,13 @@ impl Store {
 
     /// The message with `id`, if retained.
     pub fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
-        let cands = self.keys.lock().map_err(|_| Error::Closed)?.by_id(id);
+        self.dispatch.catch_up()?;
+        let cands = self
+            .dispatch
+            .keys
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .by_id(id);
         for pos in cands {
             if let Ok(m) = self.read_unsized(pos) {
                 if m.id == *id {
@@ -496,7 +517,9 @@ impl Store {
 
     /// Retained messages of `topic` carrying `key`, oldest first.
     pub fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
+        self.dispatch.catch_up()?;
         let cands = self
+            .dispatch
             .keys
             .lock()
             .map_err(|_| Error::Closed)?
@@ -519,13 +542,17 @@ impl Store {
         // Index files are written without fsync; make what the checkpoint
         // vouches for durable first, or a power loss could lose entries the
         // next recovery would not re-create.
-        let scan_from = self.log.flushed().min(*self.dispatched.borrow());
+        let scan_from = self.log.flushed().min(self.dispatch.dispatched());
         for t in self.topics.read().map_err(|_| Error::Closed)?.values() {
             for q in &t.queues {
                 q.sync_if_dirty()?;
             }
         }
-        self.keys.lock().map_err(|_| Error::Closed)?.sync()?;
+        self.dispatch
+            .keys
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .sync()?;
         write_json(&self.dir.join("checkpoint.json"), &Checkpoint { scan_from })
     }
 
@@ -550,10 +577,25 @@ impl Store {
 
     /// Flushes, checkpoints and stops.
     pub fn close(&self) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop_dispatcher();
         self.log.close();
-        self.dispatch()?;
+        self.dispatch.dispatch()?;
         self.write_checkpoint()
+    }
+
+    fn stop_dispatcher(&self) {
+        self.dispatch.stop();
+        let h = self.dispatcher.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The thread holds the log: stop it, or the log would outlive us.
+        self.stop_dispatcher();
     }
 }
 
@@ -577,6 +619,7 @@ fn open_topic(dir: &Path, name: &str, queues: u16, log_end: u64) -> Result<Topic
         .map(|q| ConsumeQueue::open(&base.join(q.to_string()), log_end).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
     Ok(Topic {
+        name: name.to_owned(),
         queues,
         rr: AtomicU32::new(0),
     })
