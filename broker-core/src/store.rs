@@ -128,6 +128,10 @@ pub struct Store {
     dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Undispatched records past which a put helps dispatch (see `finish`):
+/// about 20 MiB of 1 KiB messages.
+const MAX_LAG: usize = 16 * 1024;
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -250,7 +254,10 @@ impl Store {
             queue: r.queue,
             queue_offset: r.queue_offset,
             id: r.id,
-            keys: r.keys,
+            msg: Message {
+                keys: r.keys,
+                ..Message::default()
+            },
             entry: r.entry,
         })
     }
@@ -315,12 +322,10 @@ impl Store {
 
     /// Stores one message; returns once it is durable under the policy.
     pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
-        let mut prepared = [self.prepare(msg, &select, &mut None)?];
+        let prepared = self.prepare(msg, &select, &mut None)?;
         let mut result = None;
-        let end = self.append(&mut prepared, |r| result = Some(r))?;
-        // The message is encoded: free it before waiting, not after.
-        drop(prepared);
-        self.log.wait_durable(end).await?;
+        let (end, behind) = self.append(std::iter::once(prepared), |r| result = Some(r))?;
+        self.finish(end, behind).await?;
         result.ok_or(Error::Closed)
     }
 
@@ -332,9 +337,8 @@ impl Store {
             prepared.push(self.prepare(m, &sel, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let end = self.append(&mut prepared, |r| results.push(r))?;
-        drop(prepared);
-        self.log.wait_durable(end).await?;
+        let (end, behind) = self.append(prepared.into_iter(), |r| results.push(r))?;
+        self.finish(end, behind).await?;
         Ok(results)
     }
 
@@ -370,12 +374,17 @@ impl Store {
         })
     }
 
-    /// Encodes and writes the records (queueing their metas for dispatch)
-    /// and returns the end of the last; `out` gets each one's result.
-    fn append(&self, prepared: &mut [Prepared], mut out: impl FnMut(PutResult)) -> Result<u64> {
+    /// Encodes and writes the records (queueing their metas for dispatch);
+    /// returns the end of the last and whether dispatch is behind. `out`
+    /// gets each record's result.
+    fn append(
+        &self,
+        prepared: impl Iterator<Item = Prepared>,
+        mut out: impl FnMut(PutResult),
+    ) -> Result<(u64, bool)> {
         let stored_ms = now_ms();
-        let ((), end) = self.log.append_with(|batch, undispatched| {
-            for p in prepared.iter_mut() {
+        let (lag, end) = self.log.append_with(|batch, undispatched| {
+            for p in prepared {
                 let q = &p.topic.queues[usize::from(p.queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
                 let stamp = Stamp {
@@ -387,20 +396,12 @@ impl Store {
                 let (m, len) = (&p.msg, p.len);
                 let pos = batch.push(len, |buf| record::encode(m, &stamp, len, buf))?;
                 q.assigned.store(offset + 1, Ordering::Release);
-                undispatched.push_back(Meta {
-                    topic: p.topic.clone(),
-                    queue: p.queue,
-                    queue_offset: offset,
-                    id: stamp.id,
-                    // Encoded already: the dispatcher can have them.
-                    keys: std::mem::take(&mut p.msg.keys),
-                    entry: Entry {
-                        log_pos: pos,
-                        size: len as u32,
-                        tag_hash: record::tag_hash(p.msg.tag.as_deref()),
-                        stored_ms,
-                    },
-                });
+                let entry = Entry {
+                    log_pos: pos,
+                    size: len as u32,
+                    tag_hash: record::tag_hash(p.msg.tag.as_deref()),
+                    stored_ms,
+                };
                 out(PutResult {
                     id: stamp.id,
                     queue: p.queue,
@@ -408,10 +409,30 @@ impl Store {
                     log_pos: pos,
                     stored_ms,
                 });
+                // Encoded: the dispatcher takes the message from here.
+                undispatched.push_back(Meta {
+                    topic: p.topic,
+                    queue: p.queue,
+                    queue_offset: offset,
+                    id: stamp.id,
+                    msg: p.msg,
+                    entry,
+                });
             }
-            Ok(())
+            Ok(undispatched.len())
         })?;
-        Ok(end)
+        Ok((end, lag > MAX_LAG))
+    }
+
+    /// Waits until `end` is durable; then, if the dispatcher fell behind,
+    /// helps it (waiting for its current batch first): that bounds the
+    /// undispatched records, and so the memory they hold.
+    async fn finish(&self, end: u64, behind: bool) -> Result<()> {
+        self.log.wait_durable(end).await?;
+        if behind {
+            self.dispatch.dispatch()?;
+        }
+        Ok(())
     }
 
     /// A receiver of the dispatched position: it changes whenever new
