@@ -131,6 +131,16 @@ pub fn encoded_len(m: &Message) -> Result<usize, Error> {
 /// returned for `m` (it must have succeeded).
 pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
     let start = out.len();
+    encode_unsealed(m, len, out);
+    seal(&mut out[start..], s);
+}
+
+/// Appends the record of `m` to `out` without the broker-assigned fields
+/// and the checksum: [`seal`] adds them. The store encodes outside its
+/// writer lock (reading the message's scattered allocations is the slow
+/// part) and only seals under it, where queue offsets are assigned.
+pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
     let tag = m.tag.as_deref().unwrap_or("");
     let keys_len: usize = 2 + m.keys.iter().map(|k| 2 + k.len()).sum::<usize>();
     let props_len: usize = 2 + m
@@ -148,11 +158,9 @@ pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
     w.put(&((len - 4) as u32).to_le_bytes());
     w.put(&[0; 4]); // crc, filled in below
     w.put(&[VERSION, 0]);
-    w.put(&s.queue.to_le_bytes());
-    w.put(&s.queue_offset.to_le_bytes());
+    w.put(&[0; 10]); // queue, queue_offset: sealed
     w.put(&m.born_ms.to_le_bytes());
-    w.put(&s.stored_ms.to_le_bytes());
-    w.put(s.id.as_bytes());
+    w.put(&[0; 24]); // stored_ms, id: sealed
     w.put(&(m.topic.len() as u16).to_le_bytes());
     w.put(&(tag.len() as u16).to_le_bytes());
     w.put(&(keys_len as u32).to_le_bytes());
@@ -174,9 +182,23 @@ pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
     }
     w.put(&m.body);
     debug_assert_eq!(w.at, len);
-    let rec = &mut out[start..];
-    let crc = crc32c::crc32c(&rec[8..]);
-    rec[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Writes the broker-assigned fields into a record [`encode_unsealed`]
+/// produced (`rec` is exactly that record) and its checksum.
+pub fn seal(rec: &mut [u8], s: &Stamp) {
+    let mut w = Writer { buf: rec, at: 10 };
+    w.put(&s.queue.to_le_bytes());
+    w.put(&s.queue_offset.to_le_bytes());
+    w.at = 28; // born_ms stays
+    w.put(&s.stored_ms.to_le_bytes());
+    w.put(s.id.as_bytes());
+    if let Some(body) = rec.get(8..) {
+        let crc = crc32c::crc32c(body);
+        if let Some(c) = rec.get_mut(4..8) {
+            c.copy_from_slice(&crc.to_le_bytes());
+        }
+    }
 }
 
 /// Writes consecutive fields into a slice sized for them.

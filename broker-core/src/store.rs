@@ -94,6 +94,7 @@ struct Prepared {
     topic: Arc<Topic>,
     queue: u16,
     len: usize,
+    tag_hash: u32,
 }
 
 /// A record found by recovery past the checkpoint, to re-dispatch.
@@ -127,6 +128,16 @@ pub struct Store {
     /// Mutex: taken by `close` (or drop) to stop the thread once.
     dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+thread_local! {
+    /// Where a put encodes its records before taking the writer lock;
+    /// kept per thread so a put does not allocate for it.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer kept after a put (a 4 MiB message should not
+/// pin 4 MiB per thread).
+const SCRATCH_KEEP: usize = 1 << 20;
 
 /// Undispatched records past which a put helps dispatch (see `finish`):
 /// about 20 MiB of 1 KiB messages.
@@ -324,7 +335,7 @@ impl Store {
     pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
         let prepared = self.prepare(msg, &select, &mut None)?;
         let mut result = None;
-        let (end, behind) = self.append(std::iter::once(prepared), |r| result = Some(r))?;
+        let (end, behind) = self.append([prepared], |r| result = Some(r))?;
         self.finish(end, behind).await?;
         result.ok_or(Error::Closed)
     }
@@ -337,7 +348,7 @@ impl Store {
             prepared.push(self.prepare(m, &sel, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = self.append(prepared.into_iter(), |r| results.push(r))?;
+        let (end, behind) = self.append(prepared, |r| results.push(r))?;
         self.finish(end, behind).await?;
         Ok(results)
     }
@@ -367,6 +378,7 @@ impl Store {
         };
         let queue = select_queue(&topic, &msg.topic, sel)?;
         Ok(Prepared {
+            tag_hash: record::tag_hash(msg.tag.as_deref()),
             msg,
             topic,
             queue,
@@ -377,13 +389,39 @@ impl Store {
     /// Encodes and writes the records (queueing their metas for dispatch);
     /// returns the end of the last and whether dispatch is behind. `out`
     /// gets each record's result.
-    fn append(
+    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    where
+        P: IntoIterator<Item = Prepared> + AsRef<[Prepared]>,
+    {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            // Encoded outside the writer lock: reading the messages (many
+            // small allocations, often cold in cache) is the slow part, and
+            // producers on other threads can encode meanwhile.
+            for p in prepared.as_ref() {
+                record::encode_unsealed(&p.msg, p.len, &mut scratch);
+            }
+            let r = self.append_encoded(prepared, &scratch, out);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            r
+        })
+    }
+
+    /// The part of [`Store::append`] under the writer lock: stamps each
+    /// record (queue offset, id, time), seals it into the log's pending
+    /// bytes and queues its meta.
+    fn append_encoded(
         &self,
-        prepared: impl Iterator<Item = Prepared>,
+        prepared: impl IntoIterator<Item = Prepared>,
+        encoded: &[u8],
         mut out: impl FnMut(PutResult),
     ) -> Result<(u64, bool)> {
         let stored_ms = now_ms();
         let (lag, end) = self.log.append_with(|batch, undispatched| {
+            let mut at = 0;
             for p in prepared {
                 let q = &p.topic.queues[usize::from(p.queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
@@ -393,13 +431,20 @@ impl Store {
                     queue_offset: offset,
                     stored_ms,
                 };
-                let (m, len) = (&p.msg, p.len);
-                let pos = batch.push(len, |buf| record::encode(m, &stamp, len, buf))?;
+                let len = p.len;
+                // Always there: `append` encoded exactly `len` bytes each.
+                let rec = encoded.get(at..at + len).ok_or(Error::Closed)?;
+                at += len;
+                let pos = batch.push(len, |buf| {
+                    let start = buf.len();
+                    buf.extend_from_slice(rec);
+                    record::seal(&mut buf[start..], &stamp);
+                })?;
                 q.assigned.store(offset + 1, Ordering::Release);
                 let entry = Entry {
                     log_pos: pos,
                     size: len as u32,
-                    tag_hash: record::tag_hash(p.msg.tag.as_deref()),
+                    tag_hash: p.tag_hash,
                     stored_ms,
                 };
                 out(PutResult {
