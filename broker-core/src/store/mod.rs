@@ -15,6 +15,9 @@
 //! A record becomes visible to readers (dispatched into its consume queue)
 //! only once it is durable under the flush policy, in log order. Dispatch
 //! runs off the put path, on its own thread (see `dispatch.rs`).
+//!
+//! Here: opening (recovery's re-dispatch), topics, checkpoint, retention,
+//! close. The put path is in `put.rs`, reads and lookups in `read.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -23,7 +26,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cq::{ConsumeQueue, Entry};
@@ -31,7 +33,10 @@ use crate::dispatch::{Dispatcher, Meta, Undispatched};
 use crate::error::{Error, Result};
 use crate::keys::KeyIndex;
 use crate::log::{CommitLog, LogConfig};
-use crate::record::{self, Message, Stamp, StoredMessage};
+use crate::record::{self, Message, StoredMessage};
+
+mod put;
+mod read;
 
 /// How a store behaves.
 #[derive(Debug, Clone)]
@@ -87,16 +92,6 @@ pub(crate) struct Topic {
     rr: AtomicU32,
 }
 
-/// A message checked and placed, before it is encoded.
-#[derive(Debug)]
-struct Prepared {
-    msg: Message,
-    topic: Arc<Topic>,
-    queue: u16,
-    len: usize,
-    tag_hash: u32,
-}
-
 /// A record found by recovery past the checkpoint, to re-dispatch.
 #[derive(Debug)]
 struct Redo {
@@ -128,20 +123,6 @@ pub struct Store {
     /// Mutex: taken by `close` (or drop) to stop the thread once.
     dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
-
-thread_local! {
-    /// Where a put encodes its records before taking the writer lock;
-    /// kept per thread so a put does not allocate for it.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The largest scratch buffer kept after a put (a 4 MiB message should not
-/// pin 4 MiB per thread).
-const SCRATCH_KEEP: usize = 1 << 20;
-
-/// Undispatched records past which a put helps dispatch (see `finish`):
-/// about 20 MiB of 1 KiB messages.
-const MAX_LAG: usize = 16 * 1024;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -331,277 +312,6 @@ impl Store {
             .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
     }
 
-    /// Stores one message; returns once it is durable under the policy.
-    pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
-        let prepared = self.prepare(msg, &select, &mut None)?;
-        let mut result = None;
-        let (end, behind) = self.append([prepared], |r| result = Some(r))?;
-        self.finish(end, behind).await?;
-        result.ok_or(Error::Closed)
-    }
-
-    /// Stores messages in order, with one write and one durability wait.
-    pub async fn put_batch(&self, msgs: Vec<(Message, QueueSelect)>) -> Result<Vec<PutResult>> {
-        let mut prepared = Vec::with_capacity(msgs.len());
-        let mut last = None;
-        for (m, sel) in msgs {
-            prepared.push(self.prepare(m, &sel, &mut last)?);
-        }
-        let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = self.append(prepared, |r| results.push(r))?;
-        self.finish(end, behind).await?;
-        Ok(results)
-    }
-
-    /// Checks a message and picks its queue; `last` caches the topic of the
-    /// previous message of a batch (usually the same).
-    fn prepare(
-        &self,
-        msg: Message,
-        sel: &QueueSelect,
-        last: &mut Option<Arc<Topic>>,
-    ) -> Result<Prepared> {
-        if msg.body.len() > self.cfg.max_message_bytes {
-            return Err(Error::MessageTooLarge {
-                size: msg.body.len(),
-                max: self.cfg.max_message_bytes,
-            });
-        }
-        let len = record::encoded_len(&msg)?;
-        let topic = match last.as_ref().filter(|t| t.name == msg.topic) {
-            Some(t) => t.clone(),
-            None => {
-                let t = self.topic(&msg.topic)?;
-                *last = Some(t.clone());
-                t
-            }
-        };
-        let queue = select_queue(&topic, &msg.topic, sel)?;
-        Ok(Prepared {
-            tag_hash: record::tag_hash(msg.tag.as_deref()),
-            msg,
-            topic,
-            queue,
-            len,
-        })
-    }
-
-    /// Encodes and writes the records (queueing their metas for dispatch);
-    /// returns the end of the last and whether dispatch is behind. `out`
-    /// gets each record's result.
-    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
-    where
-        P: IntoIterator<Item = Prepared> + AsRef<[Prepared]>,
-    {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.clear();
-            // Encoded outside the writer lock: reading the messages (many
-            // small allocations, often cold in cache) is the slow part, and
-            // producers on other threads can encode meanwhile.
-            for p in prepared.as_ref() {
-                record::encode_unsealed(&p.msg, p.len, &mut scratch);
-            }
-            let r = self.append_encoded(prepared, &scratch, out);
-            if scratch.capacity() > SCRATCH_KEEP {
-                *scratch = Vec::new();
-            }
-            r
-        })
-    }
-
-    /// The part of [`Store::append`] under the writer lock: stamps each
-    /// record (queue offset, id, time), seals it into the log's pending
-    /// bytes and queues its meta.
-    fn append_encoded(
-        &self,
-        prepared: impl IntoIterator<Item = Prepared>,
-        encoded: &[u8],
-        mut out: impl FnMut(PutResult),
-    ) -> Result<(u64, bool)> {
-        let stored_ms = now_ms();
-        let (lag, end) = self.log.append_with(|batch, undispatched| {
-            let mut at = 0;
-            for p in prepared {
-                let q = &p.topic.queues[usize::from(p.queue)];
-                let offset = q.assigned.load(Ordering::Acquire);
-                let stamp = Stamp {
-                    id: crate::ids::message_id(stored_ms),
-                    queue: p.queue,
-                    queue_offset: offset,
-                    stored_ms,
-                };
-                let len = p.len;
-                // Always there: `append` encoded exactly `len` bytes each.
-                let rec = encoded.get(at..at + len).ok_or(Error::Closed)?;
-                at += len;
-                let pos = batch.push(len, |buf| {
-                    let start = buf.len();
-                    buf.extend_from_slice(rec);
-                    record::seal(&mut buf[start..], &stamp);
-                })?;
-                q.assigned.store(offset + 1, Ordering::Release);
-                let entry = Entry {
-                    log_pos: pos,
-                    size: len as u32,
-                    tag_hash: p.tag_hash,
-                    stored_ms,
-                };
-                out(PutResult {
-                    id: stamp.id,
-                    queue: p.queue,
-                    queue_offset: offset,
-                    log_pos: pos,
-                    stored_ms,
-                });
-                // Encoded: the dispatcher takes the message from here.
-                undispatched.push_back(Meta {
-                    topic: p.topic,
-                    queue: p.queue,
-                    queue_offset: offset,
-                    id: stamp.id,
-                    msg: p.msg,
-                    entry,
-                });
-            }
-            Ok(undispatched.len())
-        })?;
-        Ok((end, lag > MAX_LAG))
-    }
-
-    /// Waits until `end` is durable; then, if the dispatcher fell behind,
-    /// helps it (waiting for its current batch first): that bounds the
-    /// undispatched records, and so the memory they hold.
-    async fn finish(&self, end: u64, behind: bool) -> Result<()> {
-        self.log.wait_durable(end).await?;
-        if behind {
-            self.dispatch.dispatch()?;
-        }
-        Ok(())
-    }
-
-    /// A receiver of the dispatched position: it changes whenever new
-    /// messages become readable (long polls wait on it).
-    pub fn appended(&self) -> watch::Receiver<u64> {
-        self.dispatch.dispatched.subscribe()
-    }
-
-    /// The readable offsets of a queue: `[min, max)`.
-    pub fn queue_range(&self, topic: &str, queue: u16) -> Result<(u64, u64)> {
-        let q = self.queue(topic, queue)?;
-        self.dispatch.catch_up()?;
-        let len = q.len();
-        let min_pos = self.log.min_pos();
-        // The first entry whose record is still retained.
-        let (mut lo, mut hi) = (0u64, len);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match q.get(mid)? {
-                Some(e) if e.log_pos < min_pos => lo = mid + 1,
-                _ => hi = mid,
-            }
-        }
-        Ok((lo, len))
-    }
-
-    fn queue(&self, topic: &str, queue: u16) -> Result<Arc<ConsumeQueue>> {
-        let topics = self.topics.read().map_err(|_| Error::Closed)?;
-        let t = topics
-            .get(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        t.queues
-            .get(usize::from(queue))
-            .cloned()
-            .ok_or(Error::UnknownQueue {
-                topic: topic.to_owned(),
-                queue,
-                queues: t.queues.len() as u16,
-            })
-    }
-
-    /// Up to `max` index entries of a queue from `from`.
-    pub fn entries(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<Entry>> {
-        let q = self.queue(topic, queue)?;
-        let len = q.len();
-        if from.saturating_add(max as u64) > len && q.assigned.load(Ordering::Acquire) > len {
-            // Asked past the dispatched end of a queue that has more.
-            self.dispatch.catch_up()?;
-        }
-        q.range(from, max)
-    }
-
-    /// The first offset stored at or after `ms`.
-    pub fn offset_at_time(&self, topic: &str, queue: u16, ms: i64) -> Result<u64> {
-        let q = self.queue(topic, queue)?;
-        self.dispatch.catch_up()?;
-        q.offset_at_time(ms)
-    }
-
-    /// Reads and verifies the record an entry points at.
-    pub fn read(&self, e: &Entry) -> Result<StoredMessage> {
-        self.read_at(e.log_pos, e.size as usize)
-    }
-
-    fn read_at(&self, pos: u64, size: usize) -> Result<StoredMessage> {
-        let mut buf = Vec::new();
-        self.log.read(pos, size, &mut buf)?;
-        record::decode(&buf, pos).map_err(|why| Error::Corrupt { pos, why })
-    }
-
-    fn read_unsized(&self, pos: u64) -> Result<StoredMessage> {
-        let mut head = Vec::new();
-        self.log.read(pos, 4, &mut head)?;
-        match record::frame(&head, self.cfg.log.segment_bytes as usize) {
-            Ok(record::Frame::Record(n)) => self.read_at(pos, n),
-            Ok(_) => Err(Error::OutOfRange {
-                pos,
-                min: self.log.min_pos(),
-                max: self.log.durable(),
-            }),
-            Err(why) => Err(Error::Corrupt { pos, why }),
-        }
-    }
-
-    /// The message with `id`, if retained.
-    pub fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
-        self.dispatch.catch_up()?;
-        let cands = self
-            .dispatch
-            .keys
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .by_id(id);
-        for pos in cands {
-            if let Ok(m) = self.read_unsized(pos) {
-                if m.id == *id {
-                    return Ok(Some(m));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Retained messages of `topic` carrying `key`, oldest first.
-    pub fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
-        self.dispatch.catch_up()?;
-        let cands = self
-            .dispatch
-            .keys
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .by_key(topic, key);
-        let mut out = Vec::new();
-        for pos in cands {
-            if let Ok(m) = self.read_unsized(pos) {
-                if m.topic == topic && m.keys.iter().any(|k| k == key) {
-                    out.push(m);
-                }
-            }
-        }
-        out.sort_by_key(|m| m.log_pos);
-        Ok(out)
-    }
-
     /// Writes the recovery checkpoint: everything below it is flushed and
     /// dispatched.
     pub fn write_checkpoint(&self) -> Result<()> {
@@ -662,20 +372,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         // The thread holds the log: stop it, or the log would outlive us.
         self.stop_dispatcher();
-    }
-}
-
-fn select_queue(topic: &Topic, name: &str, sel: &QueueSelect) -> Result<u16> {
-    let n = topic.queues.len() as u32;
-    match sel {
-        QueueSelect::RoundRobin => Ok((topic.rr.fetch_add(1, Ordering::Relaxed) % n) as u16),
-        QueueSelect::ShardingKey(k) => Ok((crc32c::crc32c(k.as_bytes()) % n) as u16),
-        QueueSelect::Queue(q) if u32::from(*q) < n => Ok(*q),
-        QueueSelect::Queue(q) => Err(Error::UnknownQueue {
-            topic: name.to_owned(),
-            queue: *q,
-            queues: n as u16,
-        }),
     }
 }
 
