@@ -204,17 +204,18 @@ impl Dispatcher {
                 return;
             }
         };
-        let mut durable = self.log.durable_changes();
+        let mut seen = self.log.durable();
         loop {
-            let changed = rt.block_on(async {
+            rt.block_on(async {
                 tokio::select! {
-                    r = durable.changed() => r.is_ok(),
-                    () = self.wake.notified() => true,
+                    () = self.log.wait_durable_past(seen) => {}
+                    () = self.wake.notified() => {}
                 }
             });
-            if !changed || self.stop.load(Ordering::Acquire) {
+            if self.stop.load(Ordering::Acquire) {
                 return;
             }
+            seen = self.log.durable();
             if let Err(e) = self.dispatch() {
                 tracing::error!(error = %e, "dispatch failed; will retry");
             }

@@ -34,13 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use crate::error::{Error, Result};
 use crate::record::{self, StoredMessage};
 use crate::segment::Segment;
 
+mod progress;
 mod recover;
+use progress::Progress;
 use recover::recover;
 
 /// When an append is acknowledged.
@@ -208,8 +208,8 @@ pub struct CommitLog<S> {
     shared: Arc<LogShared>,
     /// Mutex: assigning positions must be serial; held only to encode.
     writer: Mutex<Writer<S>>,
-    written: watch::Sender<u64>,
-    flushed: watch::Sender<u64>,
+    written: Arc<Progress>,
+    flushed: Arc<Progress>,
     signal: Arc<FlushSignal>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -277,8 +277,8 @@ impl<S: Send + 'static> CommitLog<S> {
                 writing: false,
                 state,
             }),
-            written: watch::channel(end).0,
-            flushed: watch::channel(end).0,
+            written: Arc::new(Progress::new(end)),
+            flushed: Arc::new(Progress::new(end)),
             signal: Arc::new(FlushSignal::default()),
             flusher: Mutex::new(None),
         };
@@ -330,7 +330,7 @@ impl<S: Send + 'static> CommitLog<S> {
                 w.writing = false;
                 return Err(e);
             }
-            self.written.send_replace(upto);
+            self.written.advance(upto);
             if w.pending.chunks.is_empty() {
                 w.writing = false;
                 return Ok((out, end));
@@ -350,39 +350,34 @@ impl<S: Send + 'static> CommitLog<S> {
             // The common case under `async`: the appender wrote it itself.
             return Ok(());
         }
-        let mut rx = self.written.subscribe();
-        rx.wait_for(|w| *w >= end)
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.written.wait(end).await;
         if self.shared.cfg.flush == FlushPolicy::Sync {
             self.request_flush();
-            let mut rx = self.flushed.subscribe();
-            rx.wait_for(|f| *f >= end)
-                .await
-                .map_err(|_| Error::Closed)?;
+            self.flushed.wait(end).await;
         }
         Ok(())
     }
 
     /// The position up to which records are acknowledged under the policy.
     pub fn durable(&self) -> u64 {
+        self.durable_progress().get()
+    }
+
+    fn durable_progress(&self) -> &Progress {
         match self.shared.cfg.flush {
-            FlushPolicy::Sync => *self.flushed.borrow(),
-            FlushPolicy::Async { .. } => *self.written.borrow(),
+            FlushPolicy::Sync => &self.flushed,
+            FlushPolicy::Async { .. } => &self.written,
         }
     }
 
-    /// A receiver of the durable position ([`CommitLog::durable`]): it
-    /// changes whenever more records are acknowledged.
-    pub fn durable_changes(&self) -> watch::Receiver<u64> {
-        match self.shared.cfg.flush {
-            FlushPolicy::Sync => self.flushed.subscribe(),
-            FlushPolicy::Async { .. } => self.written.subscribe(),
-        }
+    /// Resolves once the durable position ([`CommitLog::durable`]) is past
+    /// `pos`.
+    pub async fn wait_durable_past(&self, pos: u64) {
+        self.durable_progress().wait(pos.saturating_add(1)).await;
     }
 
     pub fn flushed(&self) -> u64 {
-        *self.flushed.borrow()
+        self.flushed.get()
     }
 
     pub fn min_pos(&self) -> u64 {
@@ -391,7 +386,7 @@ impl<S: Send + 'static> CommitLog<S> {
 
     /// Reads the record of `len` bytes at `pos` into `buf`.
     pub fn read(&self, pos: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
-        let max = *self.written.borrow();
+        let max = self.written.get();
         let min = self.min_pos();
         if pos < min || pos + len as u64 > max {
             return Err(Error::OutOfRange { pos, min, max });
@@ -418,7 +413,7 @@ impl<S: Send + 'static> CommitLog<S> {
     fn start_flusher(&self) {
         let shared = self.shared.clone();
         let signal = self.signal.clone();
-        let written = self.written.subscribe();
+        let written = self.written.clone();
         let flushed = self.flushed.clone();
         let h = std::thread::Builder::new()
             .name("cellgate-flush".into())
@@ -485,12 +480,7 @@ impl<S> Drop for CommitLog<S> {
 }
 
 /// The flusher: fdatasync on request (sync) or every interval (async).
-fn flush_loop(
-    shared: &LogShared,
-    signal: &FlushSignal,
-    written: &watch::Receiver<u64>,
-    flushed: &watch::Sender<u64>,
-) {
+fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flushed: &Progress) {
     let interval = match shared.cfg.flush {
         FlushPolicy::Sync => Duration::from_millis(200),
         FlushPolicy::Async { interval } => interval,
@@ -509,8 +499,8 @@ fn flush_loop(
             *wanted = false;
             signal.stop.load(Ordering::Relaxed)
         };
-        let target = *written.borrow();
-        let from = *flushed.borrow();
+        let target = written.get();
+        let from = flushed.get();
         if target > from {
             // Every segment holding bytes in (from, target].
             let dirty: Vec<Arc<Segment>> = match shared.segments.read() {
@@ -523,7 +513,7 @@ fn flush_loop(
             };
             match dirty.iter().try_for_each(|s| s.sync()) {
                 Ok(()) => {
-                    flushed.send_replace(target);
+                    flushed.advance(target);
                 }
                 Err(e) => tracing::error!(error = %e, "fdatasync failed; will retry"),
             }
