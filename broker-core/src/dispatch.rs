@@ -169,6 +169,7 @@ impl Dispatcher {
         keys.insert_many(metas.map(|m| {
             (
                 m.topic.name.as_str(),
+                m.topic.crc,
                 &m.id,
                 m.msg.keys.as_slice(),
                 m.entry.log_pos,

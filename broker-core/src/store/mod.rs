@@ -88,6 +88,8 @@ pub struct PutResult {
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub name: String,
+    /// CRC32C of the name, for the key index's hashes.
+    pub crc: u32,
     pub queues: Vec<Arc<ConsumeQueue>>,
     rr: AtomicU32,
 }
@@ -382,6 +384,7 @@ fn open_topic(dir: &Path, name: &str, queues: u16, log_end: u64) -> Result<Topic
         .collect::<Result<Vec<_>>>()?;
     Ok(Topic {
         name: name.to_owned(),
+        crc: crc32c::crc32c(name.as_bytes()),
         queues,
         rr: AtomicU32::new(0),
     })
