@@ -199,6 +199,10 @@ struct FlushSignal {
     /// by appenders that need durability.
     wanted: Mutex<bool>,
     cv: Condvar,
+    /// A flush is requested and not yet started: later requests need not
+    /// take the lock and wake the flusher again (under `sync` every
+    /// appender requests one).
+    requested: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -404,6 +408,11 @@ impl<S: Send + 'static> CommitLog<S> {
     }
 
     fn request_flush(&self) {
+        // SeqCst: our records are written before this; a flusher that
+        // clears the flag reads `written` after clearing it.
+        if self.signal.requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut w) = self.signal.wanted.lock() {
             *w = true;
             self.signal.cv.notify_one();
@@ -497,6 +506,7 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
                 };
             }
             *wanted = false;
+            signal.requested.store(false, Ordering::SeqCst);
             signal.stop.load(Ordering::Relaxed)
         };
         let target = written.get();
