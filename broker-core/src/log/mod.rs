@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::record::{self, StoredMessage};
@@ -494,6 +494,9 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
         FlushPolicy::Sync => Duration::from_millis(200),
         FlushPolicy::Async { interval } => interval,
     };
+    let sync = shared.cfg.flush == FlushPolicy::Sync;
+    // What the last fsync took and how many appenders it released.
+    let (mut last_fsync, mut released) = (Duration::ZERO, 0usize);
     loop {
         let stop = {
             let Ok(mut wanted) = signal.wanted.lock() else {
@@ -509,6 +512,9 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
             signal.requested.store(false, Ordering::SeqCst);
             signal.stop.load(Ordering::Relaxed)
         };
+        if sync && !stop && released > 1 {
+            gather(flushed, released, last_fsync / 2);
+        }
         let target = written.get();
         let from = flushed.get();
         if target > from {
@@ -521,9 +527,11 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
                     .collect(),
                 Err(_) => return,
             };
+            let t = Instant::now();
             match dirty.iter().try_for_each(|s| s.sync()) {
                 Ok(()) => {
-                    flushed.advance(target);
+                    last_fsync = t.elapsed();
+                    released = flushed.advance(target);
                 }
                 Err(e) => tracing::error!(error = %e, "fdatasync failed; will retry"),
             }
@@ -533,3 +541,18 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
         }
     }
 }
+
+/// Group commit under load: the appenders the last fsync released are
+/// about to append again, and the first of them wakes the flusher. Starting
+/// the next fsync at once would cover only those few and make the rest wait
+/// for the one after. So wait (up to `cap`, half an fsync) until about as
+/// many are waiting again. With one appender there is nothing to gather.
+fn gather(flushed: &Progress, released: usize, cap: Duration) {
+    let start = Instant::now();
+    while flushed.waiting() < released && start.elapsed() < cap {
+        std::thread::sleep(GATHER_STEP);
+    }
+}
+
+/// How often [`gather`] looks; sleeps are coarse (tens of µs) anyway.
+const GATHER_STEP: Duration = Duration::from_micros(20);

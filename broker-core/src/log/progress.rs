@@ -9,7 +9,7 @@
 //! covers.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Poll, Waker};
 
@@ -22,6 +22,8 @@ pub(crate) struct Progress {
     /// Mutex: registrations and wake-ups are short; contended only when
     /// many tasks wait, and then each advance wakes a batch of them.
     waiters: Mutex<Vec<(u64, Waker)>>,
+    /// `waiters.len()`, readable without the lock.
+    waiting: AtomicUsize,
 }
 
 impl Progress {
@@ -36,14 +38,19 @@ impl Progress {
         self.pos.load(Ordering::SeqCst)
     }
 
+    /// How many waits are registered (an estimate: it is read unlocked).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Moves the position to `to` (never back) and wakes the waiters it
-    /// reaches.
-    pub fn advance(&self, to: u64) {
+    /// reaches; returns how many.
+    pub fn advance(&self, to: u64) -> usize {
         self.pos.fetch_max(to, Ordering::SeqCst);
         // SeqCst pairs with `wait`: either it sees the new position, or
         // this load sees its registration.
         if !self.has_waiters.load(Ordering::SeqCst) {
-            return;
+            return 0;
         }
         let pos = self.get();
         let ready: Vec<Waker> = match self.waiters.lock() {
@@ -60,13 +67,16 @@ impl Progress {
                 if w.is_empty() {
                     self.has_waiters.store(false, Ordering::SeqCst);
                 }
+                self.waiting.store(w.len(), Ordering::Relaxed);
                 ready
             }
-            Err(_) => return,
+            Err(_) => return 0,
         };
+        let n = ready.len();
         for w in ready {
             w.wake();
         }
+        n
     }
 
     /// Resolves once the position is at least `end`.
@@ -89,6 +99,7 @@ impl Progress {
                 .any(|(e, wk)| *e == end && wk.will_wake(cx.waker()))
             {
                 w.push((end, cx.waker().clone()));
+                self.waiting.store(w.len(), Ordering::Relaxed);
             }
             Poll::Pending
         })
