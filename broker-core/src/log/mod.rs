@@ -3,14 +3,16 @@
 //!
 //! ## Writing
 //!
-//! Appenders encode their records under the writer lock, which assigns log
+//! Appenders place their records under the writer lock, which assigns log
 //! positions (and, through the caller's state `S`, queue offsets) in one
-//! order. The first appender that finds nobody writing becomes the leader:
+//! order; the store encodes before taking it and only stamps, checksums
+//! and copies under it. The first appender that finds nobody writing becomes the leader:
 //! it takes everything encoded so far, writes it with one `pwrite` per
 //! segment touched, outside the lock, and repeats until nothing is pending.
-//! Other appenders wait for `written` to pass their records. So under load
-//! many records share one system call, and with one producer each append
-//! is one `pwrite`.
+//! Other appenders wait for `written` to pass their records (a
+//! `Progress`, see `progress.rs`: it wakes only the waiters a write covers). So
+//! under load many records share one system call, and with one producer
+//! each append is one `pwrite`. Write buffers are reused.
 //!
 //! ## Flushing
 //!
@@ -18,7 +20,10 @@
 //! request (policy `sync`: an appender is acknowledged only once `flushed`
 //! passes its records, and every append waiting meanwhile shares the next
 //! fsync — group commit) or at an interval (policy `async`: acknowledged
-//! once written to the page cache).
+//! once written to the page cache). Under `sync`, when the last fsync
+//! released several appenders, the flusher waits (at most half an fsync)
+//! for about as many to ask again before it starts the next one, so one
+//! fsync covers most of them rather than the first few.
 //!
 //! ## Invariants
 //!
