@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use crate::cq::{ConsumeQueue, Entry};
+use crate::cq::{ConsumeQueue, Entry, ENTRY};
 use crate::error::{Error, Result};
 use crate::keys::KeyIndex;
 use crate::log::CommitLog;
@@ -76,6 +76,16 @@ struct Carry {
     /// An empty queue to swap into the writer state, so taking the queued
     /// metas is O(1) under the writer lock.
     spare: VecDeque<Meta>,
+    buffers: Buffers,
+}
+
+/// Encoding buffers kept from one batch to the next.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    /// One per queue run: (queue, first offset, encoded entries).
+    runs: Vec<(Arc<ConsumeQueue>, u64, Vec<u8>)>,
+    /// Emptied run buffers.
+    free: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -132,7 +142,7 @@ impl Dispatcher {
         let Some(end) = n.checked_sub(1).map(|i| c.metas[i].end()) else {
             return Ok(0);
         };
-        self.write_entries(c.metas.range(..n))?;
+        self.write_entries(c.metas.range(..n), &mut c.buffers)?;
         c.metas.drain(..n);
         self.dispatched.send_replace(end);
         Ok(n)
@@ -140,10 +150,12 @@ impl Dispatcher {
 
     /// Appends the records' index entries: one write per consume queue and
     /// one for the key index, however many records.
-    pub fn write_entries<'a>(&self, metas: impl Iterator<Item = &'a Meta> + Clone) -> Result<()> {
-        /// Consecutive entries of one queue: its file, first offset, entries.
-        type Run<'a> = (&'a ConsumeQueue, u64, Vec<Entry>);
-        let mut runs: Vec<Run<'_>> = Vec::new();
+    pub fn write_entries<'a>(
+        &self,
+        metas: impl Iterator<Item = &'a Meta> + Clone,
+        buffers: &mut Buffers,
+    ) -> Result<()> {
+        let Buffers { runs, free } = buffers;
         for m in metas.clone() {
             let q =
                 m.topic
@@ -155,16 +167,25 @@ impl Dispatcher {
                         queues: m.topic.queues.len() as u16,
                     })?;
             let run = runs.iter_mut().find(|(rq, first, es)| {
-                std::ptr::eq(*rq, &**q) && *first + es.len() as u64 == m.queue_offset
+                Arc::ptr_eq(rq, q) && *first + (es.len() / ENTRY) as u64 == m.queue_offset
             });
             match run {
-                Some((.., es)) => es.push(m.entry),
-                None => runs.push((q, m.queue_offset, vec![m.entry])),
+                Some((.., es)) => es.extend_from_slice(&m.entry.encode()),
+                None => {
+                    let mut es = free.pop().unwrap_or_default();
+                    es.extend_from_slice(&m.entry.encode());
+                    runs.push((q.clone(), m.queue_offset, es));
+                }
             }
         }
-        for (q, first, entries) in &runs {
-            q.dispatch_many(*first, entries)?;
+        let written = runs
+            .iter()
+            .try_for_each(|(q, first, es)| q.dispatch_many(*first, es));
+        for (_, _, mut es) in runs.drain(..) {
+            es.clear();
+            free.push(es);
         }
+        written?;
         let mut keys = self.keys.lock().map_err(|_| Error::Closed)?;
         keys.insert_many(metas.map(|m| {
             (

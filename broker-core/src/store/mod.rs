@@ -199,13 +199,14 @@ impl Store {
         let n = redo.len();
         let mut metas = Vec::with_capacity(n.min(4096));
         let mut last = None;
+        let mut buffers = crate::dispatch::Buffers::default();
         let mut redo = redo.into_iter().peekable();
         while redo.peek().is_some() {
             metas.clear();
             for r in redo.by_ref().take(4096) {
                 metas.push(store.meta_of_redo(r, &mut last)?);
             }
-            store.dispatch.write_entries(metas.iter())?;
+            store.dispatch.write_entries(metas.iter(), &mut buffers)?;
         }
         for t in store.topics.read().map_err(|_| Error::Closed)?.values() {
             for q in &t.queues {
