@@ -226,18 +226,16 @@ impl Dispatcher {
                 return;
             }
         };
-        let mut seen = self.log.durable();
         loop {
             rt.block_on(async {
                 tokio::select! {
-                    () = self.log.wait_durable_past(seen) => {}
+                    () = self.log.durable_moved() => {}
                     () = self.wake.notified() => {}
                 }
             });
             if self.stop.load(Ordering::Acquire) {
                 return;
             }
-            seen = self.log.durable();
             if let Err(e) = self.dispatch() {
                 tracing::error!(error = %e, "dispatch failed; will retry");
             }

@@ -379,10 +379,11 @@ impl<S: Send + 'static> CommitLog<S> {
         }
     }
 
-    /// Resolves once the durable position ([`CommitLog::durable`]) is past
-    /// `pos`.
-    pub async fn wait_durable_past(&self, pos: u64) {
-        self.durable_progress().wait(pos.saturating_add(1)).await;
+    /// Resolves after the durable position ([`CommitLog::durable`]) moves
+    /// (at once if it moved since the last call returned). For one caller:
+    /// the store's dispatcher.
+    pub async fn durable_moved(&self) {
+        self.durable_progress().moved().await;
     }
 
     pub fn flushed(&self) -> u64 {

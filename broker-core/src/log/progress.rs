@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Poll, Waker};
 
+use tokio::sync::Notify;
+
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     pos: AtomicU64,
@@ -24,6 +26,10 @@ pub(crate) struct Progress {
     waiters: Mutex<Vec<(u64, Waker)>>,
     /// `waiters.len()`, readable without the lock.
     waiting: AtomicUsize,
+    /// Signalled on every advance, for one observer (the dispatcher) that
+    /// wants "it moved", not "it reached x"; kept apart from `waiters` so
+    /// those count appenders only.
+    moved: Notify,
 }
 
 impl Progress {
@@ -47,6 +53,8 @@ impl Progress {
     /// reaches; returns how many.
     pub fn advance(&self, to: u64) -> usize {
         self.pos.fetch_max(to, Ordering::SeqCst);
+        // A stored permit when nobody waits: the observer cannot miss it.
+        self.moved.notify_one();
         // SeqCst pairs with `wait`: either it sees the new position, or
         // this load sees its registration.
         if !self.has_waiters.load(Ordering::SeqCst) {
@@ -77,6 +85,12 @@ impl Progress {
             w.wake();
         }
         n
+    }
+
+    /// Resolves after the next advance (or at once if one happened since
+    /// the last call returned). For a single observer.
+    pub async fn moved(&self) {
+        self.moved.notified().await;
     }
 
     /// Resolves once the position is at least `end`.
