@@ -131,6 +131,16 @@ pub fn encoded_len(m: &Message) -> Result<usize, Error> {
 /// returned for `m` (it must have succeeded).
 pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
     let start = out.len();
+    encode_unsealed(m, len, out);
+    seal(&mut out[start..], s);
+}
+
+/// Appends the record of `m` to `out` without the broker-assigned fields
+/// and the checksum: [`seal`] adds them. The store encodes outside its
+/// writer lock (reading the message's scattered allocations is the slow
+/// part) and only seals under it, where queue offsets are assigned.
+pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
     let tag = m.tag.as_deref().unwrap_or("");
     let keys_len: usize = 2 + m.keys.iter().map(|k| 2 + k.len()).sum::<usize>();
     let props_len: usize = 2 + m
@@ -138,38 +148,75 @@ pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
         .iter()
         .map(|(k, v)| 6 + k.len() + v.len())
         .sum::<usize>();
-    out.reserve(len);
-    out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc, filled in below
-    out.push(VERSION);
-    out.push(0);
-    out.extend_from_slice(&s.queue.to_le_bytes());
-    out.extend_from_slice(&s.queue_offset.to_le_bytes());
-    out.extend_from_slice(&m.born_ms.to_le_bytes());
-    out.extend_from_slice(&s.stored_ms.to_le_bytes());
-    out.extend_from_slice(s.id.as_bytes());
-    out.extend_from_slice(&(m.topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(keys_len as u32).to_le_bytes());
-    out.extend_from_slice(&(props_len as u32).to_le_bytes());
-    out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
-    out.extend_from_slice(m.topic.as_bytes());
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(&(m.keys.len() as u16).to_le_bytes());
+    // Sized once, then filled by offset: one bounds check per field instead
+    // of a capacity check per `extend` (this runs under the writer lock).
+    out.resize(start + len, 0);
+    let mut w = Writer {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    w.put(&((len - 4) as u32).to_le_bytes());
+    w.put(&[0; 4]); // crc, filled in below
+    w.put(&[VERSION, 0]);
+    w.put(&[0; 10]); // queue, queue_offset: sealed
+    w.put(&m.born_ms.to_le_bytes());
+    w.put(&[0; 24]); // stored_ms, id: sealed
+    w.put(&(m.topic.len() as u16).to_le_bytes());
+    w.put(&(tag.len() as u16).to_le_bytes());
+    w.put(&(keys_len as u32).to_le_bytes());
+    w.put(&(props_len as u32).to_le_bytes());
+    w.put(&(m.body.len() as u32).to_le_bytes());
+    w.put(m.topic.as_bytes());
+    w.put(tag.as_bytes());
+    w.put(&(m.keys.len() as u16).to_le_bytes());
     for k in &m.keys {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k.as_bytes());
+        w.put(&(k.len() as u16).to_le_bytes());
+        w.put(k.as_bytes());
     }
-    out.extend_from_slice(&(m.properties.len() as u16).to_le_bytes());
+    w.put(&(m.properties.len() as u16).to_le_bytes());
     for (k, v) in &m.properties {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
+        w.put(&(k.len() as u16).to_le_bytes());
+        w.put(k.as_bytes());
+        w.put(&(v.len() as u32).to_le_bytes());
+        w.put(v.as_bytes());
     }
-    out.extend_from_slice(&m.body);
-    let crc = crc32c::crc32c(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    w.put(&m.body);
+    debug_assert_eq!(w.at, len);
+}
+
+/// Writes the broker-assigned fields into a record [`encode_unsealed`]
+/// produced (`rec` is exactly that record) and its checksum.
+pub fn seal(rec: &mut [u8], s: &Stamp) {
+    let mut w = Writer { buf: rec, at: 10 };
+    w.put(&s.queue.to_le_bytes());
+    w.put(&s.queue_offset.to_le_bytes());
+    w.at = 28; // born_ms stays
+    w.put(&s.stored_ms.to_le_bytes());
+    w.put(s.id.as_bytes());
+    if let Some(body) = rec.get(8..) {
+        let crc = crc32c::crc32c(body);
+        if let Some(c) = rec.get_mut(4..8) {
+            c.copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+/// Writes consecutive fields into a slice sized for them.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    /// Never panics: with a wrong `len` the record is cut short (and its
+    /// checksum still covers exactly what was written).
+    fn put(&mut self, b: &[u8]) {
+        let end = self.at + b.len();
+        if let Some(dst) = self.buf.get_mut(self.at..end) {
+            dst.copy_from_slice(b);
+        }
+        self.at = end;
+    }
 }
 
 /// What the first bytes at a log position say.
