@@ -18,6 +18,8 @@ struct Prepared {
     queue: u16,
     len: usize,
     tag_hash: u32,
+    /// A copy keeps its origin's message id; others get a new one.
+    keep_id: Option<uuid::Uuid>,
 }
 
 thread_local! {
@@ -57,6 +59,26 @@ impl Store {
         Ok(results)
     }
 
+    /// Stores copies of messages stored elsewhere, each keeping the id it
+    /// was given (a router's copy is the same message in another cell, and
+    /// the id is how a destination tells a copy it already holds).
+    pub async fn put_copies(
+        &self,
+        msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
+    ) -> Result<Vec<PutResult>> {
+        let mut prepared = Vec::with_capacity(msgs.len());
+        let mut last = None;
+        for (m, sel, id) in msgs {
+            let mut p = self.prepare(m, &sel, &mut last)?;
+            p.keep_id = Some(id);
+            prepared.push(p);
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        let (end, behind) = self.append(prepared, |r| results.push(r))?;
+        self.finish(end, behind).await?;
+        Ok(results)
+    }
+
     /// Checks a message and picks its queue; `last` caches the topic of the
     /// previous message of a batch (usually the same).
     fn prepare(
@@ -87,6 +109,7 @@ impl Store {
             topic,
             queue,
             len,
+            keep_id: None,
         })
     }
 
@@ -130,7 +153,9 @@ impl Store {
                 let q = &p.topic.queues[usize::from(p.queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
                 let stamp = Stamp {
-                    id: crate::ids::message_id(stored_ms),
+                    id: p
+                        .keep_id
+                        .unwrap_or_else(|| crate::ids::message_id(stored_ms)),
                     queue: p.queue,
                     queue_offset: offset,
                     stored_ms,

@@ -19,6 +19,31 @@ impl Store {
         self.dispatch.dispatched.subscribe()
     }
 
+    /// Every topic with its queue count, sorted by name.
+    pub fn topic_list(&self) -> Result<Vec<(String, u16)>> {
+        let topics = self.topics.read().map_err(|_| Error::Closed)?;
+        let mut out: Vec<(String, u16)> = topics
+            .iter()
+            .map(|(n, t)| (n.clone(), t.queues.len() as u16))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Up to `max` messages of a queue from offset `from` on (offsets below
+    /// the retained range are skipped), in offset order.
+    pub fn read_from(
+        &self,
+        topic: &str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let (min, _) = self.queue_range(topic, queue)?;
+        let entries = self.entries(topic, queue, from.max(min), max)?;
+        entries.iter().map(|e| self.read(e)).collect()
+    }
+
     /// The readable offsets of a queue: `[min, max)`.
     pub fn queue_range(&self, topic: &str, queue: u16) -> Result<(u64, u64)> {
         let q = self.queue(topic, queue)?;

@@ -76,7 +76,7 @@ impl Default for ApiLimits {
 #[derive(Debug)]
 pub struct App {
     rules: Arc<RulesHandle>,
-    brokers: Brokers,
+    brokers: Arc<Brokers>,
     default_cell: Option<String>,
     limits: ApiLimits,
     receipts: receipt::ReceiptKey,
@@ -181,7 +181,7 @@ fn get<'p>(m: &Method, r: Route<'p>) -> Result<Route<'p>, ApiError> {
 impl App {
     pub fn new(
         rules: Arc<RulesHandle>,
-        brokers: Brokers,
+        brokers: Arc<Brokers>,
         default_cell: Option<String>,
         limits: ApiLimits,
         data_dir: &Path,
@@ -202,7 +202,7 @@ impl App {
         &self.metrics
     }
 
-    pub fn brokers(&self) -> &Brokers {
+    pub fn brokers(&self) -> &Arc<Brokers> {
         &self.brokers
     }
 
