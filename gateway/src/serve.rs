@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Do not run the router in this process (no cross-cell copies).
     #[arg(long)]
     pub no_router: bool,
+    /// Set by `cellgate router`: no message API, only the router.
+    #[arg(skip)]
+    pub router_only: bool,
 }
 
 fn broker_options(a: &ServeArgs) -> BrokerOptions {
@@ -138,6 +141,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
     let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current)?);
     drop(current);
     let limits = ApiLimits {
+        ops_only: a.router_only,
         default_queues: a.queues,
         body_timeout: a.body_timeout,
         ..ApiLimits::default()

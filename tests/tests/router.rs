@@ -239,3 +239,57 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     let dup = seen.values().filter(|cells| cells.len() > 1).count();
     assert_eq!((lost, dup), (0, 0), "of {}", sent.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_router_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut gw = Server::start(&example("ldc.yaml"), &data, &["--no-router"]).unwrap();
+    let api = Api::new(&gw, ANT, "RZ00A");
+    api.publish("SOLO", &json!({"body": "to RZ03A", "uid": "12399"}))
+        .await
+        .unwrap();
+    // One embedded store, one process: a second one on the data dir is refused.
+    let second = Server::start_command("router", &example("ldc.yaml"), &data, &[]);
+    let err = second.unwrap_err().to_string();
+    assert!(
+        err.contains("another cellgate process is using this data directory"),
+        "{err}"
+    );
+    assert!(gw.terminate(Duration::from_secs(15)).unwrap().success());
+    // The router alone: no message API, but it copies, and shows metrics.
+    let mut router = Server::start_command("router", &example("ldc.yaml"), &data, &[]).unwrap();
+    let (st, _) = Api::new(&router, ANT, "RZ00A")
+        .post("/v1/topics/SOLO/messages", &json!({"body": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(st, 404);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = reqwest::get(router.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(
+            "cellgate_router_copies_total{tenant=\"ANT\",source=\"RZ00A\",target=\"RZ03A\"} 1",
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no copy made:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(router.terminate(Duration::from_secs(15)).unwrap().success());
+    let gw = Server::start(&example("ldc.yaml"), &data, &["--no-router"]).unwrap();
+    let got = drain(
+        &Api::new(&gw, ANT, "RZ03A"),
+        "G",
+        "SOLO",
+        "rzone",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["body"], "to RZ03A");
+}

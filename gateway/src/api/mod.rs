@@ -57,6 +57,8 @@ pub struct ApiLimits {
     pub max_wait: Duration,
     /// Queues of a topic created by its first publish or receive.
     pub default_queues: u16,
+    /// Only the operations endpoints (a standalone router process).
+    pub ops_only: bool,
 }
 
 impl Default for ApiLimits {
@@ -68,6 +70,7 @@ impl Default for ApiLimits {
             request_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(30),
             default_queues: 8,
+            ops_only: false,
         }
     }
 }
@@ -255,6 +258,9 @@ impl App {
                 });
             }
             _ => {}
+        }
+        if self.limits.ops_only && !matches!(r, Route::Rules | Route::Topology) {
+            return Err(ApiError::no_route());
         }
         let caller = Caller::authenticate(&rules, req.headers(), peer)?;
         let deadline = self.limits.request_timeout;
