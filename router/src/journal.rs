@@ -55,7 +55,13 @@ pub struct CellProgress {
 pub struct Journal {
     path: PathBuf,
     pub progress: CellProgress,
+    /// When the file was last written.
+    saved: std::time::Instant,
 }
+
+/// How stale the file's `next` offsets may get when no placement forces a
+/// write (a restart re-reads at most this much, copying nothing twice).
+const STALE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Checkpoint {
@@ -77,7 +83,11 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CellProgress::default(),
             Err(e) => return Err(io(&path)(e)),
         };
-        Ok(Journal { path, progress })
+        Ok(Journal {
+            path,
+            progress,
+            saved: std::time::Instant::now(),
+        })
     }
 
     pub fn queue(&self, topic: &str, queue: u16) -> QueueProgress {
@@ -97,8 +107,16 @@ impl Journal {
             .insert(queue, p);
     }
 
+    /// Saves if the last save is older than a second.
+    pub fn save_if_stale(&mut self) -> Result<(), Error> {
+        if self.saved.elapsed() >= STALE {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Writes the whole journal durably (see the module docs).
-    pub fn save(&self) -> Result<(), Error> {
+    pub fn save(&mut self) -> Result<(), Error> {
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(&self.progress).map_err(|e| Error::Checkpoint {
             path: self.path.clone(),
@@ -138,6 +156,7 @@ mod tests {
         j.save().unwrap();
         let j = Journal::open(dir.path(), "RZ00A").unwrap();
         assert_eq!(j.queue("ANT|RZ00A%T", 3), p);
+        drop(j);
         std::fs::write(dir.path().join("RZ00A.json"), b"{broken").unwrap();
         assert!(Journal::open(dir.path(), "RZ00A").is_err());
     }

@@ -115,7 +115,9 @@ impl Router {
     }
 
     /// One look at every queue of the cell's topics; the number of
-    /// messages it moved past.
+    /// messages it moved past. Every queue's batch is planned first, the
+    /// placements of all of them are journaled with one durable write, then
+    /// the copies go out, one `send_copies` per destination cell.
     async fn pass(
         &self,
         rules: &RuleSet,
@@ -123,55 +125,81 @@ impl Router {
         src: &dyn Broker,
         journal: &mut Journal,
     ) -> Result<usize, Error> {
-        let mut moved = 0;
         let mine = format!("|{}%", rules.cell_name(origin));
+        let mut moved = 0;
+        let mut work: Vec<(String, u16, Vec<StoredMessage>, Vec<Placement>)> = Vec::new();
         for (topic, queues) in src.topics()? {
             if !topic.contains(&mine) || topic.starts_with('%') {
                 continue;
             }
             for q in 0..queues {
-                moved += self.step(rules, origin, src, journal, &topic, q).await?;
+                let mut prog = journal.queue(&topic, q);
+                if !prog.pending.is_empty() {
+                    self.replay(rules, origin, src, &topic, q, &mut prog)
+                        .await?;
+                    journal.set(&topic, q, prog.clone());
+                    journal.save()?;
+                }
+                let msgs = src.read(&topic, q, prog.next, BATCH)?;
+                if msgs.is_empty() {
+                    continue;
+                }
+                moved += msgs.len();
+                let placements = self.plan(rules, origin, &msgs);
+                work.push((topic.clone(), q, msgs, placements));
             }
+        }
+        if work.is_empty() {
+            return Ok(0);
+        }
+        let any = work.iter().any(|w| !w.3.is_empty());
+        for (topic, q, _, placements) in &work {
+            if !placements.is_empty() {
+                let next = journal.queue(topic, *q).next;
+                journal.set(
+                    topic,
+                    *q,
+                    QueueProgress {
+                        next,
+                        pending: placements.clone(),
+                    },
+                );
+            }
+        }
+        if any {
+            // Durable before any copy exists: a replay goes to the same cells.
+            journal.save()?;
+            let items: Vec<(&StoredMessage, &Placement)> = work
+                .iter()
+                .flat_map(|(_, _, msgs, ps)| matched(msgs, ps))
+                .collect();
+            self.apply(rules, origin, &items, false).await?;
+        }
+        for (topic, q, msgs, _) in &work {
+            let end = msgs.last().map(|m| m.queue_offset + 1).unwrap_or(0);
+            // The placements stay in the file until the next save: were the
+            // process to die now, a replay finds every copy (dedupe hits).
+            journal.set(
+                topic,
+                *q,
+                QueueProgress {
+                    next: end,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        if !any {
+            journal.save_if_stale()?;
         }
         Ok(moved)
     }
 
-    /// Finishes an interrupted batch, then copies the next one.
-    async fn step(
-        &self,
-        rules: &RuleSet,
-        origin: CellId,
-        src: &dyn Broker,
-        journal: &mut Journal,
-        topic: &str,
-        queue: u16,
-    ) -> Result<usize, Error> {
-        let mut prog = journal.queue(topic, queue);
-        if !prog.pending.is_empty() {
-            let from = prog.pending.first().map(|p| p.offset).unwrap_or(prog.next);
-            let msgs = src.read(topic, queue, from, prog.pending.len().max(1) * 4)?;
-            self.apply(rules, origin, &msgs, &prog.pending).await?;
-            let end = prog
-                .pending
-                .last()
-                .map(|p| p.offset + 1)
-                .unwrap_or(prog.next);
-            prog = QueueProgress {
-                next: end.max(prog.next),
-                pending: Vec::new(),
-            };
-            journal.set(topic, queue, prog.clone());
-            journal.save()?;
-        }
-        let msgs = src.read(topic, queue, prog.next, BATCH)?;
-        let Some(last) = msgs.last() else {
-            return Ok(0);
-        };
-        let end = last.queue_offset + 1;
-        let mut pending = Vec::new();
-        for m in &msgs {
+    /// Where each message of a batch goes (skips counted).
+    fn plan(&self, rules: &RuleSet, origin: CellId, msgs: &[StoredMessage]) -> Vec<Placement> {
+        let mut out = Vec::new();
+        for m in msgs {
             match plan::targets(rules, origin, m) {
-                Ok(t) => pending.push(Placement {
+                Ok(t) => out.push(Placement {
                     offset: m.queue_offset,
                     id: m.id.to_string(),
                     dests: t
@@ -189,61 +217,52 @@ impl Router {
                 }
             }
         }
-        if !pending.is_empty() {
-            // Durable before any copy exists: a replay goes to the same cells.
-            journal.set(
-                topic,
-                queue,
-                QueueProgress {
-                    next: prog.next,
-                    pending: pending.clone(),
-                },
-            );
-            journal.save()?;
-            self.apply(rules, origin, &msgs, &pending).await?;
-        }
-        journal.set(
-            topic,
-            queue,
-            QueueProgress {
-                next: end,
-                pending: Vec::new(),
-            },
-        );
-        if !pending.is_empty() {
-            journal.save()?;
-        }
-        Ok(msgs.len())
+        out
     }
 
-    /// Appends the copies of `placements` (found in `msgs`), per destination
-    /// in offset order, skipping destinations that already hold the id.
+    /// Finishes a batch journaled before a restart: the recorded cells, and
+    /// only those that do not hold the message yet.
+    async fn replay(
+        &self,
+        rules: &RuleSet,
+        origin: CellId,
+        src: &dyn Broker,
+        topic: &str,
+        queue: u16,
+        prog: &mut QueueProgress,
+    ) -> Result<(), Error> {
+        let first = prog.pending.first().map(|p| p.offset).unwrap_or(prog.next);
+        let last = prog.pending.last().map(|p| p.offset).unwrap_or(prog.next);
+        let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
+        let msgs = src.read(topic, queue, first, span)?;
+        let items = matched(&msgs, &prog.pending);
+        self.apply(rules, origin, &items, true).await?;
+        *prog = QueueProgress {
+            next: (last + 1).max(prog.next),
+            pending: Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// Appends the copies, one `send_copies` per destination cell, the
+    /// destinations concurrently. With `dedupe`, a destination that already
+    /// holds the message id is skipped (only a replay can find one: copies
+    /// exist only for journaled placements).
     async fn apply(
         &self,
         rules: &RuleSet,
         origin: CellId,
-        msgs: &[StoredMessage],
-        placements: &[Placement],
+        items: &[(&StoredMessage, &Placement)],
+        dedupe: bool,
     ) -> Result<(), Error> {
-        let by_offset: BTreeMap<u64, &StoredMessage> =
-            msgs.iter().map(|m| (m.queue_offset, m)).collect();
         let mut per_dest: BTreeMap<&str, Vec<(&StoredMessage, &str)>> = BTreeMap::new();
-        for p in placements {
-            let Some(m) = by_offset
-                .get(&p.offset)
-                .copied()
-                .filter(|m| m.id.to_string() == p.id)
-            else {
-                // Gone (retention) since it was journaled: nothing to copy.
-                self.metrics.error("source_gone");
-                continue;
-            };
+        for (m, p) in items {
             for (dest, kinds) in &p.dests {
                 per_dest.entry(dest).or_default().push((m, kinds));
             }
         }
-        let ns_of = |m: &StoredMessage| m.topic.split('|').next().unwrap_or("").to_owned();
-        for (dest, items) in per_dest {
+        let mut sends = tokio::task::JoinSet::new();
+        for (dest, list) in per_dest {
             let Some(dest_id) = rules.cell_id(dest) else {
                 self.metrics.error("unknown_destination");
                 continue;
@@ -252,10 +271,10 @@ impl Router {
                 self.metrics.error("destination_unavailable");
                 return Err(Error::Unavailable(dest.to_owned()));
             };
-            let mut batch: Vec<(Message, QueueSelect, uuid::Uuid)> = Vec::new();
-            let mut origins = Vec::new();
-            for (m, kinds) in items {
-                if broker.get_by_id(&m.id)?.is_some() {
+            let mut batch: Vec<(Message, QueueSelect, uuid::Uuid)> = Vec::with_capacity(list.len());
+            let mut origins = Vec::with_capacity(list.len());
+            for (m, kinds) in list {
+                if dedupe && broker.get_by_id(&m.id)?.is_some() {
                     self.metrics.dedupe_hits.inc();
                     continue;
                 }
@@ -265,24 +284,61 @@ impl Router {
                 };
                 let (copy, select) = plan::copy_of(m, topic, kinds);
                 batch.push((copy, select, m.id));
-                origins.push(m);
+                let tenant = m.topic.split('|').next().unwrap_or("").to_owned();
+                origins.push((tenant, m.stored_ms));
             }
             if batch.is_empty() {
                 continue;
             }
-            let stored = broker.send_copies(batch).await?;
-            let stored_at = stored.first().map(|r| r.stored_ms).unwrap_or_else(now_ms);
-            for m in origins {
-                let labels = RouteLabels {
-                    tenant: ns_of(m),
-                    source: rules.cell_name(origin).to_owned(),
-                    target: dest.to_owned(),
-                };
-                self.metrics.copies.get_or_create(&labels).inc();
-                let lag = (stored_at - m.stored_ms).max(0) as f64 / 1000.0;
-                self.metrics.lag.get_or_create(&labels).observe(lag);
+            let labels = (rules.cell_name(origin).to_owned(), dest.to_owned());
+            let metrics = self.metrics.clone();
+            sends.spawn(async move {
+                let stored = broker.send_copies(batch).await?;
+                let stored_at = stored.first().map(|r| r.stored_ms).unwrap_or_else(now_ms);
+                for (tenant, born) in origins {
+                    let l = RouteLabels {
+                        tenant,
+                        source: labels.0.clone(),
+                        target: labels.1.clone(),
+                    };
+                    metrics.copies.get_or_create(&l).inc();
+                    metrics
+                        .lag
+                        .get_or_create(&l)
+                        .observe((stored_at - born).max(0) as f64 / 1000.0);
+                }
+                Ok::<(), Error>(())
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = sends.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.metrics.error("append");
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::Unavailable("a copy task".into()));
+                }
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
+}
+
+/// The journaled messages of `msgs`, each with its placement. A placement
+/// whose message is gone (retention) or whose id differs is dropped.
+fn matched<'a>(
+    msgs: &'a [StoredMessage],
+    ps: &'a [Placement],
+) -> Vec<(&'a StoredMessage, &'a Placement)> {
+    let by_offset: BTreeMap<u64, &StoredMessage> =
+        msgs.iter().map(|m| (m.queue_offset, m)).collect();
+    ps.iter()
+        .filter_map(|p| {
+            let m = by_offset.get(&p.offset).copied()?;
+            (m.id.to_string() == p.id).then_some((m, p))
+        })
+        .collect()
 }
