@@ -45,7 +45,7 @@ impl Default for BrokerOptions {
 
 /// The per-tenant limit is the gateway's to enforce (tenants differ); the
 /// store only guards against what no tenant may send (the rules' ceiling).
-const STORE_MAX_MESSAGE_BYTES: usize = 256 << 20;
+pub(crate) const STORE_MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Cell name → broker.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod brokers;
 pub mod cli;
+mod combine;
 mod error;
 pub mod metrics;
 pub mod serve;

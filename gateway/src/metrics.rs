@@ -3,7 +3,8 @@
 //! Labels are bounded: endpoints are route names (never raw paths), tenants
 //! and cells come from the rules, statuses are HTTP codes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,6 +43,38 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+/// A (tenant, cell) pair's message and byte counters.
+type Pair = (Counter, Counter);
+
+/// Counter handles by tenant, then cell. `Family::get_or_create` needs an
+/// owned label set, two `String`s per publish; a `Counter` clone shares its
+/// value, so the handles are looked up by `&str` here instead.
+#[derive(Debug, Default)]
+struct PairCache(RwLock<HashMap<Box<str>, ByCell>>);
+
+type ByCell = HashMap<Box<str>, Pair>;
+
+impl PairCache {
+    /// Adds `n` messages and `bytes` to the pair, made by `make` on first use.
+    fn add(&self, tenant: &str, cell: &str, n: u64, bytes: u64, make: impl FnOnce() -> Pair) {
+        let inc = |(msgs, size): &Pair| {
+            msgs.inc_by(n);
+            size.inc_by(bytes);
+        };
+        if let Ok(map) = self.0.read() {
+            if let Some(p) = map.get(tenant).and_then(|m| m.get(cell)) {
+                return inc(p);
+            }
+        }
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        inc(map
+            .entry(tenant.into())
+            .or_default()
+            .entry(cell.into())
+            .or_insert_with(make));
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
@@ -54,6 +87,8 @@ struct Inner {
     published_bytes: Family<TenantCell, Counter>,
     delivered: Family<TenantCell, Counter>,
     delivered_bytes: Family<TenantCell, Counter>,
+    published_cache: PairCache,
+    delivered_cache: PairCache,
     connections_refused: Counter,
     rules_version: Gauge,
     reloads: Family<Outcome, Gauge>,
@@ -137,6 +172,8 @@ impl Metrics {
             published_bytes,
             delivered,
             delivered_bytes,
+            published_cache: PairCache::default(),
+            delivered_cache: PairCache::default(),
             connections_refused,
             rules_version,
             reloads,
@@ -162,18 +199,28 @@ impl Metrics {
     }
 
     pub fn published(&self, tenant: &str, cell: &str, n: u64, bytes: u64) {
-        let l = Self::tc(tenant, cell);
-        self.0.published.get_or_create(&l).inc_by(n);
-        self.0.published_bytes.get_or_create(&l).inc_by(bytes);
+        let i = &self.0;
+        i.published_cache.add(tenant, cell, n, bytes, || {
+            let l = Self::tc(tenant, cell);
+            (
+                i.published.get_or_create(&l).clone(),
+                i.published_bytes.get_or_create(&l).clone(),
+            )
+        });
     }
 
     pub fn delivered(&self, tenant: &str, cell: &str, n: u64, bytes: u64) {
         if n == 0 {
             return;
         }
-        let l = Self::tc(tenant, cell);
-        self.0.delivered.get_or_create(&l).inc_by(n);
-        self.0.delivered_bytes.get_or_create(&l).inc_by(bytes);
+        let i = &self.0;
+        i.delivered_cache.add(tenant, cell, n, bytes, || {
+            let l = Self::tc(tenant, cell);
+            (
+                i.delivered.get_or_create(&l).clone(),
+                i.delivered_bytes.get_or_create(&l).clone(),
+            )
+        });
     }
 
     /// Shows `r`'s metrics on `/metrics` too.

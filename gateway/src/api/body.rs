@@ -69,6 +69,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
             "the request body must be a JSON object",
         ));
     }
+    // Fast path: plain serde_json. Tracking the path of every value costs
+    // on every request, and the path only matters for the error, so a body
+    // that fails is parsed again, with tracking, to name the field. Both
+    // parses are deterministic over the same bytes: same error, same field.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

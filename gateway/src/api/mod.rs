@@ -84,6 +84,8 @@ pub struct App {
     limits: ApiLimits,
     receipts: receipt::ReceiptKey,
     quotas: quota::Quotas,
+    /// Single publishes to a cell, combined into batches under load.
+    combiners: crate::combine::Combiners,
     metrics: Metrics,
     /// Set once shutdown begins: `/readyz` turns 503 so load balancers stop
     /// sending new requests while in-flight ones drain.
@@ -136,8 +138,15 @@ impl Route<'_> {
 /// Matches method and path. Names are `[A-Za-z0-9_-]`, so path segments
 /// need no percent-decoding: an encoded segment fails name validation.
 fn route<'p>(method: &Method, path: &'p str) -> Result<Route<'p>, ApiError> {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let r = match segs.as_slice() {
+    // No route has more than 6 segments: split into an array, not a Vec.
+    let mut segs = [""; 6];
+    let mut n = 0;
+    for s in path.trim_start_matches('/').split('/') {
+        let slot = segs.get_mut(n).ok_or_else(ApiError::no_route)?;
+        *slot = s;
+        n += 1;
+    }
+    let r = match &segs[..n] {
         ["v1", "topics", t, "messages"] => match *method {
             Method::POST => Route::Publish(t),
             Method::GET => Route::GetByKey(t),
@@ -196,6 +205,7 @@ impl App {
             limits,
             receipts: receipt::ReceiptKey::load_or_create(data_dir)?,
             quotas: quota::Quotas::default(),
+            combiners: crate::combine::Combiners::default(),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
         })
@@ -216,8 +226,10 @@ impl App {
     /// Answers one request. Never fails: errors become SPEC §9 bodies.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Reply {
         let started = Instant::now();
-        let path = req.uri().path().to_owned();
-        let (label, reply) = match route(req.method(), &path) {
+        // The route borrows the path while the request moves on: a clone of
+        // the URI shares its bytes instead of copying the path.
+        let uri = req.uri().clone();
+        let (label, reply) = match route(req.method(), uri.path()) {
             Err(e) => ("unmatched", error_reply(&e)),
             Ok(r) => {
                 let label = r.label();
@@ -295,7 +307,13 @@ impl App {
 
 /// A JSON answer.
 pub(crate) fn json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
-    let bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    // Room for a publish answer (~250 B) without regrowing; to_vec starts
+    // at 128 bytes.
+    let mut bytes = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut bytes, v).is_err() {
+        bytes.clear();
+        bytes.extend_from_slice(b"{}");
+    }
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
     r.headers_mut().insert(
