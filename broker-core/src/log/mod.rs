@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::record::{self, StoredMessage};
+use crate::record::{self, RecordMeta};
 use crate::segment::Segment;
 
 mod progress;
@@ -232,14 +232,14 @@ pub struct CommitLog<S> {
 impl<S: Send + 'static> CommitLog<S> {
     /// Opens (or creates) the log in `dir`. Scans from `scan_from` (a record
     /// boundary known durable, e.g. a checkpoint) to the end, calling
-    /// `on_record(pos, len, message)` for every valid record, zeroes a torn or
+    /// `on_record(pos, len, meta)` for every valid record, zeroes a torn or
     /// corrupt tail, and starts the flusher.
     pub fn open(
         dir: &Path,
         cfg: LogConfig,
         scan_from: u64,
         state: S,
-        on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
+        on_record: impl FnMut(u64, usize, RecordMeta) -> Result<()>,
     ) -> Result<CommitLog<S>> {
         if cfg.segment_bytes < record::HEADER as u64 + 4 {
             return Err(Error::Config(format!(
