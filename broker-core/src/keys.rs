@@ -18,6 +18,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 
 const ENTRY: usize = 17;
+/// The largest write buffer kept between batches.
+const OUT_KEEP: usize = 4 << 20;
 const KIND_KEY: u8 = 0;
 const KIND_ID: u8 = 1;
 
@@ -62,6 +64,9 @@ pub(crate) struct KeyIndex {
     keys: Map,
     ids: Map,
     dirty: bool,
+    /// Entries encoded for the next write, kept across batches: growing a
+    /// fresh buffer per batch showed up in the dispatcher's profile.
+    out: Vec<u8>,
 }
 
 /// A stable 64-bit hash of a topic and key (two CRC32Cs: stable across
@@ -101,6 +106,7 @@ impl KeyIndex {
             keys: Map::default(),
             ids: Map::default(),
             dirty: false,
+            out: Vec::new(),
         };
         let mut valid = 0;
         for e in bytes.chunks_exact(ENTRY) {
@@ -153,18 +159,24 @@ impl KeyIndex {
         &mut self,
         records: impl Iterator<Item = (&'a str, u32, &'a Uuid, &'a [String], u64)>,
     ) -> Result<()> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
         for (topic, topic_crc, id, keys, pos) in records {
             self.add(KIND_ID, id_hash(id), pos, &mut out);
             for k in keys {
                 self.add(KIND_KEY, key_hash_with(topic_crc, topic, k), pos, &mut out);
             }
         }
-        if out.is_empty() {
-            return Ok(());
+        let written = if out.is_empty() {
+            Ok(())
+        } else {
+            self.dirty = true;
+            self.file.write_all(&out).map_err(Error::io(&self.path))
+        };
+        if out.capacity() <= OUT_KEEP {
+            self.out = out;
         }
-        self.dirty = true;
-        self.file.write_all(&out).map_err(Error::io(&self.path))
+        written
     }
 
     pub fn sync(&mut self) -> Result<()> {

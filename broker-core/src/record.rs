@@ -283,9 +283,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes the record at the start of `buf` (which may hold more after it).
-/// Checks the length, the checksum and the layout; never panics.
-pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
+/// A record's fields, verified, borrowing from the buffer.
+struct Parsed<'a> {
+    id: Uuid,
+    topic: &'a str,
+    queue: u16,
+    queue_offset: u64,
+    tag: &'a str,
+    keys: &'a [u8],
+    props: &'a [u8],
+    body: &'a [u8],
+    born_ms: i64,
+    stored_ms: i64,
+}
+
+/// Checks the length, the checksum and the header layout of the record at
+/// the start of `buf`; never panics, allocates nothing. The keys and
+/// properties sections are checked by whoever walks them
+/// ([`for_each_key`], [`for_each_prop`]): every caller must.
+fn parse(buf: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let total = match frame(buf, usize::MAX)? {
         Frame::Record(n) => n,
         Frame::Empty => return Err(DecodeError::BadLength(0)),
@@ -327,66 +343,127 @@ pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     if sum != total {
         return Err(DecodeError::Layout);
     }
-    let topic = c.str(topic_len, "topic")?.to_owned();
+    let topic = c.str(topic_len, "topic")?;
     let tag = c.str(tag_len, "tag")?;
-    let keys = decode_keys(&mut Cursor {
-        buf: c.take(keys_len)?,
-        at: 0,
-    })?;
-    let properties = decode_props(&mut Cursor {
-        buf: c.take(props_len)?,
-        at: 0,
-    })?;
-    let body = c.take(body_len)?.to_vec();
-    Ok(StoredMessage {
+    let keys = c.take(keys_len)?;
+    let props = c.take(props_len)?;
+    let body = c.take(body_len)?;
+    Ok(Parsed {
         id: Uuid::from_bytes(id),
         topic,
         queue,
         queue_offset,
-        log_pos,
-        body,
-        tag: (!tag.is_empty()).then(|| tag.to_owned()),
+        tag,
         keys,
-        properties,
+        props,
+        body,
         born_ms,
         stored_ms,
     })
 }
 
-fn decode_keys(c: &mut Cursor<'_>) -> Result<Vec<String>, DecodeError> {
+/// Decodes the record at the start of `buf` (which may hold more after it).
+/// Checks the length, the checksum and the layout; never panics.
+pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
+    let p = parse(buf)?;
+    let mut keys = Vec::with_capacity(1);
+    for_each_key(p.keys, |k| keys.push(k.to_owned()))?;
+    let mut properties = BTreeMap::new();
+    for_each_prop(p.props, |k, v| {
+        properties.insert(k.to_owned(), v.to_owned());
+    })?;
+    Ok(StoredMessage {
+        id: p.id,
+        topic: p.topic.to_owned(),
+        queue: p.queue,
+        queue_offset: p.queue_offset,
+        log_pos,
+        body: p.body.to_vec(),
+        tag: (!p.tag.is_empty()).then(|| p.tag.to_owned()),
+        keys,
+        properties,
+        born_ms: p.born_ms,
+        stored_ms: p.stored_ms,
+    })
+}
+
+/// What recovery needs of a record to rebuild its index entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub id: Uuid,
+    pub topic: String,
+    pub queue: u16,
+    pub queue_offset: u64,
+    /// [`tag_hash`] of the tag.
+    pub tag_hash: u32,
+    pub keys: Vec<String>,
+    pub stored_ms: i64,
+}
+
+/// Verifies the record at the start of `buf` exactly as [`decode`] does
+/// (same bytes, same result), but copies out only what recovery needs: no
+/// body, no properties. A full scan decodes every record of the log.
+pub fn decode_meta(buf: &[u8]) -> Result<RecordMeta, DecodeError> {
+    let p = parse(buf)?;
+    let mut keys = Vec::with_capacity(1);
+    for_each_key(p.keys, |k| keys.push(k.to_owned()))?;
+    for_each_prop(p.props, |_, _| ())?;
+    Ok(RecordMeta {
+        id: p.id,
+        topic: p.topic.to_owned(),
+        queue: p.queue,
+        queue_offset: p.queue_offset,
+        tag_hash: tag_hash(Some(p.tag)),
+        keys,
+        stored_ms: p.stored_ms,
+    })
+}
+
+/// Walks the keys section, checking it.
+fn for_each_key<'a>(section: &'a [u8], mut f: impl FnMut(&'a str)) -> Result<(), DecodeError> {
+    let mut c = Cursor {
+        buf: section,
+        at: 0,
+    };
     let n = c.u16()?;
-    let mut keys = Vec::with_capacity(usize::from(n).min(c.buf.len() / 2));
     for _ in 0..n {
         let len = usize::from(c.u16()?);
-        keys.push(c.str(len, "key")?.to_owned());
+        f(c.str(len, "key")?);
     }
     if c.at != c.buf.len() {
         return Err(DecodeError::Layout);
     }
-    Ok(keys)
+    Ok(())
 }
 
-fn decode_props(c: &mut Cursor<'_>) -> Result<BTreeMap<String, String>, DecodeError> {
+/// Walks the properties section, checking it.
+fn for_each_prop<'a>(
+    section: &'a [u8],
+    mut f: impl FnMut(&'a str, &'a str),
+) -> Result<(), DecodeError> {
+    let mut c = Cursor {
+        buf: section,
+        at: 0,
+    };
     let n = c.u16()?;
-    let mut props = BTreeMap::new();
     let mut prev: Option<&str> = None;
     for _ in 0..n {
         let klen = usize::from(c.u16()?);
         let k = c.str(klen, "property name")?;
         let vlen = c.u32()? as usize;
-        let v = c.str(vlen, "property value")?.to_owned();
+        let v = c.str(vlen, "property value")?;
         // The encoder writes names strictly ascending (a BTreeMap): anything
         // else (a duplicate would silently drop data) is not our record.
         if prev.is_some_and(|p| p >= k) {
             return Err(DecodeError::Layout);
         }
         prev = Some(k);
-        props.insert(k.to_owned(), v);
+        f(k, v);
     }
     if c.at != c.buf.len() {
         return Err(DecodeError::Layout);
     }
-    Ok(props)
+    Ok(())
 }
 
 /// The tag's hash as the consume index stores it (0 for no tag).

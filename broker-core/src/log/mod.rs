@@ -12,7 +12,10 @@
 //! Other appenders wait for `written` to pass their records (a
 //! `Progress`, see `progress.rs`: it wakes only the waiters a write covers). So
 //! under load many records share one system call, and with one producer
-//! each append is one `pwrite`. Write buffers are reused.
+//! each append is one `pwrite`. Write buffers are reused. Under `sync`
+//! appenders do not write at all: the flusher writes everything placed
+//! since its last round in one go, right before its fsync (the append is
+//! acknowledged only after that fsync anyway).
 //!
 //! ## Flushing
 //!
@@ -36,11 +39,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::record::{self, StoredMessage};
+use crate::record::{self, RecordMeta};
 use crate::segment::Segment;
 
 mod progress;
@@ -216,7 +219,8 @@ struct FlushSignal {
 pub struct CommitLog<S> {
     shared: Arc<LogShared>,
     /// Mutex: assigning positions must be serial; held only to encode.
-    writer: Mutex<Writer<S>>,
+    /// Arc: under `sync` the flusher thread writes what appenders placed.
+    writer: Arc<Mutex<Writer<S>>>,
     written: Arc<Progress>,
     flushed: Arc<Progress>,
     signal: Arc<FlushSignal>,
@@ -228,14 +232,14 @@ pub struct CommitLog<S> {
 impl<S: Send + 'static> CommitLog<S> {
     /// Opens (or creates) the log in `dir`. Scans from `scan_from` (a record
     /// boundary known durable, e.g. a checkpoint) to the end, calling
-    /// `on_record(pos, len, message)` for every valid record, zeroes a torn or
+    /// `on_record(pos, len, meta)` for every valid record, zeroes a torn or
     /// corrupt tail, and starts the flusher.
     pub fn open(
         dir: &Path,
         cfg: LogConfig,
         scan_from: u64,
         state: S,
-        on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
+        on_record: impl FnMut(u64, usize, RecordMeta) -> Result<()>,
     ) -> Result<CommitLog<S>> {
         if cfg.segment_bytes < record::HEADER as u64 + 4 {
             return Err(Error::Config(format!(
@@ -279,13 +283,13 @@ impl<S: Send + 'static> CommitLog<S> {
         let active = shared.segment_at(end).ok_or(Error::Closed)?;
         let log = CommitLog {
             shared,
-            writer: Mutex::new(Writer {
+            writer: Arc::new(Mutex::new(Writer {
                 active,
                 next: end,
                 pending: Pending::default(),
                 writing: false,
                 state,
-            }),
+            })),
             written: Arc::new(Progress::new(end)),
             flushed: Arc::new(Progress::new(end)),
             signal: Arc::new(FlushSignal::default()),
@@ -317,34 +321,15 @@ impl<S: Send + 'static> CommitLog<S> {
         };
         let out = f(&mut batch, &mut w_ref.state)?;
         let end = w.next;
-        if w.writing {
+        // Under `sync` the acknowledgement waits for the next fsync anyway:
+        // the flusher writes everything placed meanwhile in one `pwrite`
+        // right before it, instead of one per appender.
+        if w.writing || self.shared.cfg.flush == FlushPolicy::Sync {
             return Ok((out, end));
         }
         w.writing = true;
-        loop {
-            let chunks = std::mem::take(&mut w.pending.chunks);
-            let upto = w.next;
-            drop(w);
-            let res = chunks
-                .iter()
-                .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
-            w = self.writer.lock().map_err(|_| Error::Closed)?;
-            for (_, _, mut buf) in chunks {
-                if w.pending.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
-                    buf.clear();
-                    w.pending.spare.push(buf);
-                }
-            }
-            if let Err(e) = res {
-                w.writing = false;
-                return Err(e);
-            }
-            self.written.advance(upto);
-            if w.pending.chunks.is_empty() {
-                w.writing = false;
-                return Ok((out, end));
-            }
-        }
+        lead_writes(&self.writer, w, &self.written)?;
+        Ok((out, end))
     }
 
     /// Runs `f` on the caller state under the writer lock.
@@ -359,10 +344,12 @@ impl<S: Send + 'static> CommitLog<S> {
             // The common case under `async`: the appender wrote it itself.
             return Ok(());
         }
-        self.written.wait(end).await;
         if self.shared.cfg.flush == FlushPolicy::Sync {
+            // The flusher writes it, then fsyncs.
             self.request_flush();
             self.flushed.wait(end).await;
+        } else {
+            self.written.wait(end).await;
         }
         Ok(())
     }
@@ -428,11 +415,12 @@ impl<S: Send + 'static> CommitLog<S> {
     fn start_flusher(&self) {
         let shared = self.shared.clone();
         let signal = self.signal.clone();
+        let writer = self.writer.clone();
         let written = self.written.clone();
         let flushed = self.flushed.clone();
         let h = std::thread::Builder::new()
             .name("cellgate-flush".into())
-            .spawn(move || flush_loop(&shared, &signal, &written, &flushed));
+            .spawn(move || flush_loop(&shared, &signal, &writer, &written, &flushed));
         match h {
             Ok(h) => {
                 if let Ok(mut f) = self.flusher.lock() {
@@ -495,7 +483,13 @@ impl<S> Drop for CommitLog<S> {
 }
 
 /// The flusher: fdatasync on request (sync) or every interval (async).
-fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flushed: &Progress) {
+fn flush_loop<S>(
+    shared: &LogShared,
+    signal: &FlushSignal,
+    writer: &Mutex<Writer<S>>,
+    written: &Progress,
+    flushed: &Progress,
+) {
     let interval = match shared.cfg.flush {
         FlushPolicy::Sync => Duration::from_millis(200),
         FlushPolicy::Async { interval } => interval,
@@ -518,8 +512,21 @@ fn flush_loop(shared: &LogShared, signal: &FlushSignal, written: &Progress, flus
             signal.requested.store(false, Ordering::SeqCst);
             signal.stop.load(Ordering::Relaxed)
         };
-        if sync && !stop && released > 1 {
-            gather(flushed, released, last_fsync / 2);
+        if sync {
+            if !stop && released > 1 {
+                gather(flushed, released, last_fsync / 2);
+            }
+            // Appenders do not write under `sync`: write what they placed.
+            match writer.lock() {
+                Ok(mut w) if !w.writing && !w.pending.chunks.is_empty() => {
+                    w.writing = true;
+                    if let Err(e) = lead_writes(writer, w, written) {
+                        tracing::error!(error = %e, "log write failed; will retry");
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
         }
         let target = written.get();
         let from = flushed.get();
@@ -562,3 +569,37 @@ fn gather(flushed: &Progress, released: usize, cap: Duration) {
 
 /// How often [`gather`] looks; sleeps are coarse (tens of µs) anyway.
 const GATHER_STEP: Duration = Duration::from_micros(20);
+
+/// Writes everything pending as the leader (the caller set `writing` and
+/// holds the lock): one `pwrite` per chunk, outside the lock, repeated
+/// until nothing is pending; advances `written`. Clears `writing`.
+fn lead_writes<'a, S>(
+    writer: &'a Mutex<Writer<S>>,
+    mut w: MutexGuard<'a, Writer<S>>,
+    written: &Progress,
+) -> Result<()> {
+    loop {
+        let chunks = std::mem::take(&mut w.pending.chunks);
+        let upto = w.next;
+        drop(w);
+        let res = chunks
+            .iter()
+            .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
+        w = writer.lock().map_err(|_| Error::Closed)?;
+        for (_, _, mut buf) in chunks {
+            if w.pending.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
+                buf.clear();
+                w.pending.spare.push(buf);
+            }
+        }
+        if let Err(e) = res {
+            w.writing = false;
+            return Err(e);
+        }
+        written.advance(upto);
+        if w.pending.chunks.is_empty() {
+            w.writing = false;
+            return Ok(());
+        }
+    }
+}

@@ -33,7 +33,7 @@ use crate::dispatch::{Dispatcher, Meta, Undispatched};
 use crate::error::{Error, Result};
 use crate::keys::KeyIndex;
 use crate::log::{CommitLog, LogConfig};
-use crate::record::{self, Message, StoredMessage};
+use crate::record::{Message, RecordMeta};
 
 mod put;
 mod read;
@@ -146,12 +146,12 @@ pub(crate) fn dir_name(topic: &str) -> String {
     out
 }
 
-fn redo_of(pos: u64, size: usize, m: StoredMessage) -> Redo {
+fn redo_of(pos: u64, size: usize, m: RecordMeta) -> Redo {
     Redo {
         entry: Entry {
             log_pos: pos,
             size: size as u32,
-            tag_hash: record::tag_hash(m.tag.as_deref()),
+            tag_hash: m.tag_hash,
             stored_ms: m.stored_ms,
         },
         topic: m.topic,
