@@ -561,14 +561,8 @@ fn flush_loop<S>(
 /// for the one after. So wait (up to `cap`, half an fsync) until about as
 /// many are waiting again. With one appender there is nothing to gather.
 fn gather(flushed: &Progress, released: usize, cap: Duration) {
-    let start = Instant::now();
-    while flushed.waiting() < released && start.elapsed() < cap {
-        std::thread::sleep(GATHER_STEP);
-    }
+    flushed.gather(released, cap);
 }
-
-/// How often [`gather`] looks; sleeps are coarse (tens of µs) anyway.
-const GATHER_STEP: Duration = Duration::from_micros(20);
 
 /// Writes everything pending as the leader (the caller set `writing` and
 /// holds the lock): one `pwrite` per chunk, outside the lock, repeated

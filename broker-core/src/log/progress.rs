@@ -10,8 +10,9 @@
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -30,6 +31,11 @@ pub(crate) struct Progress {
     /// wants "it moved", not "it reached x"; kept apart from `waiters` so
     /// those count appenders only.
     moved: Notify,
+    /// Group commit: while the flusher gathers, the registration that
+    /// brings `waiting` to this count wakes it (0: nobody gathers).
+    gather_target: AtomicUsize,
+    gathered: Mutex<()>,
+    gathered_cv: Condvar,
 }
 
 impl Progress {
@@ -46,7 +52,31 @@ impl Progress {
 
     /// How many waits are registered (an estimate: it is read unlocked).
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Blocks (a plain thread) until at least `target` waits are
+    /// registered, or for `cap`. Woken by the registration that reaches
+    /// the target, not by polling. One caller at a time (the flusher).
+    pub fn gather(&self, target: usize, cap: Duration) {
+        let Ok(mut g) = self.gathered.lock() else {
+            return;
+        };
+        // SeqCst with `wait`: either this check sees the registration, or
+        // the registration sees the target and notifies (under the lock).
+        self.gather_target.store(target, Ordering::SeqCst);
+        let deadline = Instant::now() + cap;
+        while self.waiting() < target {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = match self.gathered_cv.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => break,
+            };
+        }
+        self.gather_target.store(0, Ordering::SeqCst);
     }
 
     /// Moves the position to `to` (never back) and wakes the waiters it
@@ -75,7 +105,7 @@ impl Progress {
                 if w.is_empty() {
                     self.has_waiters.store(false, Ordering::SeqCst);
                 }
-                self.waiting.store(w.len(), Ordering::Relaxed);
+                self.waiting.store(w.len(), Ordering::SeqCst);
                 ready
             }
             Err(_) => return 0,
@@ -113,7 +143,15 @@ impl Progress {
                 .any(|(e, wk)| *e == end && wk.will_wake(cx.waker()))
             {
                 w.push((end, cx.waker().clone()));
-                self.waiting.store(w.len(), Ordering::Relaxed);
+                let n = w.len();
+                self.waiting.store(n, Ordering::SeqCst);
+                drop(w);
+                let target = self.gather_target.load(Ordering::SeqCst);
+                if target != 0 && n >= target {
+                    if let Ok(_g) = self.gathered.lock() {
+                        self.gathered_cv.notify_one();
+                    }
+                }
             }
             Poll::Pending
         })
