@@ -79,6 +79,10 @@ struct Args {
     /// run as a third side, `compare`: the same cases, next to the others.
     #[arg(long)]
     compare_bin: Option<PathBuf>,
+    /// An extra argument for the gateway side's `cellgate serve` (repeat
+    /// it for more), e.g. `--gateway-arg=--no-router`; not for `compare`.
+    #[arg(long, allow_hyphen_values = true)]
+    gateway_arg: Vec<String>,
     /// A command run (with `sh -c`) alongside every gateway load, `{pid}`
     /// replaced by the gateway's pid, e.g.
     /// `perf record -g -p {pid} -o gw.data -- sleep 3`. Awaited after the load.
@@ -141,7 +145,11 @@ fn main() -> anyhow::Result<()> {
                 let server = match side {
                     Side::Baseline => Server::start(&baseline, &[], &log)?,
                     Side::Gateway | Side::Compare => {
-                        let args = procs::gateway_args(&config, &data, case.flush, &a.segment_size);
+                        let mut args =
+                            procs::gateway_args(&config, &data, case.flush, &a.segment_size);
+                        if side == Side::Gateway {
+                            args.extend(a.gateway_arg.iter().cloned());
+                        }
                         let bin = match (&compare, side) {
                             (Some(c), Side::Compare) => c,
                             _ => &gateway,

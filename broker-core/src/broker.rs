@@ -140,4 +140,16 @@ pub trait Broker: Send + Sync {
     fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>>;
     /// Moves up to `max` messages from `%DLQ%<group>` back to their topics.
     fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>>;
+    /// Stores copies of messages stored elsewhere, each keeping the given id.
+    fn send_copies(
+        &self,
+        msgs: Vec<(Message, QueueSelect, Uuid)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>>;
+    /// Every topic with its queue count.
+    fn topics(&self) -> Result<Vec<(String, u16)>>;
+    /// Up to `max` messages of a queue from offset `from` on, in order,
+    /// outside any consumer group (the router's read).
+    fn read(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<StoredMessage>>;
+    /// Changes whenever new messages become readable.
+    fn appended(&self) -> tokio::sync::watch::Receiver<u64>;
 }

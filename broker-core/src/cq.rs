@@ -28,7 +28,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn encode(&self) -> [u8; ENTRY] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY] {
         let mut b = [0u8; ENTRY];
         b[0..8].copy_from_slice(&self.log_pos.to_le_bytes());
         b[8..12].copy_from_slice(&self.size.to_le_bytes());
@@ -111,15 +111,19 @@ impl ConsumeQueue {
         self.len() == 0
     }
 
-    /// Appends the entries for offsets `first..`, in one write; offsets
-    /// already present are skipped (re-dispatch after recovery is
-    /// idempotent).
-    pub(crate) fn dispatch_many(&self, first: u64, entries: &[Entry]) -> Result<()> {
+    /// Appends the entries for offsets `first..`, given encoded
+    /// ([`Entry::encode`], back to back), in one write; offsets already
+    /// present are skipped (re-dispatch after recovery is idempotent).
+    pub(crate) fn dispatch_many(&self, first: u64, encoded: &[u8]) -> Result<()> {
         let len = self.len();
         let skip = len.saturating_sub(first) as usize;
-        let Some(rest) = entries.get(skip..).filter(|r| !r.is_empty()) else {
+        let Some(rest) = encoded
+            .get(skip.saturating_mul(ENTRY)..)
+            .filter(|r| !r.is_empty())
+        else {
             return Ok(());
         };
+        let count = (rest.len() / ENTRY) as u64;
         let at = first + skip as u64;
         if at > len {
             return Err(Error::Config(format!(
@@ -127,15 +131,12 @@ impl ConsumeQueue {
                 self.path.display()
             )));
         }
-        let mut buf = Vec::with_capacity(rest.len() * ENTRY);
-        for e in rest {
-            buf.extend_from_slice(&e.encode());
-        }
+        let whole = &rest[..count as usize * ENTRY];
         self.file
-            .write_all_at(&buf, at * ENTRY as u64)
+            .write_all_at(whole, at * ENTRY as u64)
             .map_err(Error::io(&self.path))?;
         self.dirty.store(true, Ordering::Release);
-        self.len.store(at + rest.len() as u64, Ordering::Release);
+        self.len.store(at + count, Ordering::Release);
         Ok(())
     }
 

@@ -533,4 +533,23 @@ impl Broker for EmbeddedBroker {
             Ok(n)
         })
     }
+
+    fn send_copies(
+        &self,
+        msgs: Vec<(Message, QueueSelect, Uuid)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
+        Box::pin(self.store.put_copies(msgs))
+    }
+
+    fn topics(&self) -> Result<Vec<(String, u16)>> {
+        self.store.topic_list()
+    }
+
+    fn read(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<StoredMessage>> {
+        self.store.read_from(topic, queue, from, max)
+    }
+
+    fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.appended()
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod cq;
+mod dispatch;
 mod embedded;
 mod error;
 pub mod filter;

@@ -131,6 +131,16 @@ pub fn encoded_len(m: &Message) -> Result<usize, Error> {
 /// returned for `m` (it must have succeeded).
 pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
     let start = out.len();
+    encode_unsealed(m, len, out);
+    seal(&mut out[start..], s);
+}
+
+/// Appends the record of `m` to `out` without the broker-assigned fields
+/// and the checksum: [`seal`] adds them. The store encodes outside its
+/// writer lock (reading the message's scattered allocations is the slow
+/// part) and only seals under it, where queue offsets are assigned.
+pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
     let tag = m.tag.as_deref().unwrap_or("");
     let keys_len: usize = 2 + m.keys.iter().map(|k| 2 + k.len()).sum::<usize>();
     let props_len: usize = 2 + m
@@ -138,38 +148,75 @@ pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
         .iter()
         .map(|(k, v)| 6 + k.len() + v.len())
         .sum::<usize>();
-    out.reserve(len);
-    out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc, filled in below
-    out.push(VERSION);
-    out.push(0);
-    out.extend_from_slice(&s.queue.to_le_bytes());
-    out.extend_from_slice(&s.queue_offset.to_le_bytes());
-    out.extend_from_slice(&m.born_ms.to_le_bytes());
-    out.extend_from_slice(&s.stored_ms.to_le_bytes());
-    out.extend_from_slice(s.id.as_bytes());
-    out.extend_from_slice(&(m.topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(keys_len as u32).to_le_bytes());
-    out.extend_from_slice(&(props_len as u32).to_le_bytes());
-    out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
-    out.extend_from_slice(m.topic.as_bytes());
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(&(m.keys.len() as u16).to_le_bytes());
+    // Sized once, then filled by offset: one bounds check per field instead
+    // of a capacity check per `extend` (this runs under the writer lock).
+    out.resize(start + len, 0);
+    let mut w = Writer {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    w.put(&((len - 4) as u32).to_le_bytes());
+    w.put(&[0; 4]); // crc, filled in below
+    w.put(&[VERSION, 0]);
+    w.put(&[0; 10]); // queue, queue_offset: sealed
+    w.put(&m.born_ms.to_le_bytes());
+    w.put(&[0; 24]); // stored_ms, id: sealed
+    w.put(&(m.topic.len() as u16).to_le_bytes());
+    w.put(&(tag.len() as u16).to_le_bytes());
+    w.put(&(keys_len as u32).to_le_bytes());
+    w.put(&(props_len as u32).to_le_bytes());
+    w.put(&(m.body.len() as u32).to_le_bytes());
+    w.put(m.topic.as_bytes());
+    w.put(tag.as_bytes());
+    w.put(&(m.keys.len() as u16).to_le_bytes());
     for k in &m.keys {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k.as_bytes());
+        w.put(&(k.len() as u16).to_le_bytes());
+        w.put(k.as_bytes());
     }
-    out.extend_from_slice(&(m.properties.len() as u16).to_le_bytes());
+    w.put(&(m.properties.len() as u16).to_le_bytes());
     for (k, v) in &m.properties {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
+        w.put(&(k.len() as u16).to_le_bytes());
+        w.put(k.as_bytes());
+        w.put(&(v.len() as u32).to_le_bytes());
+        w.put(v.as_bytes());
     }
-    out.extend_from_slice(&m.body);
-    let crc = crc32c::crc32c(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    w.put(&m.body);
+    debug_assert_eq!(w.at, len);
+}
+
+/// Writes the broker-assigned fields into a record [`encode_unsealed`]
+/// produced (`rec` is exactly that record) and its checksum.
+pub fn seal(rec: &mut [u8], s: &Stamp) {
+    let mut w = Writer { buf: rec, at: 10 };
+    w.put(&s.queue.to_le_bytes());
+    w.put(&s.queue_offset.to_le_bytes());
+    w.at = 28; // born_ms stays
+    w.put(&s.stored_ms.to_le_bytes());
+    w.put(s.id.as_bytes());
+    if let Some(body) = rec.get(8..) {
+        let crc = crc32c::crc32c(body);
+        if let Some(c) = rec.get_mut(4..8) {
+            c.copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+/// Writes consecutive fields into a slice sized for them.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    /// Never panics: with a wrong `len` the record is cut short (and its
+    /// checksum still covers exactly what was written).
+    fn put(&mut self, b: &[u8]) {
+        let end = self.at + b.len();
+        if let Some(dst) = self.buf.get_mut(self.at..end) {
+            dst.copy_from_slice(b);
+        }
+        self.at = end;
+    }
 }
 
 /// What the first bytes at a log position say.
@@ -236,9 +283,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes the record at the start of `buf` (which may hold more after it).
-/// Checks the length, the checksum and the layout; never panics.
-pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
+/// A record's fields, verified, borrowing from the buffer.
+struct Parsed<'a> {
+    id: Uuid,
+    topic: &'a str,
+    queue: u16,
+    queue_offset: u64,
+    tag: &'a str,
+    keys: &'a [u8],
+    props: &'a [u8],
+    body: &'a [u8],
+    born_ms: i64,
+    stored_ms: i64,
+}
+
+/// Checks the length, the checksum and the header layout of the record at
+/// the start of `buf`; never panics, allocates nothing. The keys and
+/// properties sections are checked by whoever walks them
+/// ([`for_each_key`], [`for_each_prop`]): every caller must.
+fn parse(buf: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let total = match frame(buf, usize::MAX)? {
         Frame::Record(n) => n,
         Frame::Empty => return Err(DecodeError::BadLength(0)),
@@ -280,66 +343,127 @@ pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     if sum != total {
         return Err(DecodeError::Layout);
     }
-    let topic = c.str(topic_len, "topic")?.to_owned();
+    let topic = c.str(topic_len, "topic")?;
     let tag = c.str(tag_len, "tag")?;
-    let keys = decode_keys(&mut Cursor {
-        buf: c.take(keys_len)?,
-        at: 0,
-    })?;
-    let properties = decode_props(&mut Cursor {
-        buf: c.take(props_len)?,
-        at: 0,
-    })?;
-    let body = c.take(body_len)?.to_vec();
-    Ok(StoredMessage {
+    let keys = c.take(keys_len)?;
+    let props = c.take(props_len)?;
+    let body = c.take(body_len)?;
+    Ok(Parsed {
         id: Uuid::from_bytes(id),
         topic,
         queue,
         queue_offset,
-        log_pos,
-        body,
-        tag: (!tag.is_empty()).then(|| tag.to_owned()),
+        tag,
         keys,
-        properties,
+        props,
+        body,
         born_ms,
         stored_ms,
     })
 }
 
-fn decode_keys(c: &mut Cursor<'_>) -> Result<Vec<String>, DecodeError> {
+/// Decodes the record at the start of `buf` (which may hold more after it).
+/// Checks the length, the checksum and the layout; never panics.
+pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
+    let p = parse(buf)?;
+    let mut keys = Vec::with_capacity(1);
+    for_each_key(p.keys, |k| keys.push(k.to_owned()))?;
+    let mut properties = BTreeMap::new();
+    for_each_prop(p.props, |k, v| {
+        properties.insert(k.to_owned(), v.to_owned());
+    })?;
+    Ok(StoredMessage {
+        id: p.id,
+        topic: p.topic.to_owned(),
+        queue: p.queue,
+        queue_offset: p.queue_offset,
+        log_pos,
+        body: p.body.to_vec(),
+        tag: (!p.tag.is_empty()).then(|| p.tag.to_owned()),
+        keys,
+        properties,
+        born_ms: p.born_ms,
+        stored_ms: p.stored_ms,
+    })
+}
+
+/// What recovery needs of a record to rebuild its index entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub id: Uuid,
+    pub topic: String,
+    pub queue: u16,
+    pub queue_offset: u64,
+    /// [`tag_hash`] of the tag.
+    pub tag_hash: u32,
+    pub keys: Vec<String>,
+    pub stored_ms: i64,
+}
+
+/// Verifies the record at the start of `buf` exactly as [`decode`] does
+/// (same bytes, same result), but copies out only what recovery needs: no
+/// body, no properties. A full scan decodes every record of the log.
+pub fn decode_meta(buf: &[u8]) -> Result<RecordMeta, DecodeError> {
+    let p = parse(buf)?;
+    let mut keys = Vec::with_capacity(1);
+    for_each_key(p.keys, |k| keys.push(k.to_owned()))?;
+    for_each_prop(p.props, |_, _| ())?;
+    Ok(RecordMeta {
+        id: p.id,
+        topic: p.topic.to_owned(),
+        queue: p.queue,
+        queue_offset: p.queue_offset,
+        tag_hash: tag_hash(Some(p.tag)),
+        keys,
+        stored_ms: p.stored_ms,
+    })
+}
+
+/// Walks the keys section, checking it.
+fn for_each_key<'a>(section: &'a [u8], mut f: impl FnMut(&'a str)) -> Result<(), DecodeError> {
+    let mut c = Cursor {
+        buf: section,
+        at: 0,
+    };
     let n = c.u16()?;
-    let mut keys = Vec::with_capacity(usize::from(n).min(c.buf.len() / 2));
     for _ in 0..n {
         let len = usize::from(c.u16()?);
-        keys.push(c.str(len, "key")?.to_owned());
+        f(c.str(len, "key")?);
     }
     if c.at != c.buf.len() {
         return Err(DecodeError::Layout);
     }
-    Ok(keys)
+    Ok(())
 }
 
-fn decode_props(c: &mut Cursor<'_>) -> Result<BTreeMap<String, String>, DecodeError> {
+/// Walks the properties section, checking it.
+fn for_each_prop<'a>(
+    section: &'a [u8],
+    mut f: impl FnMut(&'a str, &'a str),
+) -> Result<(), DecodeError> {
+    let mut c = Cursor {
+        buf: section,
+        at: 0,
+    };
     let n = c.u16()?;
-    let mut props = BTreeMap::new();
     let mut prev: Option<&str> = None;
     for _ in 0..n {
         let klen = usize::from(c.u16()?);
         let k = c.str(klen, "property name")?;
         let vlen = c.u32()? as usize;
-        let v = c.str(vlen, "property value")?.to_owned();
+        let v = c.str(vlen, "property value")?;
         // The encoder writes names strictly ascending (a BTreeMap): anything
         // else (a duplicate would silently drop data) is not our record.
         if prev.is_some_and(|p| p >= k) {
             return Err(DecodeError::Layout);
         }
         prev = Some(k);
-        props.insert(k.to_owned(), v);
+        f(k, v);
     }
     if c.at != c.buf.len() {
         return Err(DecodeError::Layout);
     }
-    Ok(props)
+    Ok(())
 }
 
 /// The tag's hash as the consume index stores it (0 for no tag).

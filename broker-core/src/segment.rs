@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{fallocate, posix_fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, posix_fadvise, posix_fallocate, FallocateFlags, PosixFadviseAdvice};
 
 use crate::error::{Error, Result};
 
@@ -90,6 +90,21 @@ impl Segment {
             .read_exact_at(&mut buf[..want], off)
             .map_err(Error::io(&self.path))?;
         Ok(want)
+    }
+
+    /// Hints that `[pos, pos + len)` (clamped to the segment) will be read
+    /// soon, so the kernel starts reading it now. Only a hint: errors are
+    /// ignored.
+    pub fn will_need(&self, pos: u64, len: u64) {
+        let off = pos.saturating_sub(self.base);
+        let len = len.min(self.size.saturating_sub(off));
+        if len == 0 {
+            return;
+        }
+        let (Ok(o), Ok(l)) = (i64::try_from(off), i64::try_from(len)) else {
+            return;
+        };
+        let _ = posix_fadvise(&self.file, o, l, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
     }
 
     pub fn sync(&self) -> Result<()> {

@@ -20,7 +20,8 @@
 //! lengths of `u32::MAX`); they must be refused at once.
 
 use cellgate_broker_core::record::{
-    decode, encode, encoded_len, Message, Stamp, StoredMessage, END_OF_SEGMENT, HEADER,
+    decode, decode_meta, encode, encoded_len, tag_hash, Message, Stamp, StoredMessage,
+    END_OF_SEGMENT, HEADER,
 };
 use cellgate_broker_core::{DecodeError, Error};
 use proptest::collection::{btree_map, vec};
@@ -152,6 +153,33 @@ fn frame_oracle(buf: &[u8]) -> Result<usize, DecodeError> {
 /// error where the reference knows it, and that an Ok is genuine.
 fn check(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     let got = decode(buf, log_pos);
+    // Recovery's lighter decoder accepts and refuses exactly the same bytes.
+    let meta = decode_meta(buf);
+    match (&got, &meta) {
+        (Ok(d), Ok(m)) => assert_eq!(
+            (
+                &m.id,
+                &m.topic,
+                m.queue,
+                m.queue_offset,
+                &m.keys,
+                m.stored_ms,
+                m.tag_hash
+            ),
+            (
+                &d.id,
+                &d.topic,
+                d.queue,
+                d.queue_offset,
+                &d.keys,
+                d.stored_ms,
+                tag_hash(d.tag.as_deref())
+            ),
+            "decode_meta disagrees with decode on {buf:02x?}"
+        ),
+        (Err(a), Err(b)) => assert_eq!(a, b, "decode_meta disagrees with decode on {buf:02x?}"),
+        _ => panic!("decode {got:?} but decode_meta {meta:?} for {buf:02x?}"),
+    }
     match frame_oracle(buf) {
         Err(want) => assert_eq!(got, Err(want), "input {buf:02x?}"),
         Ok(total) => match &got {

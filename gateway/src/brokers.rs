@@ -149,3 +149,9 @@ impl Brokers {
         first.map_or(Ok(()), Err)
     }
 }
+
+impl cellgate_router::BrokerDirectory for Brokers {
+    fn broker(&self, rules: &RuleSet, cell: CellId) -> Option<Arc<dyn Broker>> {
+        self.get(rules, cell).ok()
+    }
+}

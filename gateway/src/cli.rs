@@ -32,6 +32,9 @@ pub enum Command {
     Rules(RulesCommand),
     /// Run the gateway (HTTP/1.1, h2c, HTTPS with h2) with an embedded broker per cell.
     Serve(crate::serve::ServeArgs),
+    /// Run only the router (no message API): the same options as `serve`;
+    /// its listener answers /healthz, /readyz and /metrics.
+    Router(crate::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +78,11 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Rules(RulesCommand::Explain(args)) => (explain_cmd(&args, out), 1),
         Command::Rules(RulesCommand::Diff { old, new }) => (diff(&old, &new, out), 2),
         Command::Serve(args) => (crate::serve::run(args, out).map(|()| 0), 1),
+        Command::Router(mut args) => {
+            args.router_only = true;
+            args.no_router = false;
+            (crate::serve::run(args, out).map(|()| 0), 1)
+        }
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,9 @@ impl PairCache {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
+    /// Registries of other components in this process (the router), shown
+    /// on the same endpoint. RwLock: added at start-up, read per scrape.
+    others: std::sync::RwLock<Vec<Registry>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     published: Family<TenantCell, Counter>,
@@ -162,6 +165,7 @@ impl Metrics {
         );
         Metrics(Arc::new(Inner {
             registry,
+            others: std::sync::RwLock::new(Vec::new()),
             requests,
             latency,
             published,
@@ -219,6 +223,13 @@ impl Metrics {
         });
     }
 
+    /// Shows `r`'s metrics on `/metrics` too.
+    pub fn add_registry(&self, r: Registry) {
+        if let Ok(mut o) = self.0.others.write() {
+            o.push(r);
+        }
+    }
+
     pub fn connection_refused(&self) {
         self.0.connections_refused.inc();
     }
@@ -237,8 +248,13 @@ impl Metrics {
         ] {
             i.reloads.get_or_create(&Outcome { outcome }).set(n as i64);
         }
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &i.registry).is_err() {
+        let others = i.others.read().unwrap_or_else(|p| p.into_inner());
+        let ok = encode_registry(&mut out, &i.registry).is_ok()
+            && others.iter().all(|r| encode_registry(&mut out, r).is_ok())
+            && encode_eof(&mut out).is_ok();
+        if !ok {
             out.clear();
         }
         out

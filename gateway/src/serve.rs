@@ -10,8 +10,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use cellgate_broker_core::{DeliveryConfig, FlushPolicy};
+use cellgate_router::metrics::RouterMetrics;
+use cellgate_router::Router;
 use cellgate_rules::watch::{self, WatchOptions};
 use cellgate_rules::RulesHandle;
+use prometheus_client::registry::Registry;
 
 use crate::api::{ApiLimits, App};
 use crate::brokers::{BrokerOptions, Brokers};
@@ -82,6 +85,12 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Do not run the router in this process (no cross-cell copies).
+    #[arg(long)]
+    pub no_router: bool,
+    /// Set by `cellgate router`: no message API, only the router.
+    #[arg(skip)]
+    pub router_only: bool,
 }
 
 fn broker_options(a: &ServeArgs) -> BrokerOptions {
@@ -128,9 +137,11 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
             )));
         }
     }
-    let brokers = Brokers::open_all(&a.data, broker_options(&a), &current)?;
+    let _lock = lock_data_dir(&a.data)?;
+    let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current)?);
     drop(current);
     let limits = ApiLimits {
+        ops_only: a.router_only,
         default_queues: a.queues,
         body_timeout: a.body_timeout,
         ..ApiLimits::default()
@@ -158,6 +169,18 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         .local_addr()
         .map_err(|e| Error::Io(format!("listener address: {e}")))?;
     let _watcher = watch::spawn(rules.clone(), WatchOptions::default())?;
+    let router = (!a.no_router).then(|| {
+        let mut registry = Registry::with_prefix("cellgate");
+        let metrics = RouterMetrics::new(&mut registry);
+        app.metrics().add_registry(registry);
+        Arc::new(Router {
+            rules: rules.clone(),
+            brokers: app.brokers().clone(),
+            dir: a.data.join("router"),
+            metrics,
+        })
+        .spawn()
+    });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, "cellgate listening");
     writeln!(out, "listening on {addr}")?;
@@ -178,9 +201,35 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
             )
         }
     }
+    if let Some(r) = router {
+        // Mid-copy is fine: the journal replays an interrupted batch.
+        r.abort();
+        let _ = r.await;
+    }
     app.brokers().close()?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Holds an exclusive lock on `<data>/LOCK` for the life of the process: two
+/// processes on one embedded store would corrupt it.
+pub(crate) fn lock_data_dir(
+    data: &std::path::Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    std::fs::create_dir_all(data).map_err(|e| Error::Io(format!("{}: {e}", data.display())))?;
+    let path = data.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::Io(format!(
+            "{}: {e}: another cellgate process is using this data directory",
+            path.display()
+        ))
+    })
 }
 
 /// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).

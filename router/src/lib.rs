@@ -3,17 +3,30 @@
 //!
 //! The routing *decision* — which cells a message is copied to, takeover
 //! included — is `cellgate_rules::RuleSet::router_targets`, a pure function.
-//! This crate will add the moving parts around it: reading original messages
-//! from every cell's broker, appending copies, dedupe by (origin cell,
-//! message id), durable checkpoints and metrics.
-//!
-//! Status: scheduled for issue 5.
+//! This crate adds the moving parts around it: reading original messages
+//! from every cell's broker (`run`), journaling where their copies go and
+//! how far each source queue is done (`journal`), appending copies that keep
+//! the message id so a destination can tell a copy it already holds
+//! (`plan`), and metrics.
 
 #![forbid(unsafe_code)]
 
-/// The router's error. Variants arrive with the replication loop (issue 5).
+pub mod journal;
+pub mod metrics;
+pub mod plan;
+mod run;
+
+pub use run::{BrokerDirectory, Router};
+
+/// The router's error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A broker operation failed (source read or copy append).
+    #[error(transparent)]
+    Broker(#[from] cellgate_broker_core::Error),
+    /// A destination cell has no broker right now.
+    #[error("the broker of cell {0} is not available")]
+    Unavailable(String),
     /// A checkpoint could not be read or written.
     #[error("checkpoint {path}: {source}")]
     Checkpoint {

@@ -34,8 +34,18 @@ impl Server {
     /// plus `extra`, with 4 MiB segments unless `extra` says otherwise, and
     /// waits for its `listening on` line.
     pub fn start(config: &Path, data: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::start_command("serve", config, data, extra)
+    }
+
+    /// Like [`Server::start`] for another subcommand that serves (`router`).
+    pub fn start_command(
+        command: &str,
+        config: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
         let mut args: Vec<String> = vec![
-            "serve".into(),
+            command.into(),
             "--config".into(),
             config.display().to_string(),
             "--data".into(),

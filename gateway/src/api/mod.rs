@@ -57,6 +57,8 @@ pub struct ApiLimits {
     pub max_wait: Duration,
     /// Queues of a topic created by its first publish or receive.
     pub default_queues: u16,
+    /// Only the operations endpoints (a standalone router process).
+    pub ops_only: bool,
 }
 
 impl Default for ApiLimits {
@@ -68,6 +70,7 @@ impl Default for ApiLimits {
             request_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(30),
             default_queues: 8,
+            ops_only: false,
         }
     }
 }
@@ -76,7 +79,7 @@ impl Default for ApiLimits {
 #[derive(Debug)]
 pub struct App {
     rules: Arc<RulesHandle>,
-    brokers: Brokers,
+    brokers: Arc<Brokers>,
     default_cell: Option<String>,
     limits: ApiLimits,
     receipts: receipt::ReceiptKey,
@@ -190,7 +193,7 @@ fn get<'p>(m: &Method, r: Route<'p>) -> Result<Route<'p>, ApiError> {
 impl App {
     pub fn new(
         rules: Arc<RulesHandle>,
-        brokers: Brokers,
+        brokers: Arc<Brokers>,
         default_cell: Option<String>,
         limits: ApiLimits,
         data_dir: &Path,
@@ -212,7 +215,7 @@ impl App {
         &self.metrics
     }
 
-    pub fn brokers(&self) -> &Brokers {
+    pub fn brokers(&self) -> &Arc<Brokers> {
         &self.brokers
     }
 
@@ -255,7 +258,21 @@ impl App {
             }
             Route::Readyz => return Ok(ops::readyz(self)),
             Route::Metrics => return Ok(ops::metrics(self)),
+            // Operators and probes read these without a token; a token, if
+            // sent, must be valid, and only an admin token sees the text of
+            // a reload error.
+            Route::Rules | Route::Topology
+                if !req.headers().contains_key(http::header::AUTHORIZATION) =>
+            {
+                return Ok(match r {
+                    Route::Rules => ops::rules(self, false),
+                    _ => ops::topology(self, &rules),
+                });
+            }
             _ => {}
+        }
+        if self.limits.ops_only && !matches!(r, Route::Rules | Route::Topology) {
+            return Err(ApiError::no_route());
         }
         let caller = Caller::authenticate(&rules, req.headers(), peer)?;
         let deadline = self.limits.request_timeout;
@@ -270,7 +287,7 @@ impl App {
                 Route::Nack(g, t) => consume::settle(self, &caller, g, t, req, false).await,
                 Route::Reset(g, t) => consume::reset(self, &caller, g, t, req).await,
                 Route::Lag(g, t) => consume::lag(self, &caller, g, t, &req),
-                Route::Rules => Ok(ops::rules(self, &caller)),
+                Route::Rules => Ok(ops::rules(self, caller.is_admin())),
                 Route::Topology => Ok(ops::topology(self, &rules)),
                 Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::no_route()),
             }

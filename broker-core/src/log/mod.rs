@@ -3,14 +3,19 @@
 //!
 //! ## Writing
 //!
-//! Appenders encode their records under the writer lock, which assigns log
+//! Appenders place their records under the writer lock, which assigns log
 //! positions (and, through the caller's state `S`, queue offsets) in one
-//! order. The first appender that finds nobody writing becomes the leader:
+//! order; the store encodes before taking it and only stamps, checksums
+//! and copies under it. The first appender that finds nobody writing becomes the leader:
 //! it takes everything encoded so far, writes it with one `pwrite` per
 //! segment touched, outside the lock, and repeats until nothing is pending.
-//! Other appenders wait for `written` to pass their records. So under load
-//! many records share one system call, and with one producer each append
-//! is one `pwrite`.
+//! Other appenders wait for `written` to pass their records (a
+//! `Progress`, see `progress.rs`: it wakes only the waiters a write covers). So
+//! under load many records share one system call, and with one producer
+//! each append is one `pwrite`. Write buffers are reused. Under `sync`
+//! appenders do not write at all: the flusher writes everything placed
+//! since its last round in one go, right before its fsync (the append is
+//! acknowledged only after that fsync anyway).
 //!
 //! ## Flushing
 //!
@@ -18,7 +23,10 @@
 //! request (policy `sync`: an appender is acknowledged only once `flushed`
 //! passes its records, and every append waiting meanwhile shares the next
 //! fsync — group commit) or at an interval (policy `async`: acknowledged
-//! once written to the page cache).
+//! once written to the page cache). Under `sync`, when the last fsync
+//! released several appenders, the flusher waits (at most half an fsync)
+//! for about as many to ask again before it starts the next one, so one
+//! fsync covers most of them rather than the first few.
 //!
 //! ## Invariants
 //!
@@ -31,14 +39,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
-
-use tokio::sync::watch;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::record::{self, Frame, StoredMessage};
+use crate::record::{self, RecordMeta};
 use crate::segment::Segment;
+
+mod progress;
+mod recover;
+use progress::Progress;
+use recover::recover;
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +81,14 @@ impl Default for LogConfig {
 #[derive(Debug, Default)]
 struct Pending {
     chunks: Vec<(Arc<Segment>, u64, Vec<u8>)>,
+    /// Emptied buffers of earlier writes, reused: a fresh 64 KiB buffer per
+    /// write cost more in `malloc`, page faults and zeroing than the copy.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers kept for reuse, and the largest one kept.
+const SPARE_BUFFERS: usize = 4;
+const SPARE_MAX_BYTES: usize = 8 << 20;
 
 #[derive(Debug)]
 struct Writer<S> {
@@ -129,11 +147,14 @@ impl Batch<'_> {
             None => true,
         };
         if starts_new {
-            self.pending.chunks.push((
-                self.active.clone(),
-                *self.next,
-                Vec::with_capacity(64 * 1024),
-            ));
+            let buf = self
+                .pending
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
+            self.pending
+                .chunks
+                .push((self.active.clone(), *self.next, buf));
         }
         let last = self.pending.chunks.len() - 1;
         &mut self.pending.chunks[last].2
@@ -186,6 +207,10 @@ struct FlushSignal {
     /// by appenders that need durability.
     wanted: Mutex<bool>,
     cv: Condvar,
+    /// A flush is requested and not yet started: later requests need not
+    /// take the lock and wake the flusher again (under `sync` every
+    /// appender requests one).
+    requested: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -194,9 +219,10 @@ struct FlushSignal {
 pub struct CommitLog<S> {
     shared: Arc<LogShared>,
     /// Mutex: assigning positions must be serial; held only to encode.
-    writer: Mutex<Writer<S>>,
-    written: watch::Sender<u64>,
-    flushed: watch::Sender<u64>,
+    /// Arc: under `sync` the flusher thread writes what appenders placed.
+    writer: Arc<Mutex<Writer<S>>>,
+    written: Arc<Progress>,
+    flushed: Arc<Progress>,
     signal: Arc<FlushSignal>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -206,14 +232,14 @@ pub struct CommitLog<S> {
 impl<S: Send + 'static> CommitLog<S> {
     /// Opens (or creates) the log in `dir`. Scans from `scan_from` (a record
     /// boundary known durable, e.g. a checkpoint) to the end, calling
-    /// `on_record(pos, len, message)` for every valid record, zeroes a torn or
+    /// `on_record(pos, len, meta)` for every valid record, zeroes a torn or
     /// corrupt tail, and starts the flusher.
     pub fn open(
         dir: &Path,
         cfg: LogConfig,
         scan_from: u64,
         state: S,
-        on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
+        on_record: impl FnMut(u64, usize, RecordMeta) -> Result<()>,
     ) -> Result<CommitLog<S>> {
         if cfg.segment_bytes < record::HEADER as u64 + 4 {
             return Err(Error::Config(format!(
@@ -257,15 +283,15 @@ impl<S: Send + 'static> CommitLog<S> {
         let active = shared.segment_at(end).ok_or(Error::Closed)?;
         let log = CommitLog {
             shared,
-            writer: Mutex::new(Writer {
+            writer: Arc::new(Mutex::new(Writer {
                 active,
                 next: end,
                 pending: Pending::default(),
                 writing: false,
                 state,
-            }),
-            written: watch::channel(end).0,
-            flushed: watch::channel(end).0,
+            })),
+            written: Arc::new(Progress::new(end)),
+            flushed: Arc::new(Progress::new(end)),
             signal: Arc::new(FlushSignal::default()),
             flusher: Mutex::new(None),
         };
@@ -295,28 +321,15 @@ impl<S: Send + 'static> CommitLog<S> {
         };
         let out = f(&mut batch, &mut w_ref.state)?;
         let end = w.next;
-        if w.writing {
+        // Under `sync` the acknowledgement waits for the next fsync anyway:
+        // the flusher writes everything placed meanwhile in one `pwrite`
+        // right before it, instead of one per appender.
+        if w.writing || self.shared.cfg.flush == FlushPolicy::Sync {
             return Ok((out, end));
         }
         w.writing = true;
-        loop {
-            let chunks = std::mem::take(&mut w.pending.chunks);
-            let upto = w.next;
-            drop(w);
-            let res = chunks
-                .iter()
-                .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
-            w = self.writer.lock().map_err(|_| Error::Closed)?;
-            if let Err(e) = res {
-                w.writing = false;
-                return Err(e);
-            }
-            self.written.send_replace(upto);
-            if w.pending.chunks.is_empty() {
-                w.writing = false;
-                return Ok((out, end));
-            }
-        }
+        lead_writes(&self.writer, w, &self.written)?;
+        Ok((out, end))
     }
 
     /// Runs `f` on the caller state under the writer lock.
@@ -327,30 +340,41 @@ impl<S: Send + 'static> CommitLog<S> {
 
     /// Waits until `end` is written (and, under `sync`, flushed).
     pub async fn wait_durable(&self, end: u64) -> Result<()> {
-        let mut rx = self.written.subscribe();
-        rx.wait_for(|w| *w >= end)
-            .await
-            .map_err(|_| Error::Closed)?;
+        if self.durable() >= end {
+            // The common case under `async`: the appender wrote it itself.
+            return Ok(());
+        }
         if self.shared.cfg.flush == FlushPolicy::Sync {
+            // The flusher writes it, then fsyncs.
             self.request_flush();
-            let mut rx = self.flushed.subscribe();
-            rx.wait_for(|f| *f >= end)
-                .await
-                .map_err(|_| Error::Closed)?;
+            self.flushed.wait(end).await;
+        } else {
+            self.written.wait(end).await;
         }
         Ok(())
     }
 
     /// The position up to which records are acknowledged under the policy.
     pub fn durable(&self) -> u64 {
+        self.durable_progress().get()
+    }
+
+    fn durable_progress(&self) -> &Progress {
         match self.shared.cfg.flush {
-            FlushPolicy::Sync => *self.flushed.borrow(),
-            FlushPolicy::Async { .. } => *self.written.borrow(),
+            FlushPolicy::Sync => &self.flushed,
+            FlushPolicy::Async { .. } => &self.written,
         }
     }
 
+    /// Resolves after the durable position ([`CommitLog::durable`]) moves
+    /// (at once if it moved since the last call returned). For one caller:
+    /// the store's dispatcher.
+    pub async fn durable_moved(&self) {
+        self.durable_progress().moved().await;
+    }
+
     pub fn flushed(&self) -> u64 {
-        *self.flushed.borrow()
+        self.flushed.get()
     }
 
     pub fn min_pos(&self) -> u64 {
@@ -359,7 +383,7 @@ impl<S: Send + 'static> CommitLog<S> {
 
     /// Reads the record of `len` bytes at `pos` into `buf`.
     pub fn read(&self, pos: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
-        let max = *self.written.borrow();
+        let max = self.written.get();
         let min = self.min_pos();
         if pos < min || pos + len as u64 > max {
             return Err(Error::OutOfRange { pos, min, max });
@@ -377,6 +401,11 @@ impl<S: Send + 'static> CommitLog<S> {
     }
 
     fn request_flush(&self) {
+        // SeqCst: our records are written before this; a flusher that
+        // clears the flag reads `written` after clearing it.
+        if self.signal.requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut w) = self.signal.wanted.lock() {
             *w = true;
             self.signal.cv.notify_one();
@@ -386,11 +415,12 @@ impl<S: Send + 'static> CommitLog<S> {
     fn start_flusher(&self) {
         let shared = self.shared.clone();
         let signal = self.signal.clone();
-        let written = self.written.subscribe();
+        let writer = self.writer.clone();
+        let written = self.written.clone();
         let flushed = self.flushed.clone();
         let h = std::thread::Builder::new()
             .name("cellgate-flush".into())
-            .spawn(move || flush_loop(&shared, &signal, &written, &flushed));
+            .spawn(move || flush_loop(&shared, &signal, &writer, &written, &flushed));
         match h {
             Ok(h) => {
                 if let Ok(mut f) = self.flusher.lock() {
@@ -453,16 +483,20 @@ impl<S> Drop for CommitLog<S> {
 }
 
 /// The flusher: fdatasync on request (sync) or every interval (async).
-fn flush_loop(
+fn flush_loop<S>(
     shared: &LogShared,
     signal: &FlushSignal,
-    written: &watch::Receiver<u64>,
-    flushed: &watch::Sender<u64>,
+    writer: &Mutex<Writer<S>>,
+    written: &Progress,
+    flushed: &Progress,
 ) {
     let interval = match shared.cfg.flush {
         FlushPolicy::Sync => Duration::from_millis(200),
         FlushPolicy::Async { interval } => interval,
     };
+    let sync = shared.cfg.flush == FlushPolicy::Sync;
+    // What the last fsync took and how many appenders it released.
+    let (mut last_fsync, mut released) = (Duration::ZERO, 0usize);
     loop {
         let stop = {
             let Ok(mut wanted) = signal.wanted.lock() else {
@@ -475,10 +509,27 @@ fn flush_loop(
                 };
             }
             *wanted = false;
+            signal.requested.store(false, Ordering::SeqCst);
             signal.stop.load(Ordering::Relaxed)
         };
-        let target = *written.borrow();
-        let from = *flushed.borrow();
+        if sync {
+            if !stop && released > 1 {
+                gather(flushed, released, last_fsync / 2);
+            }
+            // Appenders do not write under `sync`: write what they placed.
+            match writer.lock() {
+                Ok(mut w) if !w.writing && !w.pending.chunks.is_empty() => {
+                    w.writing = true;
+                    if let Err(e) = lead_writes(writer, w, written) {
+                        tracing::error!(error = %e, "log write failed; will retry");
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let target = written.get();
+        let from = flushed.get();
         if target > from {
             // Every segment holding bytes in (from, target].
             let dirty: Vec<Arc<Segment>> = match shared.segments.read() {
@@ -489,9 +540,11 @@ fn flush_loop(
                     .collect(),
                 Err(_) => return,
             };
+            let t = Instant::now();
             match dirty.iter().try_for_each(|s| s.sync()) {
                 Ok(()) => {
-                    flushed.send_replace(target);
+                    last_fsync = t.elapsed();
+                    released = flushed.advance(target);
                 }
                 Err(e) => tracing::error!(error = %e, "fdatasync failed; will retry"),
             }
@@ -502,132 +555,45 @@ fn flush_loop(
     }
 }
 
-/// Scans from `from` to the end of the log, zeroes what follows the last
-/// valid record and deletes later segments. Returns the end of the log.
-fn recover(
-    shared: &LogShared,
-    from: u64,
-    mut on_record: impl FnMut(u64, usize, StoredMessage) -> Result<()>,
-) -> Result<u64> {
-    let segs: Vec<Arc<Segment>> = match shared.segments.read() {
-        Ok(s) => s.range(..).map(|(_, s)| s.clone()).collect(),
-        Err(_) => return Err(Error::Closed),
-    };
-    let Some(start) = segs.iter().rposition(|s| s.base <= from) else {
-        return Err(Error::Config(format!("no segment holds position {from}")));
-    };
-    let mut pos = from;
-    let mut last = start;
-    for (i, seg) in segs.iter().enumerate().skip(start) {
-        last = i;
-        pos = pos.max(seg.base);
-        let end = scan_segment(seg, pos, &mut on_record)?;
-        pos = end.end;
-        if end.torn {
-            tracing::warn!(pos, segment = %seg.path.display(), "torn or corrupt log tail; truncating");
-            seg.zero_from(pos)?;
-            break;
-        }
-        if !end.segment_done {
-            break;
-        }
-        if i + 1 == segs.len() {
-            // The marker ended the last segment: the next append rolls.
-            pos = seg.end();
-        }
-    }
-    for seg in &segs[last + 1..] {
-        tracing::warn!(segment = %seg.path.display(), "removing a segment past the end of the log");
-        std::fs::remove_file(&seg.path).map_err(Error::io(&seg.path))?;
-        if let Ok(mut s) = shared.segments.write() {
-            s.remove(&seg.base);
-        }
-    }
-    Ok(pos)
+/// Group commit under load: the appenders the last fsync released are
+/// about to append again, and the first of them wakes the flusher. Starting
+/// the next fsync at once would cover only those few and make the rest wait
+/// for the one after. So wait (up to `cap`, half an fsync) until about as
+/// many are waiting again. With one appender there is nothing to gather.
+fn gather(flushed: &Progress, released: usize, cap: Duration) {
+    flushed.gather(released, cap);
 }
 
-struct SegmentEnd {
-    end: u64,
-    torn: bool,
-    /// Ended by an end-of-segment marker: the log continues in the next.
-    segment_done: bool,
-}
-
-/// Scans one segment from `pos` in large reads.
-fn scan_segment(
-    seg: &Segment,
-    mut pos: u64,
-    on_record: &mut impl FnMut(u64, usize, StoredMessage) -> Result<()>,
-) -> Result<SegmentEnd> {
-    const CHUNK: usize = 4 << 20;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut filled, mut buf_pos) = (0usize, pos);
-    let max_record = seg.size as usize;
+/// Writes everything pending as the leader (the caller set `writing` and
+/// holds the lock): one `pwrite` per chunk, outside the lock, repeated
+/// until nothing is pending; advances `written`. Clears `writing`.
+fn lead_writes<'a, S>(
+    writer: &'a Mutex<Writer<S>>,
+    mut w: MutexGuard<'a, Writer<S>>,
+    written: &Progress,
+) -> Result<()> {
     loop {
-        let at = (pos - buf_pos) as usize;
-        if pos >= seg.end() {
-            return Ok(SegmentEnd {
-                end: pos,
-                torn: false,
-                segment_done: true,
-            });
+        let chunks = std::mem::take(&mut w.pending.chunks);
+        let upto = w.next;
+        drop(w);
+        let res = chunks
+            .iter()
+            .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
+        w = writer.lock().map_err(|_| Error::Closed)?;
+        for (_, _, mut buf) in chunks {
+            if w.pending.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
+                buf.clear();
+                w.pending.spare.push(buf);
+            }
         }
-        let frame = record::frame(&buf[at..filled], max_record);
-        let need = match frame {
-            Ok(Frame::Record(n)) if at + n <= filled => {
-                // Decoded once: the callback gets the message it verified.
-                match record::decode(&buf[at..at + n], pos) {
-                    Ok(m) => {
-                        on_record(pos, n, m)?;
-                        pos += n as u64;
-                        continue;
-                    }
-                    Err(_) => {
-                        return Ok(SegmentEnd {
-                            end: pos,
-                            torn: true,
-                            segment_done: false,
-                        })
-                    }
-                }
-            }
-            Ok(Frame::Record(n)) => n,
-            Ok(Frame::Empty) => {
-                return Ok(SegmentEnd {
-                    end: pos,
-                    torn: false,
-                    segment_done: false,
-                })
-            }
-            Ok(Frame::EndOfSegment) => {
-                return Ok(SegmentEnd {
-                    end: pos,
-                    torn: false,
-                    segment_done: true,
-                })
-            }
-            Err(crate::DecodeError::Truncated { .. }) => 4,
-            Err(_) => {
-                return Ok(SegmentEnd {
-                    end: pos,
-                    torn: true,
-                    segment_done: false,
-                })
-            }
-        };
-        // Refill from `pos`, large enough for the record.
-        if buf.len() < need {
-            buf.resize(need, 0);
+        if let Err(e) = res {
+            w.writing = false;
+            return Err(e);
         }
-        buf_pos = pos;
-        filled = seg.read_at(pos, &mut buf)?;
-        if filled < need {
-            // The record claims to run past the segment: torn.
-            return Ok(SegmentEnd {
-                end: pos,
-                torn: true,
-                segment_done: false,
-            });
+        written.advance(upto);
+        if w.pending.chunks.is_empty() {
+            w.writing = false;
+            return Ok(());
         }
     }
 }

@@ -1,0 +1,419 @@
+//! The store: commit log + consume queues + key index, and the dispatch
+//! that connects them.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! log/<20-digit base>        commit-log segments
+//! queues/<topic>/<queue>     consume queues (topic names %-encoded)
+//! keys.idx                   key and id index
+//! topics.json                topics and their queue counts
+//! checkpoint.json            a log position below which everything is
+//!                            flushed and dispatched (recovery scans from it)
+//! ```
+//!
+//! A record becomes visible to readers (dispatched into its consume queue)
+//! only once it is durable under the flush policy, in log order. Dispatch
+//! runs off the put path, on its own thread (see `dispatch.rs`).
+//!
+//! Here: opening (recovery's re-dispatch), topics, checkpoint, retention,
+//! close. The put path is in `put.rs`, reads and lookups in `read.rs`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::cq::{ConsumeQueue, Entry};
+use crate::dispatch::{Dispatcher, Meta, Undispatched};
+use crate::error::{Error, Result};
+use crate::keys::KeyIndex;
+use crate::log::{CommitLog, LogConfig};
+use crate::record::{Message, RecordMeta};
+
+mod put;
+mod read;
+
+/// How a store behaves.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub log: LogConfig,
+    /// Largest body accepted (default 4 MiB).
+    pub max_message_bytes: usize,
+    /// Create a topic on its first publish (with `default_queues`).
+    pub auto_create_topics: bool,
+    pub default_queues: u16,
+    /// Delete log segments older than this (default 72 h).
+    pub retention_age: Duration,
+    /// Delete the oldest log segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            log: LogConfig::default(),
+            max_message_bytes: 4 << 20,
+            auto_create_topics: true,
+            default_queues: 4,
+            retention_age: Duration::from_secs(72 * 3600),
+            retention_bytes: None,
+        }
+    }
+}
+
+/// Which queue a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueSelect {
+    RoundRobin,
+    /// Same key, same queue: FIFO per sharding key.
+    ShardingKey(String),
+    Queue(u16),
+}
+
+/// Where a message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub id: Uuid,
+    pub queue: u16,
+    pub queue_offset: u64,
+    pub log_pos: u64,
+    pub stored_ms: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub name: String,
+    /// CRC32C of the name, for the key index's hashes.
+    pub crc: u32,
+    pub queues: Vec<Arc<ConsumeQueue>>,
+    rr: AtomicU32,
+}
+
+/// A record found by recovery past the checkpoint, to re-dispatch.
+#[derive(Debug)]
+struct Redo {
+    topic: String,
+    queue: u16,
+    queue_offset: u64,
+    id: Uuid,
+    keys: Vec<String>,
+    entry: Entry,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    scan_from: u64,
+}
+
+/// The embedded broker's storage.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    cfg: StoreConfig,
+    /// The writer state is the queue of records not yet dispatched: pushed
+    /// under the writer lock, so it is in log order.
+    log: Arc<CommitLog<Undispatched>>,
+    /// RwLock: every put and read looks a topic up; creation is rare.
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Index entries, written off the put path; also owns the key index.
+    dispatch: Arc<Dispatcher>,
+    /// Mutex: taken by `close` (or drop) to stop the thread once.
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `%`-encodes a topic name for use as a directory name.
+pub(crate) fn dir_name(topic: &str) -> String {
+    let mut out = String::with_capacity(topic.len());
+    for b in topic.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' && !out.is_empty() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn redo_of(pos: u64, size: usize, m: RecordMeta) -> Redo {
+    Redo {
+        entry: Entry {
+            log_pos: pos,
+            size: size as u32,
+            tag_hash: m.tag_hash,
+            stored_ms: m.stored_ms,
+        },
+        topic: m.topic,
+        queue: m.queue,
+        queue_offset: m.queue_offset,
+        id: m.id,
+        keys: m.keys,
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens the store in `dir`, recovering from a crash if need be.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let cp: Checkpoint = read_json(&dir.join("checkpoint.json"))?.unwrap_or_default();
+        let mut redo = Vec::new();
+        let log = Arc::new(CommitLog::open(
+            &dir.join("log"),
+            cfg.log.clone(),
+            cp.scan_from,
+            VecDeque::new(),
+            |pos, size, m| {
+                redo.push(redo_of(pos, size, m));
+                Ok(())
+            },
+        )?);
+        let end = log.durable();
+        let topic_queues: HashMap<String, u16> =
+            read_json(&dir.join("topics.json"))?.unwrap_or_default();
+        let mut topics = HashMap::new();
+        for (name, n) in topic_queues {
+            topics.insert(name.clone(), Arc::new(open_topic(dir, &name, n, end)?));
+        }
+        let keys = KeyIndex::open(&dir.join("keys.idx"), end)?;
+        let store = Store {
+            dir: dir.to_owned(),
+            cfg,
+            log: log.clone(),
+            topics: RwLock::new(topics),
+            dispatch: Arc::new(Dispatcher::new(log, keys, end)),
+            dispatcher: Mutex::new(None),
+        };
+        let n = redo.len();
+        let mut metas = Vec::with_capacity(n.min(4096));
+        let mut last = None;
+        let mut buffers = crate::dispatch::Buffers::default();
+        let mut redo = redo.into_iter().peekable();
+        while redo.peek().is_some() {
+            metas.clear();
+            for r in redo.by_ref().take(4096) {
+                metas.push(store.meta_of_redo(r, &mut last)?);
+            }
+            store.dispatch.write_entries(metas.iter(), &mut buffers)?;
+        }
+        for t in store.topics.read().map_err(|_| Error::Closed)?.values() {
+            for q in &t.queues {
+                q.assigned.store(q.len(), Ordering::Release);
+            }
+        }
+        tracing::info!(dir = %dir.display(), end, redispatched = n, "store open");
+        store.write_checkpoint()?;
+        let handle = store.dispatch.start()?;
+        *store.dispatcher.lock().map_err(|_| Error::Closed)? = Some(handle);
+        Ok(store)
+    }
+
+    /// A recovered record's meta; creates its topic if the `topics.json`
+    /// write that announced it was lost.
+    fn meta_of_redo(&self, r: Redo, last: &mut Option<Arc<Topic>>) -> Result<Meta> {
+        let topic = match last.as_ref().filter(|t| t.name == r.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let known = self
+                    .topics
+                    .read()
+                    .map_err(|_| Error::Closed)?
+                    .get(&r.topic)
+                    .cloned();
+                let t = match known {
+                    Some(t) => t,
+                    None => {
+                        let n = r.queue.saturating_add(1).max(self.cfg.default_queues);
+                        self.create_topic(&r.topic, n)?;
+                        self.topic(&r.topic)?
+                    }
+                };
+                *last = Some(t.clone());
+                t
+            }
+        };
+        Ok(Meta {
+            topic,
+            queue: r.queue,
+            queue_offset: r.queue_offset,
+            id: r.id,
+            msg: Message {
+                keys: r.keys,
+                ..Message::default()
+            },
+            entry: r.entry,
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates `topic` with `queues` queues; creating it again with the same
+    /// count is a no-op.
+    pub fn create_topic(&self, topic: &str, queues: u16) -> Result<()> {
+        if queues == 0 {
+            return Err(Error::Config("a topic needs at least one queue".into()));
+        }
+        let mut topics = self.topics.write().map_err(|_| Error::Closed)?;
+        if let Some(t) = topics.get(topic) {
+            let existing = t.queues.len() as u16;
+            return if existing == queues {
+                Ok(())
+            } else {
+                Err(Error::TopicExists {
+                    topic: topic.to_owned(),
+                    existing,
+                    requested: queues,
+                })
+            };
+        }
+        let t = open_topic(&self.dir, topic, queues, self.log.durable())?;
+        topics.insert(topic.to_owned(), Arc::new(t));
+        let all: HashMap<&String, u16> = topics
+            .iter()
+            .map(|(k, v)| (k, v.queues.len() as u16))
+            .collect();
+        write_json(&self.dir.join("topics.json"), &all)
+    }
+
+    /// The number of queues of `topic`, if it exists.
+    pub fn queues(&self, topic: &str) -> Option<u16> {
+        let topics = self.topics.read().ok()?;
+        topics.get(topic).map(|t| t.queues.len() as u16)
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        if let Some(t) = self.topics.read().map_err(|_| Error::Closed)?.get(name) {
+            return Ok(t.clone());
+        }
+        if !self.cfg.auto_create_topics {
+            return Err(Error::UnknownTopic(name.to_owned()));
+        }
+        self.create_topic(name, self.cfg.default_queues)?;
+        self.topics
+            .read()
+            .map_err(|_| Error::Closed)?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+    }
+
+    /// Writes the recovery checkpoint: everything below it is flushed and
+    /// dispatched.
+    pub fn write_checkpoint(&self) -> Result<()> {
+        // Index files are written without fsync; make what the checkpoint
+        // vouches for durable first, or a power loss could lose entries the
+        // next recovery would not re-create.
+        let scan_from = self.log.flushed().min(self.dispatch.dispatched());
+        for t in self.topics.read().map_err(|_| Error::Closed)?.values() {
+            for q in &t.queues {
+                q.sync_if_dirty()?;
+            }
+        }
+        self.dispatch
+            .keys
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .sync()?;
+        write_json(&self.dir.join("checkpoint.json"), &Checkpoint { scan_from })
+    }
+
+    /// Deletes log segments past the retention age or size.
+    pub fn enforce_retention(&self) -> Result<u64> {
+        let max_age = self.cfg.retention_age;
+        let mut total = self.log.disk_bytes();
+        let limit = self.cfg.retention_bytes;
+        self.log.retain(|path, size| {
+            let old = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
+            let big = limit.is_some_and(|l| total > l);
+            if old || big {
+                total -= size;
+            }
+            old || big
+        })
+    }
+
+    /// Flushes, checkpoints and stops.
+    pub fn close(&self) -> Result<()> {
+        self.stop_dispatcher();
+        self.log.close();
+        self.dispatch.dispatch()?;
+        self.write_checkpoint()
+    }
+
+    fn stop_dispatcher(&self) {
+        self.dispatch.stop();
+        let h = self.dispatcher.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The thread holds the log: stop it, or the log would outlive us.
+        self.stop_dispatcher();
+    }
+}
+
+fn open_topic(dir: &Path, name: &str, queues: u16, log_end: u64) -> Result<Topic> {
+    let base = dir.join("queues").join(dir_name(name));
+    let queues = (0..queues)
+        .map(|q| ConsumeQueue::open(&base.join(q.to_string()), log_end).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Topic {
+        name: name.to_owned(),
+        crc: crc32c::crc32c(name.as_bytes()),
+        queues,
+        rr: AtomicU32::new(0),
+    })
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Writes `v` as JSON atomically: a temp file, fsynced, renamed over.
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(v).map_err(|e| Error::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    std::io::Write::write_all(&mut &f, &bytes).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}

@@ -1,0 +1,225 @@
+//! The put path: check and place messages, encode them outside the
+//! writer lock, stamp and seal them under it, and wait for durability.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{now_ms, PutResult, QueueSelect, Store, Topic};
+use crate::cq::Entry;
+use crate::dispatch::Meta;
+use crate::error::{Error, Result};
+use crate::record::{self, Message, Stamp};
+
+/// A message checked and placed, before it is encoded.
+#[derive(Debug)]
+struct Prepared {
+    msg: Message,
+    topic: Arc<Topic>,
+    queue: u16,
+    len: usize,
+    tag_hash: u32,
+    /// A copy keeps its origin's message id; others get a new one.
+    keep_id: Option<uuid::Uuid>,
+}
+
+thread_local! {
+    /// Where a put encodes its records before taking the writer lock;
+    /// kept per thread so a put does not allocate for it.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer kept after a put (a 4 MiB message should not
+/// pin 4 MiB per thread).
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Undispatched records past which a put helps dispatch (see `finish`):
+/// about 20 MiB of 1 KiB messages.
+const MAX_LAG: usize = 16 * 1024;
+
+impl Store {
+    /// Stores one message; returns once it is durable under the policy.
+    pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
+        let prepared = self.prepare(msg, &select, &mut None)?;
+        let mut result = None;
+        let (end, behind) = self.append([prepared], |r| result = Some(r))?;
+        self.finish(end, behind).await?;
+        result.ok_or(Error::Closed)
+    }
+
+    /// Stores messages in order, with one write and one durability wait.
+    pub async fn put_batch(&self, msgs: Vec<(Message, QueueSelect)>) -> Result<Vec<PutResult>> {
+        let mut prepared = Vec::with_capacity(msgs.len());
+        let mut last = None;
+        for (m, sel) in msgs {
+            prepared.push(self.prepare(m, &sel, &mut last)?);
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        let (end, behind) = self.append(prepared, |r| results.push(r))?;
+        self.finish(end, behind).await?;
+        Ok(results)
+    }
+
+    /// Stores copies of messages stored elsewhere, each keeping the id it
+    /// was given (a router's copy is the same message in another cell, and
+    /// the id is how a destination tells a copy it already holds).
+    pub async fn put_copies(
+        &self,
+        msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
+    ) -> Result<Vec<PutResult>> {
+        let mut prepared = Vec::with_capacity(msgs.len());
+        let mut last = None;
+        for (m, sel, id) in msgs {
+            let mut p = self.prepare(m, &sel, &mut last)?;
+            p.keep_id = Some(id);
+            prepared.push(p);
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        let (end, behind) = self.append(prepared, |r| results.push(r))?;
+        self.finish(end, behind).await?;
+        Ok(results)
+    }
+
+    /// Checks a message and picks its queue; `last` caches the topic of the
+    /// previous message of a batch (usually the same).
+    fn prepare(
+        &self,
+        msg: Message,
+        sel: &QueueSelect,
+        last: &mut Option<Arc<Topic>>,
+    ) -> Result<Prepared> {
+        if msg.body.len() > self.cfg.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size: msg.body.len(),
+                max: self.cfg.max_message_bytes,
+            });
+        }
+        let len = record::encoded_len(&msg)?;
+        let topic = match last.as_ref().filter(|t| t.name == msg.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.topic(&msg.topic)?;
+                *last = Some(t.clone());
+                t
+            }
+        };
+        let queue = select_queue(&topic, &msg.topic, sel)?;
+        Ok(Prepared {
+            tag_hash: record::tag_hash(msg.tag.as_deref()),
+            msg,
+            topic,
+            queue,
+            len,
+            keep_id: None,
+        })
+    }
+
+    /// Encodes and writes the records (queueing their metas for dispatch);
+    /// returns the end of the last and whether dispatch is behind. `out`
+    /// gets each record's result.
+    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    where
+        P: IntoIterator<Item = Prepared> + AsRef<[Prepared]>,
+    {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            // Encoded outside the writer lock: reading the messages (many
+            // small allocations, often cold in cache) is the slow part, and
+            // producers on other threads can encode meanwhile.
+            for p in prepared.as_ref() {
+                record::encode_unsealed(&p.msg, p.len, &mut scratch);
+            }
+            let r = self.append_encoded(prepared, &scratch, out);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            r
+        })
+    }
+
+    /// The part of [`Store::append`] under the writer lock: stamps each
+    /// record (queue offset, id, time), seals it into the log's pending
+    /// bytes and queues its meta.
+    fn append_encoded(
+        &self,
+        prepared: impl IntoIterator<Item = Prepared>,
+        encoded: &[u8],
+        mut out: impl FnMut(PutResult),
+    ) -> Result<(u64, bool)> {
+        let stored_ms = now_ms();
+        let (lag, end) = self.log.append_with(|batch, undispatched| {
+            let mut at = 0;
+            for p in prepared {
+                let q = &p.topic.queues[usize::from(p.queue)];
+                let offset = q.assigned.load(Ordering::Acquire);
+                let stamp = Stamp {
+                    id: p
+                        .keep_id
+                        .unwrap_or_else(|| crate::ids::message_id(stored_ms)),
+                    queue: p.queue,
+                    queue_offset: offset,
+                    stored_ms,
+                };
+                let len = p.len;
+                // Always there: `append` encoded exactly `len` bytes each.
+                let rec = encoded.get(at..at + len).ok_or(Error::Closed)?;
+                at += len;
+                let pos = batch.push(len, |buf| {
+                    let start = buf.len();
+                    buf.extend_from_slice(rec);
+                    record::seal(&mut buf[start..], &stamp);
+                })?;
+                q.assigned.store(offset + 1, Ordering::Release);
+                let entry = Entry {
+                    log_pos: pos,
+                    size: len as u32,
+                    tag_hash: p.tag_hash,
+                    stored_ms,
+                };
+                out(PutResult {
+                    id: stamp.id,
+                    queue: p.queue,
+                    queue_offset: offset,
+                    log_pos: pos,
+                    stored_ms,
+                });
+                // Encoded: the dispatcher takes the message from here.
+                undispatched.push_back(Meta {
+                    topic: p.topic,
+                    queue: p.queue,
+                    queue_offset: offset,
+                    id: stamp.id,
+                    msg: p.msg,
+                    entry,
+                });
+            }
+            Ok(undispatched.len())
+        })?;
+        Ok((end, lag > MAX_LAG))
+    }
+
+    /// Waits until `end` is durable; then, if the dispatcher fell behind,
+    /// helps it (waiting for its current batch first): that bounds the
+    /// undispatched records, and so the memory they hold.
+    async fn finish(&self, end: u64, behind: bool) -> Result<()> {
+        self.log.wait_durable(end).await?;
+        if behind {
+            self.dispatch.dispatch()?;
+        }
+        Ok(())
+    }
+}
+
+fn select_queue(topic: &Topic, name: &str, sel: &QueueSelect) -> Result<u16> {
+    let n = topic.queues.len() as u32;
+    match sel {
+        QueueSelect::RoundRobin => Ok((topic.rr.fetch_add(1, Ordering::Relaxed) % n) as u16),
+        QueueSelect::ShardingKey(k) => Ok((crc32c::crc32c(k.as_bytes()) % n) as u16),
+        QueueSelect::Queue(q) if u32::from(*q) < n => Ok(*q),
+        QueueSelect::Queue(q) => Err(Error::UnknownQueue {
+            topic: name.to_owned(),
+            queue: *q,
+            queues: n as u16,
+        }),
+    }
+}

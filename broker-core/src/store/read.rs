@@ -1,0 +1,162 @@
+//! The read side: index entries, records, lookups. Every read that
+//! wants the newest entries first catches dispatch up (see `dispatch.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::Store;
+use crate::cq::{ConsumeQueue, Entry};
+use crate::error::{Error, Result};
+use crate::record::{self, StoredMessage};
+
+impl Store {
+    /// A receiver of the dispatched position: it changes whenever new
+    /// messages become readable (long polls wait on it).
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.dispatch.dispatched.subscribe()
+    }
+
+    /// Every topic with its queue count, sorted by name.
+    pub fn topic_list(&self) -> Result<Vec<(String, u16)>> {
+        let topics = self.topics.read().map_err(|_| Error::Closed)?;
+        let mut out: Vec<(String, u16)> = topics
+            .iter()
+            .map(|(n, t)| (n.clone(), t.queues.len() as u16))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Up to `max` messages of a queue from offset `from` on (offsets below
+    /// the retained range are skipped), in offset order.
+    pub fn read_from(
+        &self,
+        topic: &str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let (min, _) = self.queue_range(topic, queue)?;
+        let entries = self.entries(topic, queue, from.max(min), max)?;
+        entries.iter().map(|e| self.read(e)).collect()
+    }
+
+    /// The readable offsets of a queue: `[min, max)`.
+    pub fn queue_range(&self, topic: &str, queue: u16) -> Result<(u64, u64)> {
+        let q = self.queue(topic, queue)?;
+        self.dispatch.catch_up()?;
+        let len = q.len();
+        let min_pos = self.log.min_pos();
+        // The first entry whose record is still retained.
+        let (mut lo, mut hi) = (0u64, len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match q.get(mid)? {
+                Some(e) if e.log_pos < min_pos => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok((lo, len))
+    }
+
+    fn queue(&self, topic: &str, queue: u16) -> Result<Arc<ConsumeQueue>> {
+        let topics = self.topics.read().map_err(|_| Error::Closed)?;
+        let t = topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        t.queues
+            .get(usize::from(queue))
+            .cloned()
+            .ok_or(Error::UnknownQueue {
+                topic: topic.to_owned(),
+                queue,
+                queues: t.queues.len() as u16,
+            })
+    }
+
+    /// Up to `max` index entries of a queue from `from`.
+    pub fn entries(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<Entry>> {
+        let q = self.queue(topic, queue)?;
+        let len = q.len();
+        if from.saturating_add(max as u64) > len && q.assigned.load(Ordering::Acquire) > len {
+            // Asked past the dispatched end of a queue that has more.
+            self.dispatch.catch_up()?;
+        }
+        q.range(from, max)
+    }
+
+    /// The first offset stored at or after `ms`.
+    pub fn offset_at_time(&self, topic: &str, queue: u16, ms: i64) -> Result<u64> {
+        let q = self.queue(topic, queue)?;
+        self.dispatch.catch_up()?;
+        q.offset_at_time(ms)
+    }
+
+    /// Reads and verifies the record an entry points at.
+    pub fn read(&self, e: &Entry) -> Result<StoredMessage> {
+        self.read_at(e.log_pos, e.size as usize)
+    }
+
+    fn read_at(&self, pos: u64, size: usize) -> Result<StoredMessage> {
+        let mut buf = Vec::new();
+        self.log.read(pos, size, &mut buf)?;
+        record::decode(&buf, pos).map_err(|why| Error::Corrupt { pos, why })
+    }
+
+    fn read_unsized(&self, pos: u64) -> Result<StoredMessage> {
+        let mut head = Vec::new();
+        self.log.read(pos, 4, &mut head)?;
+        match record::frame(&head, self.cfg.log.segment_bytes as usize) {
+            Ok(record::Frame::Record(n)) => self.read_at(pos, n),
+            Ok(_) => Err(Error::OutOfRange {
+                pos,
+                min: self.log.min_pos(),
+                max: self.log.durable(),
+            }),
+            Err(why) => Err(Error::Corrupt { pos, why }),
+        }
+    }
+
+    /// The message with `id`, if retained.
+    pub fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
+        self.dispatch.catch_up()?;
+        let cands = self
+            .dispatch
+            .keys
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .by_id(id);
+        for pos in cands {
+            if let Ok(m) = self.read_unsized(pos) {
+                if m.id == *id {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Retained messages of `topic` carrying `key`, oldest first.
+    pub fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
+        self.dispatch.catch_up()?;
+        let cands = self
+            .dispatch
+            .keys
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .by_key(topic, key);
+        let mut out = Vec::new();
+        for pos in cands {
+            if let Ok(m) = self.read_unsized(pos) {
+                if m.topic == topic && m.keys.iter().any(|k| k == key) {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by_key(|m| m.log_pos);
+        Ok(out)
+    }
+}

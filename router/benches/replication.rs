@@ -1,0 +1,234 @@
+//! The router's figures for issue 5, in one run:
+//!
+//! 1. the broker's own append throughput: `put_batch` of 32 × 1 KiB
+//!    messages (unit headers stamped as the gateway does) into the source
+//!    cell's embedded store, `async` flush;
+//! 2. replication throughput: the router copying those messages (each to
+//!    RZ03A, GZ00A and CZSH0: uid 12375 in RZ00A) — copies/s, as a ratio of
+//!    (1) (goal ≥ 0.8);
+//! 3. replication lag at half the rate of (2): a paced producer, then, for
+//!    every copy, its store time in the target minus the original's store
+//!    time (ms resolution) — p50 and p99 (goal: p99 < 20 ms).
+//!
+//! Run: `cargo bench -p cellgate-router --bench replication`; `BENCH_SCALE`
+//! scales the message counts. Without `--bench` (`cargo test --benches`)
+//! it runs a tiny smoke pass. Prints markdown.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cellgate_broker_core::{
+    Broker, DeliveryConfig, EmbeddedBroker, FlushPolicy, LogConfig, Message, QueueSelect, Store,
+    StoreConfig,
+};
+use cellgate_router::metrics::RouterMetrics;
+use cellgate_router::{BrokerDirectory, Router};
+use cellgate_rules::{CellId, RuleSet, RulesHandle};
+
+const TOPIC: &str = "ANT|RZ00A%BILL";
+const BODY: usize = 1024;
+const BATCH: usize = 32;
+
+struct Cells(HashMap<String, Arc<EmbeddedBroker>>);
+
+impl BrokerDirectory for Cells {
+    fn broker(&self, rules: &RuleSet, cell: CellId) -> Option<Arc<dyn Broker>> {
+        self.0
+            .get(rules.cell_name(cell))
+            .map(|b| b.clone() as Arc<dyn Broker>)
+    }
+}
+
+fn open_cells(rules: &RuleSet, dir: &Path) -> Cells {
+    let mut map = HashMap::new();
+    for (_, c) in rules.cells() {
+        let cfg = StoreConfig {
+            log: LogConfig {
+                segment_bytes: 256 << 20,
+                flush: FlushPolicy::Async {
+                    interval: Duration::from_millis(10),
+                },
+                preallocate: true,
+            },
+            default_queues: 8,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&dir.join(&*c.name), cfg).unwrap();
+        map.insert(
+            c.name.to_string(),
+            Arc::new(EmbeddedBroker::new(
+                Arc::new(store),
+                DeliveryConfig::default(),
+            )),
+        );
+    }
+    Cells(map)
+}
+
+/// `n` messages as the gateway would store them for uid 12375 in RZ00A.
+fn messages(rules: &RuleSet, n: usize) -> Vec<(Message, QueueSelect)> {
+    let tenant = rules.tenant_id("ANT").unwrap();
+    let cell = rules.cell_id("RZ00A").unwrap();
+    let h = rules.unit_headers(tenant, cell, Some("12375")).unwrap();
+    let mut props = BTreeMap::new();
+    h.write(rules, |k, v| {
+        props.insert(k.to_owned(), v.to_owned());
+    });
+    (0..n)
+        .map(|i| {
+            let m = Message {
+                topic: TOPIC.to_owned(),
+                body: vec![b'x'; BODY],
+                tag: Some("TagA".into()),
+                keys: vec![format!("order-{i}")],
+                properties: props.clone(),
+                born_ms: 0,
+            };
+            (m, QueueSelect::RoundRobin)
+        })
+        .collect()
+}
+
+fn copies(m: &RouterMetrics) -> u64 {
+    ["RZ03A", "GZ00A", "CZSH0"]
+        .iter()
+        .map(|t| {
+            m.copies
+                .get_or_create(&cellgate_router::metrics::RouteLabels {
+                    tenant: "ANT".into(),
+                    source: "RZ00A".into(),
+                    target: (*t).into(),
+                })
+                .get()
+        })
+        .sum()
+}
+
+fn router(rules: &Arc<RulesHandle>, cells: Cells, dir: &Path) -> (Arc<Router>, RouterMetrics) {
+    let metrics = RouterMetrics::new(&mut prometheus_client::registry::Registry::default());
+    let r = Arc::new(Router {
+        rules: rules.clone(),
+        brokers: Arc::new(cells),
+        dir: dir.join("router"),
+        metrics: metrics.clone(),
+    });
+    (r, metrics)
+}
+
+async fn wait_copies(m: &RouterMetrics, want: u64) {
+    while copies(m) < want {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let n = if full {
+        ((200_000.0 * scale) as usize).max(BATCH)
+    } else {
+        2_000
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let rules = Arc::new(RulesHandle::open(&root.join("examples/ldc.yaml")).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+
+    // 1 + 2: append, then replicate the same messages.
+    let (append_rate, copy_rate) = rt.block_on(async {
+        let current = rules.current();
+        let cells = open_cells(&current, &tmp.path().join("a"));
+        let src = cells.0["RZ00A"].clone();
+        let msgs = messages(&current, n);
+        let t = Instant::now();
+        let mut it = msgs.into_iter().peekable();
+        while it.peek().is_some() {
+            let batch: Vec<_> = it.by_ref().take(BATCH).collect();
+            src.send_batch(batch).await.unwrap();
+        }
+        let append_rate = n as f64 / t.elapsed().as_secs_f64();
+        let (r, m) = router(&rules, cells, &tmp.path().join("a"));
+        let t = Instant::now();
+        let h = r.spawn();
+        wait_copies(&m, 3 * n as u64).await;
+        let copy_rate = 3.0 * n as f64 / t.elapsed().as_secs_f64();
+        h.abort();
+        (append_rate, copy_rate)
+    });
+
+    // 3: lag at half the replication rate.
+    let msgs_per_s = copy_rate / 2.0 / 3.0;
+    let lag_n = if full {
+        ((msgs_per_s * 3.0 * scale) as usize).max(1000)
+    } else {
+        500
+    };
+    let lags = rt.block_on(async {
+        let current = rules.current();
+        let cells = open_cells(&current, &tmp.path().join("b"));
+        let brokers: HashMap<String, Arc<EmbeddedBroker>> = cells.0.clone();
+        let (r, m) = router(&rules, cells, &tmp.path().join("b"));
+        let h = r.spawn();
+        let src = brokers["RZ00A"].clone();
+        let mut origin = HashMap::new();
+        let per_tick = 8usize;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(per_tick as f64 / msgs_per_s));
+        let mut it = messages(&current, lag_n).into_iter().peekable();
+        while it.peek().is_some() {
+            tick.tick().await;
+            let batch: Vec<_> = it.by_ref().take(per_tick).collect();
+            for r in src.send_batch(batch).await.unwrap() {
+                origin.insert(r.id, r.stored_ms);
+            }
+        }
+        wait_copies(&m, 3 * lag_n as u64).await;
+        h.abort();
+        let mut lags = Vec::new();
+        for cell in ["RZ03A", "GZ00A", "CZSH0"] {
+            let b = &brokers[cell];
+            let topic = format!("ANT|{cell}%BILL");
+            for q in 0..8 {
+                for c in b.read(&topic, q, 0, usize::MAX).unwrap_or_default() {
+                    lags.push(c.stored_ms - origin[&c.id]);
+                }
+            }
+        }
+        lags.sort_unstable();
+        lags
+    });
+
+    println!("| case | messages | rate | ratio |");
+    println!("| --- | --- | --- | --- |");
+    println!("| broker append, `put_batch` of {BATCH} × 1 KiB, async | {n} | {:.0} msgs/s | 1.00 (baseline) |", append_rate);
+    println!(
+        "| replication, 3 copies per message | {} copies | {:.0} copies/s | **{:.2}×** (goal ≥ 0.80) |",
+        3 * n,
+        copy_rate,
+        copy_rate / append_rate
+    );
+    println!();
+    println!(
+        "Lag at half the replication rate ({:.0} msgs/s, {:.0} copies/s), {} copies: p50 {} ms, p99 {} ms, max {} ms (goal: p99 < 20 ms)",
+        msgs_per_s,
+        msgs_per_s * 3.0,
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(0)
+    );
+}
