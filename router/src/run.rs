@@ -108,7 +108,8 @@ impl Router {
             match self.pass(&rules, origin, &*src, &mut journal).await {
                 Ok(0) => {
                     drop(rules);
-                    let woke = tokio::time::timeout(Duration::from_secs(1), appended.changed()).await;
+                    let woke =
+                        tokio::time::timeout(Duration::from_secs(1), appended.changed()).await;
                     if woke.is_ok() {
                         // Let a trickle of publishes gather into one pass:
                         // a pass costs a journal write (two fsyncs) and a
