@@ -130,14 +130,14 @@ pub async fn run(load: &Load) -> anyhow::Result<Outcome> {
             Proto::H1 => {
                 let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
                 tokio::spawn(conn);
-                tasks.spawn(h1_worker(send, template_clone(&template), window));
+                tasks.spawn(worker(send, template_clone(&template), window));
             }
             Proto::H2 { streams } => {
                 let (send, conn) =
                     http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
                 tokio::spawn(conn);
                 for _ in 0..streams {
-                    tasks.spawn(h2_worker(send.clone(), template_clone(&template), window));
+                    tasks.spawn(worker(send.clone(), template_clone(&template), window));
                 }
             }
         }
@@ -213,34 +213,46 @@ impl Tally {
     }
 }
 
-async fn h1_worker(
-    mut send: http1::SendRequest<Full<Bytes>>,
-    template: Request<Full<Bytes>>,
-    w: Window,
-) -> anyhow::Result<Tally> {
-    let mut t = Tally::new()?;
-    loop {
-        if let Err(e) = send.ready().await {
-            return Ok(t.failed(e));
-        }
-        let sent = Instant::now();
-        let answer = match send.send_request(template_clone(&template)).await {
-            Ok(a) => a,
-            Err(e) => return Ok(t.failed(e)),
-        };
-        let status = answer.status().as_u16();
-        let body = match answer.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return Ok(t.failed(e)),
-        };
-        if !t.record(w, sent, status, &body) {
-            return Ok(t);
-        }
+/// An HTTP/1.1 or HTTP/2 connection's request sender, so one worker
+/// loop serves both.
+trait Sender: Send + 'static {
+    fn ready(&mut self) -> impl std::future::Future<Output = hyper::Result<()>> + Send;
+    fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>> + Send;
+}
+
+impl Sender for http1::SendRequest<Full<Bytes>> {
+    fn ready(&mut self) -> impl std::future::Future<Output = hyper::Result<()>> + Send {
+        http1::SendRequest::ready(self)
+    }
+    fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>> + Send
+    {
+        self.send_request(req)
     }
 }
 
-async fn h2_worker(
-    mut send: http2::SendRequest<Full<Bytes>>,
+impl Sender for http2::SendRequest<Full<Bytes>> {
+    fn ready(&mut self) -> impl std::future::Future<Output = hyper::Result<()>> + Send {
+        http2::SendRequest::ready(self)
+    }
+    fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>> + Send
+    {
+        self.send_request(req)
+    }
+}
+
+/// Sends `template` again and again on one connection (or HTTP/2 stream
+/// slot) until the window closes.
+async fn worker(
+    mut send: impl Sender,
     template: Request<Full<Bytes>>,
     w: Window,
 ) -> anyhow::Result<Tally> {
@@ -250,7 +262,7 @@ async fn h2_worker(
             return Ok(t.failed(e));
         }
         let sent = Instant::now();
-        let answer = match send.send_request(template_clone(&template)).await {
+        let answer = match send.send(template_clone(&template)).await {
             Ok(a) => a,
             Err(e) => return Ok(t.failed(e)),
         };

@@ -10,10 +10,6 @@
 
 use std::collections::BTreeMap;
 
-/// The property that carries a message's sharding key, so the router can
-/// give a copy the same queue choice (RocketMQ 5's name for it).
-pub const SHARDING_KEY: &str = "__SHARDINGKEY";
-
 pub const MAX_TAG: usize = 64;
 pub const MAX_KEYS: usize = 32;
 pub const MAX_KEY: usize = 128;

@@ -31,7 +31,7 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub offset: u64,
-    pub id: String,
+    pub id: uuid::Uuid,
     /// Destination cell → the kinds (`R,G`) its copy is for.
     pub dests: Vec<(String, String)>,
 }
@@ -148,7 +148,7 @@ mod tests {
             next: 7,
             pending: vec![Placement {
                 offset: 7,
-                id: "01a1fe61-aeda-7449-b2af-88f55d12d84a".into(),
+                id: "01a1fe61-aeda-7449-b2af-88f55d12d84a".parse().unwrap(),
                 dests: vec![("RZ03A".into(), "R".into())],
             }],
         };
@@ -158,6 +158,10 @@ mod tests {
         assert_eq!(j.queue("ANT|RZ00A%T", 3), p);
         drop(j);
         std::fs::write(dir.path().join("RZ00A.json"), b"{broken").unwrap();
-        assert!(Journal::open(dir.path(), "RZ00A").is_err());
+        let e = Journal::open(dir.path(), "RZ00A").unwrap_err().to_string();
+        assert!(
+            e.starts_with("checkpoint ") && e.contains("RZ00A.json: "),
+            "{e}"
+        );
     }
 }

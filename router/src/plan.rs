@@ -6,17 +6,14 @@ use std::collections::BTreeMap;
 
 use cellgate_broker_core::{Message, QueueSelect, StoredMessage};
 use cellgate_rules::names::{self, Resource};
-use cellgate_rules::{CellId, RuleSet, TargetMask, COPY_FOR};
-
-/// The property with a message's sharding key (set by the gateway); a copy
-/// with the same key takes the same queue choice in its cell.
-pub const SHARDING_KEY: &str = "__SHARDINGKEY";
+use cellgate_rules::{CellId, RuleSet, Targets, TenantId, COPY_FOR, SHARDING_KEY};
 
 /// Why a message is not copied. Cheap: most messages in a busy cell are
 /// copies or local-only, and this is decided per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
     /// Not a `NS|CELL%NAME` topic of the source cell (a DLQ, a foreign name).
+    /// Decided per topic: such a topic is never read.
     NotATenantTopic,
     /// The namespace is not (or no longer) in the rules.
     UnknownTenant,
@@ -37,25 +34,49 @@ impl Skip {
     }
 }
 
-/// The copies a message needs: destination cell and the kinds it is for.
-pub fn targets(
+/// A tenant topic of the source cell, parsed once per pass (not per
+/// message: parsing re-validates every part of the name).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceTopic<'a> {
+    pub tenant: TenantId,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// `topic` as a tenant topic of `origin`, or why the router ignores it.
+pub fn source_topic<'a>(
     rules: &RuleSet,
     origin: CellId,
-    m: &StoredMessage,
-) -> Result<Vec<(CellId, TargetMask)>, Skip> {
-    let p = names::parse_physical(&m.topic, Resource::Topic).map_err(|_| Skip::NotATenantTopic)?;
+    topic: &'a str,
+) -> Result<SourceTopic<'a>, Skip> {
+    let p = names::parse_physical(topic, Resource::Topic).map_err(|_| Skip::NotATenantTopic)?;
     if p.cell != rules.cell_name(origin) {
         return Err(Skip::NotATenantTopic);
     }
     let tenant = rules.tenant_id(p.namespace).ok_or(Skip::UnknownTenant)?;
+    Ok(SourceTopic {
+        tenant,
+        namespace: p.namespace,
+        name: p.name,
+    })
+}
+
+/// The copies a message of `src` needs: destination cell and the kinds it
+/// is for.
+pub fn targets(
+    rules: &RuleSet,
+    origin: CellId,
+    src: &SourceTopic<'_>,
+    m: &StoredMessage,
+) -> Result<Targets, Skip> {
     let h = rules
         .read_unit_headers(|k| m.properties.get(k).map(String::as_str))
         .map_err(|_| Skip::NoHeaders)?;
-    let t = rules.router_targets(tenant, p.name, m.tag.as_deref(), origin, &h);
+    let t = rules.router_targets(src.tenant, src.name, m.tag.as_deref(), origin, &h);
     if t.is_empty() {
         return Err(Skip::NoTargets);
     }
-    Ok(t.iter().collect())
+    Ok(t)
 }
 
 /// The copy of `m` for `dest_topic`: body, tag, keys, every property (trace
@@ -79,8 +100,13 @@ pub fn copy_of(m: &StoredMessage, dest_topic: String, kinds: &str) -> (Message, 
     (msg, select)
 }
 
-/// The physical topic of `m`'s logical topic in `dest`.
-pub fn dest_topic(rules: &RuleSet, m: &StoredMessage, dest: CellId) -> Option<String> {
-    let p = names::parse_physical(&m.topic, Resource::Topic).ok()?;
-    names::physical(p.namespace, rules.cell_name(dest), p.name, Resource::Topic).ok()
+/// The physical topic of `src`'s logical topic in `dest`.
+pub fn dest_topic(rules: &RuleSet, src: &SourceTopic<'_>, dest: CellId) -> Option<String> {
+    names::physical(
+        src.namespace,
+        rules.cell_name(dest),
+        src.name,
+        Resource::Topic,
+    )
+    .ok()
 }

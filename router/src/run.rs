@@ -7,7 +7,7 @@
 //! waits for the source broker's append signal (or a 1 s tick, which also
 //! picks up topics and cells created meanwhile).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,13 +138,13 @@ impl Router {
         src: &dyn Broker,
         journal: &mut Journal,
     ) -> Result<usize, Error> {
-        let mine = format!("|{}%", rules.cell_name(origin));
         let mut moved = 0;
         let mut work: Vec<(String, u16, Vec<StoredMessage>, Vec<Placement>)> = Vec::new();
         for (topic, queues) in src.topics()? {
-            if !topic.contains(&mine) || topic.starts_with('%') {
+            // Other cells' copies, DLQs, unknown tenants: never read.
+            let Ok(source) = plan::source_topic(rules, origin, &topic) else {
                 continue;
-            }
+            };
             for q in 0..queues {
                 let mut prog = journal.queue(&topic, q);
                 if !prog.pending.is_empty() {
@@ -158,7 +158,7 @@ impl Router {
                     continue;
                 }
                 moved += msgs.len();
-                let placements = self.plan(rules, origin, &msgs);
+                let placements = self.plan(rules, origin, &source, &msgs);
                 work.push((topic.clone(), q, msgs, placements));
             }
         }
@@ -208,15 +208,21 @@ impl Router {
     }
 
     /// Where each message of a batch goes (skips counted).
-    fn plan(&self, rules: &RuleSet, origin: CellId, msgs: &[StoredMessage]) -> Vec<Placement> {
+    fn plan(
+        &self,
+        rules: &RuleSet,
+        origin: CellId,
+        source: &plan::SourceTopic<'_>,
+        msgs: &[StoredMessage],
+    ) -> Vec<Placement> {
         let mut out = Vec::new();
         for m in msgs {
-            match plan::targets(rules, origin, m) {
+            match plan::targets(rules, origin, source, m) {
                 Ok(t) => out.push(Placement {
                     offset: m.queue_offset,
-                    id: m.id.to_string(),
+                    id: m.id,
                     dests: t
-                        .into_iter()
+                        .iter()
                         .map(|(c, k)| (rules.cell_name(c).to_owned(), k.as_str().to_owned()))
                         .collect(),
                 }),
@@ -285,20 +291,31 @@ impl Router {
                 return Err(Error::Unavailable(dest.to_owned()));
             };
             let mut batch: Vec<(Message, QueueSelect, uuid::Uuid)> = Vec::with_capacity(list.len());
-            let mut origins = Vec::with_capacity(list.len());
+            // Store times of the originals, by tenant (the metric label).
+            let mut origins: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+            // Source topic -> its name in `dest`: one parse per topic.
+            let mut names: HashMap<&str, Option<(String, &str)>> = HashMap::new();
             for (m, kinds) in list {
                 if dedupe && broker.get_by_id(&m.id)?.is_some() {
                     self.metrics.dedupe_hits.inc();
                     continue;
                 }
-                let Some(topic) = plan::dest_topic(rules, m, dest_id) else {
+                let named = names.entry(m.topic.as_str()).or_insert_with(|| {
+                    let s = plan::source_topic(rules, origin, &m.topic).ok()?;
+                    Some((plan::dest_topic(rules, &s, dest_id)?, s.namespace))
+                });
+                let Some((topic, tenant)) = named.as_ref() else {
                     self.metrics.error("bad_name");
                     continue;
                 };
-                let (copy, select) = plan::copy_of(m, topic, kinds);
+                let (copy, select) = plan::copy_of(m, topic.clone(), kinds);
                 batch.push((copy, select, m.id));
-                let tenant = m.topic.split('|').next().unwrap_or("").to_owned();
-                origins.push((tenant, m.stored_ms));
+                match origins.get_mut(*tenant) {
+                    Some(v) => v.push(m.stored_ms),
+                    None => {
+                        origins.insert((*tenant).to_owned(), vec![m.stored_ms]);
+                    }
+                }
             }
             if batch.is_empty() {
                 continue;
@@ -314,11 +331,11 @@ impl Router {
                         source: labels.0.clone(),
                         target: labels.1.clone(),
                     };
-                    metrics.copies.get_or_create(&l).inc();
-                    metrics
-                        .lag
-                        .get_or_create(&l)
-                        .observe((stored_at - born).max(0) as f64 / 1000.0);
+                    metrics.copies.get_or_create(&l).inc_by(born.len() as u64);
+                    let lag = metrics.lag.get_or_create(&l);
+                    for b in born {
+                        lag.observe((stored_at - b).max(0) as f64 / 1000.0);
+                    }
                 }
                 Ok::<(), Error>(())
             });
@@ -351,7 +368,7 @@ fn matched<'a>(
     ps.iter()
         .filter_map(|p| {
             let m = by_offset.get(&p.offset).copied()?;
-            (m.id.to_string() == p.id).then_some((m, p))
+            (m.id == p.id).then_some((m, p))
         })
         .collect()
 }

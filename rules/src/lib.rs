@@ -44,5 +44,6 @@ pub use ruleset::{
 pub use shard::{Shard, UidShardRule};
 pub use unit::{
     HeaderError, SubscriptionFilter, SubscriptionKind, Targets, UnitHeaders, COPY_FOR, ORIUNIT,
-    RESERVED_PROPERTY_PREFIX, RULES_SHA256, RULES_VERSION, TARGET_C, TARGET_G, TARGET_R,
+    RESERVED_PROPERTY_PREFIX, RULES_SHA256, RULES_VERSION, SHARDING_KEY, TARGET_C, TARGET_G,
+    TARGET_R,
 };

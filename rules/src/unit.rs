@@ -51,6 +51,9 @@ pub const RULES_SHA256: &str = "__UNIT.RULES_SHA256";
 /// Set by the router on a copy: the kinds (`R`, `G`, `C`, comma-separated)
 /// the copy was placed for.
 pub const COPY_FOR: &str = "__UNIT.COPY_FOR";
+/// A message's sharding key, set by the gateway, so a router copy takes the
+/// same queue choice in its cell (RocketMQ 5's name for it).
+pub const SHARDING_KEY: &str = "__SHARDINGKEY";
 /// Client properties may not start with this (SPEC §3).
 pub const RESERVED_PROPERTY_PREFIX: &str = "__";
 

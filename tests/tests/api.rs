@@ -343,11 +343,15 @@ async fn operations_endpoints() {
     api.cell = None;
     let r = api.publish("T8", &json!({"body": "x"})).await.unwrap();
     assert_eq!(r["cell"], "RZ00A");
+    assert_eq!(api.receive("G", "T8", &json!({})).await.unwrap().len(), 1);
     let text = get("/metrics").await.unwrap().text().await.unwrap();
     for want in [
         "cellgate_http_requests_total{endpoint=\"publish\",status=\"200\"} 1",
         "cellgate_messages_published_total{tenant=\"ANT\",cell=\"RZ00A\"} 1",
         "cellgate_published_bytes_total{tenant=\"ANT\",cell=\"RZ00A\"} 1",
+        "cellgate_messages_delivered_total{tenant=\"ANT\",cell=\"RZ00A\"} 1",
+        "cellgate_delivered_bytes_total{tenant=\"ANT\",cell=\"RZ00A\"} 1",
+        "cellgate_http_request_duration_seconds_count{endpoint=\"receive\"} 1",
         "cellgate_http_request_duration_seconds_bucket",
         "cellgate_rules_version 1",
         "cellgate_rules_reloads{outcome=\"invalid\"} 0",

@@ -428,14 +428,7 @@ async fn oversized_bodies_are_refused_without_reading_them() {
 
 #[tokio::test]
 async fn slow_and_idle_clients_are_cut_off() {
-    let (_d, s) = start(&[
-        "--header-timeout",
-        "1s",
-        "--body-timeout",
-        "1s",
-        "--max-connections",
-        "8",
-    ]);
+    let (_d, s) = start(&["--header-timeout", "1s", "--body-timeout", "1s"]);
     // Slowloris: headers that never finish.
     let started = Instant::now();
     let mut c = raw(&s);
@@ -471,16 +464,36 @@ async fn slow_and_idle_clients_are_cut_off() {
         text.is_empty() || text.starts_with("HTTP/1.1 431"),
         "{text}"
     );
+    // Service goes on.
+    let ok = reqwest::get(s.url("/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    // Its own server, with the default header timeout: the held connections
+    // must not time out while the test counts them.
+    let (_d, s) = start(&["--max-connections", "8"]);
     // Connection limit: 8 idle connections held, the 9th is closed at once.
     let held: Vec<TcpStream> = (0..8).map(|_| raw(&s)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     let mut extra = raw(&s);
     let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let text = read_all(extra);
     assert!(text.is_empty(), "the 9th connection was served: {text}");
     drop(held);
-    // Once they are gone (or timed out), service resumes.
     std::thread::sleep(Duration::from_millis(300));
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cellgate_connections_refused_total 1"),
+        "{metrics}"
+    );
+    // Once they are gone, service resumes.
     let ok = reqwest::get(s.url("/healthz")).await.unwrap();
     assert_eq!(ok.status(), 200);
 }
@@ -533,4 +546,133 @@ async fn random_bodies_never_crash_the_server() {
         }
     }
     assert_eq!(reqwest::get(s.url("/healthz")).await.unwrap().status(), 200);
+}
+
+/// The sentence matters as much as the status: each names the problem.
+#[tokio::test]
+async fn error_messages_say_what_is_wrong() {
+    let (_d, s) = start(&[]);
+    let ant = Api::new(&s, ANT, "RZ00A");
+    let beta = Api::new(&s, BETA, "RZ00A");
+    let p = "/v1/topics/T/messages";
+    let cases: Vec<((u16, Value), &str)> = vec![
+        (
+            ant.post(p, &json!({"body": "x", "colour": "red"}))
+                .await
+                .unwrap(),
+            "unknown field `colour`",
+        ),
+        (
+            ant.post(p, &json!({"body": "x", "body_base64": "eA=="}))
+                .await
+                .unwrap(),
+            "give body or body_base64, not both",
+        ),
+        (
+            ant.post(p, &json!({"body_base64": "%%%"})).await.unwrap(),
+            "is not valid base64",
+        ),
+        (
+            ant.post(p, &json!({"body": "x", "properties": {"__X": "1"}}))
+                .await
+                .unwrap(),
+            "reserved for cellgate",
+        ),
+        (
+            ant.post(p, &json!({"body": "x", "properties": {"a": ""}}))
+                .await
+                .unwrap(),
+            "property value must not be empty",
+        ),
+        (
+            ant.post(p, &json!({"body": "x", "tag": "A|B"}))
+                .await
+                .unwrap(),
+            "must not contain `|`",
+        ),
+        (
+            ant.post(p, &json!({"body": "x", "sharding_key": "k".repeat(64)}))
+                .await
+                .unwrap(),
+            "shorter than 64 bytes",
+        ),
+        (
+            ant.post_raw(p, "{\"body\": ").await.unwrap(),
+            "malformed JSON",
+        ),
+        (
+            ant.post(
+                &format!("/v1/topics/{}/messages", "T".repeat(65)),
+                &json!({"body": "x"}),
+            )
+            .await
+            .unwrap(),
+            "at most 64 characters",
+        ),
+        (
+            beta.post(
+                "/v1/topics/ORDER_1/messages",
+                &json!({"body": "x".repeat(1025)}),
+            )
+            .await
+            .unwrap(),
+            "over the tenant's limit of 1024",
+        ),
+        (
+            beta.post("/v1/topics/BILL/messages", &json!({"body": "x"}))
+                .await
+                .unwrap(),
+            "may not use this topic",
+        ),
+        (
+            ant.cell("NOPE")
+                .post(p, &json!({"body": "x"}))
+                .await
+                .unwrap(),
+            "no cell has this name",
+        ),
+        (
+            beta.cell("RZ03A")
+                .post("/v1/topics/ORDER_1/messages", &json!({"body": "x"}))
+                .await
+                .unwrap(),
+            "may not use this cell",
+        ),
+        (
+            ant.token(Some("nope"))
+                .post(p, &json!({"body": "x"}))
+                .await
+                .unwrap(),
+            "the token is not known",
+        ),
+        (
+            ant.token(Some(READER))
+                .post(p, &json!({"body": "x"}))
+                .await
+                .unwrap(),
+            "lacks the publish permission",
+        ),
+        (
+            ant.post("/v1/groups/G/topics/T/receive", &json!({"wait_ms": 30001}))
+                .await
+                .unwrap(),
+            "must be at most 30000",
+        ),
+        (
+            ant.post(
+                "/v1/groups/G/topics/T/ack",
+                &json!({"receipt_handles": ["junk"]}),
+            )
+            .await
+            .unwrap(),
+            "not issued for this group, topic and cell",
+        ),
+    ];
+    for ((st, v), want) in cases {
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            st >= 400 && msg.contains(want),
+            "want {want:?}, got {st} {v}"
+        );
+    }
 }

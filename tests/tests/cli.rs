@@ -253,3 +253,37 @@ fn diff_reports_changes_and_restart_only_settings() {
         "{r:?}"
     );
 }
+
+#[test]
+fn serve_refuses_bad_startup_options_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let base = [
+        "serve",
+        "--config",
+        &ldc(),
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let with = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        cellgate(&args).unwrap()
+    };
+    let r = with(&["--cell", "NOPE"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("--cell NOPE: the rules declare no such cell"),
+        "{r:?}"
+    );
+    let r = with(&[
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("TLS: /nonexistent/cert.pem: "), "{r:?}");
+}

@@ -293,3 +293,48 @@ async fn standalone_router_process() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["body"], "to RZ03A");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_changes_apply_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, text) = edited_example(dir.path(), "ldc.yaml", &[]);
+    let s = Server::start(&path, &dir.path().join("data"), &[]).unwrap();
+    let api = Api::new(&s, ANT, "RZ00A");
+    let quiet = Duration::from_millis(1500);
+    let first = api
+        .publish("RT", &json!({"body": "before", "uid": "12375"}))
+        .await
+        .unwrap();
+    // Copied to the GZone under the first rules (waited for, so the reload
+    // below cannot overtake it).
+    let gz = drain(&api.cell("GZ00A"), "G", "RT", "gzone", quiet).await;
+    assert_eq!(gz.len(), 1);
+    // ANT's route now replicates R only: no more copies for G and C.
+    let r_only = text.replacen("targets: [R, G, C]", "targets: [R]", 1);
+    let tmp = dir.path().join("next.part");
+    std::fs::write(&tmp, &r_only).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let admin = api.token(Some(cellgate_tests::server::ADMIN));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.get("/v1/rules").await.unwrap().1["version"] != 2 {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = api
+        .publish("RT", &json!({"body": "after", "uid": "12375"}))
+        .await
+        .unwrap();
+    let ids =
+        |got: Vec<Value>| -> Vec<Value> { got.iter().map(|m| m["message_id"].clone()).collect() };
+    let gz = drain(&api.cell("GZ00A"), "G", "RT", "gzone", quiet).await;
+    assert!(
+        gz.is_empty(),
+        "copied for G after the route dropped it: {gz:?}"
+    );
+    let rz = drain(&api.cell("RZ03A"), "G", "RT", "rzone", quiet).await;
+    let mut got = ids(rz);
+    got.sort_by_key(|v| v.to_string());
+    let mut want = vec![first["message_id"].clone(), second["message_id"].clone()];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(got, want);
+}

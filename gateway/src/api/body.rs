@@ -96,13 +96,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
-/// Reads and parses.
+/// Reads a request's body and parses it.
 pub async fn json<T: DeserializeOwned>(
-    body: Incoming,
-    headers: &HeaderMap,
+    req: http::Request<Incoming>,
     limit: usize,
     timeout: Duration,
 ) -> ApiResult<T> {
-    let bytes = read(body, headers, limit, timeout).await?;
+    let (parts, body) = req.into_parts();
+    let bytes = read(body, &parts.headers, limit, timeout).await?;
     parse(&bytes)
 }

@@ -170,25 +170,22 @@ pub async fn receive(
     req: Request<Incoming>,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
-    let (parts, incoming) = req.into_parts();
-    let r: ReceiveRequest = body::json(
-        incoming,
-        &parts.headers,
-        SMALL_BODY,
-        app.limits.body_timeout,
-    )
-    .await?;
+    let r: ReceiveRequest = body::json(req, SMALL_BODY, app.limits.body_timeout).await?;
     let opts = options(app, c, &s, r)?;
-    ensure_topic(app, &s)?;
     let consumer = match &opts.mode {
         ConsumeMode::Broadcast { consumer_id } => Some(consumer_id.clone()),
         ConsumeMode::Clustering => None,
     };
-    let got = s
-        .broker
-        .receive(&s.group, &s.topic, opts)
-        .await
-        .map_err(|e| ApiError::from_broker(&e, "topic"))?;
+    // The topic is created only when missing: creating takes the store's
+    // topic map for writing, which every publish reads.
+    let got = match s.broker.receive(&s.group, &s.topic, opts.clone()).await {
+        Err(BrokerError::UnknownTopic(_)) => {
+            ensure_topic(app, &s)?;
+            s.broker.receive(&s.group, &s.topic, opts).await
+        }
+        other => other,
+    }
+    .map_err(|e| ApiError::from_broker(&e, "topic"))?;
     let mut bytes = 0u64;
     let views: Vec<MessageView<'_>> = got
         .iter()
@@ -224,14 +221,7 @@ pub async fn settle(
     ack: bool,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
-    let (parts, incoming) = req.into_parts();
-    let r: SettleRequest = body::json(
-        incoming,
-        &parts.headers,
-        SMALL_BODY,
-        app.limits.body_timeout,
-    )
-    .await?;
+    let r: SettleRequest = body::json(req, SMALL_BODY, app.limits.body_timeout).await?;
     if r.receipt_handles.is_empty() || r.receipt_handles.len() > 1024 {
         return Err(ApiError::invalid(
             "receipt_handles",
@@ -287,14 +277,7 @@ pub async fn reset(
     req: Request<Incoming>,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
-    let (parts, incoming) = req.into_parts();
-    let r: ResetRequest = body::json(
-        incoming,
-        &parts.headers,
-        SMALL_BODY,
-        app.limits.body_timeout,
-    )
-    .await?;
+    let r: ResetRequest = body::json(req, SMALL_BODY, app.limits.body_timeout).await?;
     let mode = match r.consumer_id {
         Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
         None => ConsumeMode::Clustering,
@@ -320,11 +303,7 @@ pub fn lag(
     req: &Request<Incoming>,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
-    let consumer = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("consumer_id="))
-            .map(str::to_owned)
-    });
+    let consumer = super::query_param(req, "consumer_id");
     let mode = match consumer {
         Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
         None => ConsumeMode::Clustering,

@@ -305,6 +305,13 @@ impl App {
     }
 }
 
+/// A query parameter, percent-decoded (`?key=a%26b` is `a&b`).
+pub(crate) fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// A JSON answer.
 pub(crate) fn json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
     // Room for a publish answer (~250 B) without regrowing; to_vec starts

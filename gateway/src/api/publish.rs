@@ -16,7 +16,7 @@ use cellgate_rules::names::Resource;
 use cellgate_rules::{CellId, Permission, RuleSet, TenantId, UnitHeaders};
 
 use super::{body, json, ApiError, ApiResult, App, Caller, Reply};
-use crate::validate::{self, SHARDING_KEY};
+use crate::validate;
 
 /// One message to publish (SPEC §9).
 #[derive(Debug, Deserialize)]
@@ -225,7 +225,7 @@ fn build(
         properties.insert(k.to_owned(), v.to_owned());
     });
     if let QueueSelect::ShardingKey(k) = &select {
-        properties.insert(SHARDING_KEY.to_owned(), k.clone());
+        properties.insert(cellgate_rules::SHARDING_KEY.to_owned(), k.clone());
     }
     let msg = Message {
         topic: t.physical.clone(),
@@ -239,9 +239,7 @@ fn build(
 }
 
 fn oneway(req: &Request<Incoming>) -> bool {
-    req.uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "mode=oneway"))
+    super::query_param(req, "mode").as_deref() == Some("oneway")
 }
 
 fn target<'r>(
@@ -277,15 +275,10 @@ pub async fn one(
     let tenant = c.tenant()?;
     let max_body = usize::try_from(tenant.quotas.max_message_bytes).unwrap_or(usize::MAX);
     let oneway = oneway(&req);
-    let (parts, incoming) = req.into_parts();
-    let limit = request_limit(max_body);
     let parsed: PublishRequest =
-        body::json(incoming, &parts.headers, limit, app.limits.body_timeout).await?;
+        body::json(req, request_limit(max_body), app.limits.body_timeout).await?;
     let (msg, select, headers) = build(&t, parsed, At::Single, max_body, now_ms())?;
     let cell_name = t.rules.cell_name(t.cell);
-    let combiner = app
-        .combiners
-        .get(cell_name, || app.brokers.get(t.rules, t.cell))?;
     app.quotas.take(tenant, 1)?;
     let bytes = msg.body.len() as u64;
     if oneway {
@@ -303,6 +296,9 @@ pub async fn one(
             &serde_json::json!({"accepted": true, "topic": topic, "cell": cell_name}),
         ));
     }
+    let combiner = app
+        .combiners
+        .get(cell_name, || app.brokers.get(t.rules, t.cell))?;
     let r = combiner.send(msg, select).await?;
     app.metrics
         .published(&tenant.namespace, cell_name, 1, bytes);
@@ -318,10 +314,8 @@ pub async fn batch(
     let t = target(app, c, topic, &req)?;
     let tenant = c.tenant()?;
     let max_body = usize::try_from(tenant.quotas.max_message_bytes).unwrap_or(usize::MAX);
-    let (parts, incoming) = req.into_parts();
     let limit = app.limits.max_batch_request_bytes;
-    let parsed: BatchRequest =
-        body::json(incoming, &parts.headers, limit, app.limits.body_timeout).await?;
+    let parsed: BatchRequest = body::json(req, limit, app.limits.body_timeout).await?;
     let n = parsed.messages.len();
     if n == 0 || n > app.limits.max_batch_messages {
         return Err(ApiError::invalid(

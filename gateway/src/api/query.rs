@@ -49,23 +49,16 @@ pub fn by_id(
     ))
 }
 
-fn query_param<'q>(req: &'q Request<Incoming>, name: &str) -> Option<&'q str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
 pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> ApiResult<Reply> {
     let (cell, topic) = resolve(app, c, t, req.headers())?;
-    let key = query_param(req, "key")
+    let key = super::query_param(req, "key")
         .filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::invalid("key", "the query parameter key is required"))?;
-    crate::validate::keys(std::slice::from_ref(&key.to_owned()))
+    crate::validate::keys(std::slice::from_ref(&key))
         .map_err(|(_, m)| ApiError::invalid("key", m))?;
     let broker = app.brokers.get(c.rules, cell)?;
     let found = broker
-        .get_by_key(&topic, key)
+        .get_by_key(&topic, &key)
         .map_err(|e| ApiError::from_broker(&e, "key"))?;
     let cell_name = c.rules.cell_name(cell);
     let views: Vec<MessageView<'_>> = found

@@ -75,20 +75,21 @@ impl Quotas {
             }
         }
         let mut map = self.buckets.write().unwrap_or_else(|p| p.into_inner());
-        let b = map.entry(ns.into()).or_insert_with(|| Bucket {
-            rate: 0,
-            burst: 0,
-            limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
-        });
-        if !fits(b) {
-            *b = Bucket {
-                rate: rate.get(),
-                burst: burst.get(),
-                limiter: Arc::new(RateLimiter::direct(
+        match map.get(ns).filter(|b| fits(b)) {
+            // Another request built it meanwhile.
+            Some(b) => b.limiter.clone(),
+            None => {
+                let limiter = Arc::new(RateLimiter::direct(
                     Quota::per_second(rate).allow_burst(burst),
-                )),
-            };
+                ));
+                let bucket = Bucket {
+                    rate: rate.get(),
+                    burst: burst.get(),
+                    limiter: limiter.clone(),
+                };
+                map.insert(ns.into(), bucket);
+                limiter
+            }
         }
-        b.limiter.clone()
     }
 }

@@ -83,21 +83,17 @@ impl ReceiptKey {
         }
     }
 
-    fn mac(&self, group: &str, topic: &str, payload: &[u8]) -> [u8; MAC_BYTES] {
-        // new_from_slice only fails for key lengths HMAC cannot take; any
-        // length works for HMAC-SHA256, so the fallback is unreachable.
-        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(&self.0) else {
-            return [0; MAC_BYTES];
-        };
+    /// The MAC over (group, topic, payload), ready to finalize or verify.
+    fn mac(&self, group: &str, topic: &str, payload: &[u8]) -> Option<Hmac<Sha256>> {
+        // Fails only for key lengths HMAC cannot take; any length works
+        // for HMAC-SHA256.
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
         m.update(group.as_bytes());
         m.update(&[0]);
         m.update(topic.as_bytes());
         m.update(&[0]);
         m.update(payload);
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; MAC_BYTES];
-        out.copy_from_slice(&full[..MAC_BYTES]);
-        out
+        Some(m)
     }
 
     /// Wraps a broker receipt for `group` on `topic` (physical names).
@@ -109,8 +105,15 @@ impl ReceiptKey {
         consumer_id: Option<&str>,
     ) -> String {
         let payload = format!("{receipt}\n{}", consumer_id.unwrap_or(""));
-        let mac = self.mac(group, topic, payload.as_bytes());
-        format!("v1.{}.{}", B64.encode(payload), B64.encode(mac))
+        let mac = self
+            .mac(group, topic, payload.as_bytes())
+            .map(|m| m.finalize().into_bytes())
+            .unwrap_or_default();
+        format!(
+            "v1.{}.{}",
+            B64.encode(&payload),
+            B64.encode(&mac[..MAC_BYTES])
+        )
     }
 
     /// Checks a handle against `group` and `topic`; `None` if it is garbage
@@ -125,13 +128,9 @@ impl ReceiptKey {
             return None;
         }
         // Constant-time comparison, through the Mac trait.
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
-        m.update(group.as_bytes());
-        m.update(&[0]);
-        m.update(topic.as_bytes());
-        m.update(&[0]);
-        m.update(&payload);
-        m.verify_truncated_left(&mac).ok()?;
+        self.mac(group, topic, &payload)?
+            .verify_truncated_left(&mac)
+            .ok()?;
         let text = String::from_utf8(payload).ok()?;
         let (receipt, consumer) = text.split_once('\n')?;
         Some(Opened {
