@@ -119,12 +119,19 @@ async fn a_replayed_batch_is_deduplicated_at_the_destination() {
     );
     j.save().unwrap();
     let m2 = RouterMetrics::new(&mut Default::default());
-    run_until(router(&m2), || m2.dedupe_hits.get() == 1).await;
+    // Done once the dedupe hit is counted *and* the journal has moved on
+    // (the save follows the copies, so the metric alone races it).
+    let journal_dir = dir.path().join("router");
+    run_until(router(&m2), || {
+        m2.dedupe_hits.get() == 1
+            && Journal::open(&journal_dir, "RZ00A")
+                .is_ok_and(|j| j.queue("ANT|RZ00A%BILL", 0).next == put.queue_offset + 1)
+    })
+    .await;
     for cell in ["RZ03A", "GZ00A", "CZSH0"] {
         let held = cells[cell].get_by_id(&put.id).unwrap();
         assert!(held.is_some(), "{cell} holds the copy");
         assert_eq!(copies(&m2, cell), 0, "{cell}: no second copy");
     }
-    let j = Journal::open(&dir.path().join("router"), "RZ00A").unwrap();
-    assert_eq!(j.queue("ANT|RZ00A%BILL", 0).next, put.queue_offset + 1);
+    assert_eq!(m2.dedupe_hits.get(), 1, "one dedupe hit, for RZ03A");
 }
