@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::filter::{Predicate, TagFilter};
 use crate::record::{Message, StoredMessage};
 use crate::store::{PutResult, QueueSelect};
+use crate::trace::Hop;
+use crate::txn::{Decision, TxnCheck, TxnInfo};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -35,6 +37,9 @@ pub struct ReceiveOptions {
     pub tags: TagFilter,
     pub predicate: Option<Predicate>,
     pub mode: ConsumeMode,
+    /// Ordered consumption: at most one message of a queue in flight for
+    /// the group; the next waits until it is acked (or dead-lettered).
+    pub ordered: bool,
 }
 
 impl Default for ReceiveOptions {
@@ -46,6 +51,7 @@ impl Default for ReceiveOptions {
             tags: TagFilter::All,
             predicate: None,
             mode: ConsumeMode::Clustering,
+            ordered: false,
         }
     }
 }
@@ -152,4 +158,49 @@ pub trait Broker: Send + Sync {
     fn read(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<StoredMessage>>;
     /// Changes whenever new messages become readable.
     fn appended(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Stores a message that consumers see only from `deliver_at_ms` on
+    /// (at most [`crate::timer::MAX_DELAY`] ahead). The result names the
+    /// destination queue; the message gets its offset when it falls due.
+    fn schedule(
+        &self,
+        msg: Message,
+        select: QueueSelect,
+        deliver_at_ms: i64,
+    ) -> BoxFuture<'_, Result<PutResult>>;
+    /// Stores a half message of a transaction of `producer_group`; the
+    /// result's id is the transaction id.
+    fn send_transactional<'a>(
+        &'a self,
+        msg: Message,
+        select: QueueSelect,
+        producer_group: &'a str,
+    ) -> BoxFuture<'a, Result<PutResult>>;
+    /// Commits or rolls back; a repeated decision returns the same state.
+    fn end_transaction<'a>(
+        &'a self,
+        id: &'a Uuid,
+        decision: Decision,
+    ) -> BoxFuture<'a, Result<TxnInfo>>;
+    /// What is known of a transaction.
+    fn transaction(&self, id: &Uuid) -> Result<Option<TxnInfo>>;
+    /// Long-polls up to `max` check-backs for a producer group.
+    fn transaction_checks<'a>(
+        &'a self,
+        producer_group: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<TxnCheck>>>;
+    /// The oldest `max` messages of a topic stored in `[from_ms, to_ms)`.
+    fn query_by_time(
+        &self,
+        topic: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>>;
+    /// Records trace hops (fire-and-forget).
+    fn record_trace(&self, hops: Vec<Hop>);
+    /// The hops recorded here for a message, in time order.
+    fn trace_of(&self, id: &Uuid) -> Result<Vec<Hop>>;
 }

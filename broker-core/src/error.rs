@@ -55,6 +55,24 @@ pub enum Error {
     /// The broker is shutting down.
     #[error("the broker is closed")]
     Closed,
+    /// A delivery time further ahead than the broker holds messages.
+    #[error(
+        "deliver_at_ms {deliver_at_ms} is later than the latest allowed, {max_ms} (40 days ahead)"
+    )]
+    DelayTooLong { deliver_at_ms: i64, max_ms: i64 },
+    /// No half message with this transaction id.
+    #[error("transaction {0} does not exist")]
+    UnknownTransaction(uuid::Uuid),
+    /// A decision that contradicts the one already taken.
+    #[error("transaction {id} is {state}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    TransactionConflict {
+        id: uuid::Uuid,
+        state: &'static str,
+        reason: String,
+    },
+    /// State is still being recovered after a restart; retry shortly.
+    #[error("the broker is recovering its state; retry shortly")]
+    Recovering,
 }
 
 /// Why bytes do not decode to a record. Cheap: the decoder is on the read

@@ -20,6 +20,9 @@ pub mod log;
 pub mod record;
 mod segment;
 mod store;
+pub mod timer;
+pub mod trace;
+pub mod txn;
 
 pub use log::{FlushPolicy, LogConfig};
 
@@ -29,3 +32,5 @@ pub use error::{DecodeError, Error, Result};
 pub use filter::{Predicate, TagFilter};
 pub use record::{Message, StoredMessage};
 pub use store::{PutResult, QueueSelect, Store, StoreConfig};
+pub use trace::Hop;
+pub use txn::{Decision, TxnCheck, TxnConfig, TxnInfo, TxnState};

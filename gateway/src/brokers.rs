@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cellgate_broker_core::{
-    Broker, DeliveryConfig, EmbeddedBroker, FlushPolicy, LogConfig, Store, StoreConfig,
+    Broker, DeliveryConfig, EmbeddedBroker, FlushPolicy, LogConfig, Store, StoreConfig, TxnConfig,
 };
 use cellgate_rules::{BrokerRef, CellId, RuleSet};
 
@@ -26,6 +26,7 @@ pub struct BrokerOptions {
     pub segment_bytes: u64,
     pub default_queues: u16,
     pub delivery: DeliveryConfig,
+    pub transactions: TxnConfig,
     pub retention: Duration,
     pub retention_bytes: Option<u64>,
 }
@@ -37,6 +38,7 @@ impl Default for BrokerOptions {
             segment_bytes: 1 << 30,
             default_queues: 8,
             delivery: DeliveryConfig::default(),
+            transactions: TxnConfig::default(),
             retention: Duration::from_secs(72 * 3600),
             retention_bytes: None,
         }
@@ -95,11 +97,13 @@ impl Brokers {
             cell: name.to_owned(),
             source: e,
         })?;
-        let broker = Arc::new(EmbeddedBroker::new(
-            Arc::new(store),
-            self.opts.delivery.clone(),
-        ));
-        broker.run_maintenance(Duration::from_millis(500));
+        let broker = Arc::new(
+            EmbeddedBroker::new(Arc::new(store), self.opts.delivery.clone())
+                .with_transactions(self.opts.transactions.clone()),
+        );
+        // Maintenance, the delay timer, transaction check-backs and the
+        // message trace writer: they end when the broker is dropped.
+        drop(broker.start(Duration::from_millis(500)));
         tracing::info!(cell = name, dir = %dir.display(), "embedded broker open");
         open.insert(name.into(), broker.clone());
         Ok(broker)

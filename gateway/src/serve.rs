@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use cellgate_broker_core::{DeliveryConfig, FlushPolicy};
+use cellgate_broker_core::{DeliveryConfig, FlushPolicy, TxnConfig};
 use cellgate_router::metrics::RouterMetrics;
 use cellgate_router::Router;
 use cellgate_rules::watch::{self, WatchOptions};
@@ -71,6 +71,15 @@ pub struct ServeArgs {
     /// Deliveries before a message is dead-lettered.
     #[arg(long, default_value_t = 16)]
     pub max_attempts: u32,
+    /// First transaction check-back after a half message is stored.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub txn_first_check: Duration,
+    /// Between transaction check-backs.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub txn_check_interval: Duration,
+    /// Unanswered check-backs before a transaction is rolled back.
+    #[arg(long, default_value_t = 15)]
+    pub txn_max_checks: u32,
     /// Retention by age.
     #[arg(long, default_value = "72h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -111,6 +120,11 @@ fn broker_options(a: &ServeArgs) -> BrokerOptions {
         segment_bytes: a.segment_size.as_u64(),
         default_queues: a.queues,
         delivery,
+        transactions: TxnConfig {
+            first_check: a.txn_first_check,
+            check_every: a.txn_check_interval,
+            max_checks: a.txn_max_checks,
+        },
         retention: a.retention,
         retention_bytes: None,
     }

@@ -15,6 +15,7 @@ pub mod journal;
 pub mod metrics;
 pub mod plan;
 mod run;
+mod trace;
 
 pub use run::{BrokerDirectory, Router};
 

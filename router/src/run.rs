@@ -322,8 +322,10 @@ impl Router {
             }
             let labels = (rules.cell_name(origin).to_owned(), dest.to_owned());
             let metrics = self.metrics.clone();
+            let traced: Vec<uuid::Uuid> = batch.iter().map(|(_, _, id)| *id).collect();
             sends.spawn(async move {
                 let stored = broker.send_copies(batch).await?;
+                broker.record_trace(crate::trace::route_hops(&traced, &stored, &labels));
                 let stored_at = stored.first().map(|r| r.stored_ms).unwrap_or_else(now_ms);
                 for (tenant, born) in origins {
                     let l = RouteLabels {

@@ -177,6 +177,10 @@ fn tenants(old: &RuleSet, new: &RuleSet, out: &mut Vec<String>) {
             let (a, b) = (&t.load_test_groups.src, &n.load_test_groups.src);
             out.push(format!("tenant {ns}: load_test_groups {a:?} -> {b:?}"));
         }
+        if t.ordered_topics != n.ordered_topics {
+            let (a, b) = (&t.ordered_topics.src, &n.ordered_topics.src);
+            out.push(format!("tenant {ns}: ordered_topics {a:?} -> {b:?}"));
+        }
         let (a, b) = (grants_of(old, Some(oid)), grants_of(new, Some(nid)));
         if a != b {
             out.push(format!("tenant {ns}: tokens {a:?} -> {b:?}"));

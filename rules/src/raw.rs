@@ -123,6 +123,8 @@ pub(crate) struct RawTenant {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub load_test_groups: Vec<String>,
+    #[serde(default)]
+    pub ordered_topics: Vec<String>,
 }
 
 /// What a token may do.

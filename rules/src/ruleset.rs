@@ -101,6 +101,9 @@ pub struct Tenant {
     pub uid_shard: UidShardRule,
     pub routes: Vec<Route>,
     pub load_test_groups: Patterns,
+    /// Logical topics consumed in order: FIFO per sharding key, one
+    /// message of a queue in flight per group.
+    pub ordered_topics: Patterns,
 }
 
 impl Tenant {
@@ -111,6 +114,11 @@ impl Tenant {
     /// Is load-test traffic delivered to `group` (logical name)? (SPEC §7)
     pub fn load_test_allowed(&self, group: &str) -> bool {
         self.load_test_groups.matches(group)
+    }
+
+    /// Is `topic` (logical name) an ordered topic?
+    pub fn is_ordered(&self, topic: &str) -> bool {
+        self.ordered_topics.matches(topic)
     }
 }
 

@@ -79,6 +79,14 @@ impl Store {
         Ok(results)
     }
 
+    /// The queue `sel` picks in `topic` now (creating the topic when
+    /// allowed): a delayed or transactional message keeps its queue choice
+    /// from publish time to delivery.
+    pub fn pick_queue(&self, topic: &str, sel: &QueueSelect) -> Result<u16> {
+        let t = self.topic(topic)?;
+        select_queue(&t, topic, sel)
+    }
+
     /// Checks a message and picks its queue; `last` caches the topic of the
     /// previous message of a batch (usually the same).
     fn prepare(

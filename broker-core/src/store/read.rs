@@ -120,8 +120,15 @@ impl Store {
         }
     }
 
-    /// The message with `id`, if retained.
+    /// The oldest retained message with `id`.
     pub fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
+        Ok(self.get_all_by_id(id)?.into_iter().next())
+    }
+
+    /// Every retained record carrying `id`, oldest first: a delayed or
+    /// transactional message is held in an internal topic and then stored
+    /// in its own, under the same id.
+    pub fn get_all_by_id(&self, id: &Uuid) -> Result<Vec<StoredMessage>> {
         self.dispatch.catch_up()?;
         let cands = self
             .dispatch
@@ -129,14 +136,67 @@ impl Store {
             .lock()
             .map_err(|_| Error::Closed)?
             .by_id(id);
-        for pos in cands {
-            if let Ok(m) = self.read_unsized(pos) {
-                if m.id == *id {
-                    return Ok(Some(m));
+        let mut out: Vec<StoredMessage> = cands
+            .into_iter()
+            .filter_map(|pos| self.read_unsized(pos).ok())
+            .filter(|m| m.id == *id)
+            .collect();
+        out.sort_by_key(|m| m.log_pos);
+        Ok(out)
+    }
+
+    /// The message at `offset` of a queue, if retained.
+    pub fn read_offset(
+        &self,
+        topic: &str,
+        queue: u16,
+        offset: u64,
+    ) -> Result<Option<StoredMessage>> {
+        match self.entries(topic, queue, offset, 1)?.first() {
+            Some(e) => self.read(e).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The oldest `max` retained messages of a topic stored in
+    /// `[from_ms, to_ms)`, by store time: a binary search of each queue's
+    /// index by store time, then a forward read of at most `max` per queue.
+    pub fn query_by_time(
+        &self,
+        topic: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let queues = self
+            .queues(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        let mut out = Vec::new();
+        for q in 0..queues {
+            let (min, end) = self.queue_range(topic, q)?;
+            let mut at = self.offset_at_time(topic, q, from_ms)?.max(min);
+            let mut taken = 0;
+            'queue: while at < end && taken < max {
+                let entries = self.entries(topic, q, at, 64)?;
+                if entries.is_empty() {
+                    break;
+                }
+                for e in entries {
+                    at += 1;
+                    if e.stored_ms >= to_ms {
+                        break 'queue;
+                    }
+                    out.push(self.read(&e)?);
+                    taken += 1;
+                    if taken >= max {
+                        break 'queue;
+                    }
                 }
             }
         }
-        Ok(None)
+        out.sort_by_key(|m| (m.stored_ms, m.log_pos));
+        out.truncate(max);
+        Ok(out)
     }
 
     /// Retained messages of `topic` carrying `key`, oldest first.

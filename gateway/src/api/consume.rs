@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use cellgate_broker_core::{
-    Broker, ConsumeMode, Error as BrokerError, Predicate, ReceiveOptions, TagFilter,
+    Broker, ConsumeMode, Error as BrokerError, Hop, Predicate, ReceiveOptions, TagFilter,
 };
 use cellgate_rules::names::Resource;
 use cellgate_rules::{CellId, Permission, SubscriptionKind};
@@ -22,7 +22,7 @@ use super::view::MessageView;
 use super::{body, json, ApiError, ApiResult, App, Caller, Reply};
 use crate::validate;
 
-const MAX_MESSAGES: u32 = 256;
+const MAX_MESSAGES: usize = 256;
 const MIN_INVISIBLE_MS: u64 = 100;
 const MAX_INVISIBLE_MS: u64 = 12 * 3600 * 1000;
 /// Small bodies only: these requests carry a few fields and handles.
@@ -49,6 +49,9 @@ struct ReceiveRequest {
     mode: Mode,
     consumer_id: Option<String>,
 }
+
+/// Marks a message as load-test traffic (set by the gateway on publish).
+pub const LOAD_TEST: &str = "__LOADTEST";
 
 fn local() -> SubscriptionKind {
     SubscriptionKind::Local
@@ -125,21 +128,8 @@ fn ensure_topic(app: &App, s: &Sub<'_>) -> ApiResult<()> {
 }
 
 fn options(app: &App, c: &Caller<'_>, s: &Sub<'_>, r: ReceiveRequest) -> ApiResult<ReceiveOptions> {
-    let max = r.max_messages.unwrap_or(16);
-    if !(1..=MAX_MESSAGES).contains(&max) {
-        return Err(ApiError::invalid(
-            "max_messages",
-            format!("must be 1 to {MAX_MESSAGES}, got {max}"),
-        ));
-    }
-    let wait = r.wait_ms.unwrap_or(0);
-    let max_wait = app.limits.max_wait.as_millis() as u64;
-    if wait > max_wait {
-        return Err(ApiError::invalid(
-            "wait_ms",
-            format!("must be at most {max_wait}, got {wait}"),
-        ));
-    }
+    let max_messages = r.max_messages.map(|n| n as usize);
+    let (max, wait) = super::count_and_wait(app, max_messages, MAX_MESSAGES, r.wait_ms)?;
     let invisible = r.invisible_ms.unwrap_or(30_000);
     if !(MIN_INVISIBLE_MS..=MAX_INVISIBLE_MS).contains(&invisible) {
         return Err(ApiError::invalid(
@@ -150,15 +140,22 @@ fn options(app: &App, c: &Caller<'_>, s: &Sub<'_>, r: ReceiveRequest) -> ApiResu
     let tags = r.tags.unwrap_or_else(|| "*".to_owned());
     validate::tag_expression(&tags).map_err(|m| ApiError::invalid("tags", m))?;
     let filter = c.rules.subscription_filter(r.subscription, s.cell);
-    let predicate =
-        Predicate::new(move |m| filter.matches(|k| m.properties.get(k).map(String::as_str)));
+    let tenant = c.tenant()?;
+    // SPEC §7: load-test messages reach only allow-listed groups; for the
+    // others they are skipped by the broker's scan like any other miss.
+    let load_test_ok = tenant.load_test_allowed(s.logical_group);
+    let predicate = Predicate::new(move |m| {
+        (load_test_ok || !m.properties.contains_key(LOAD_TEST))
+            && filter.matches(|k| m.properties.get(k).map(String::as_str))
+    });
     Ok(ReceiveOptions {
-        max_messages: max as usize,
-        wait: Duration::from_millis(wait),
+        max_messages: max,
+        wait,
         invisible: Duration::from_millis(invisible),
         tags: TagFilter::parse(&tags),
         predicate: Some(predicate),
         mode: consume_mode(r.mode, r.consumer_id)?,
+        ordered: tenant.is_ordered(s.logical_topic),
     })
 }
 
@@ -187,20 +184,31 @@ pub async fn receive(
     }
     .map_err(|e| ApiError::from_broker(&e, "topic"))?;
     let mut bytes = 0u64;
+    let now = super::now_ms();
+    let mut hops = Vec::with_capacity(got.len());
     let views: Vec<MessageView<'_>> = got
         .iter()
         .map(|d| {
             bytes += d.message.body.len() as u64;
+            hops.push(
+                Hop::new(d.message.id, "deliver", now, s.cell_name, s.logical_group)
+                    .with("attempt", d.attempt.to_string()),
+            );
             let mut v = MessageView::new(&d.message, s.logical_topic, s.cell_name);
-            v.receipt_handle =
-                Some(
-                    app.receipts
-                        .seal(&s.group, &s.topic, &d.receipt, consumer.as_deref()),
-                );
+            v.receipt_handle = Some(app.receipts.seal(
+                &s.group,
+                &s.topic,
+                &d.receipt,
+                consumer.as_deref(),
+                &d.message.id,
+            ));
             v.delivery_attempt = Some(d.attempt);
             v
         })
         .collect();
+    if app.trace_messages {
+        s.broker.record_trace(hops);
+    }
     let ns = &c.tenant()?.namespace;
     app.metrics
         .delivered(ns, s.cell_name, views.len() as u64, bytes);
@@ -241,6 +249,8 @@ pub async fn settle(
         opened.push(o);
     }
     let mut failed = Vec::new();
+    let (now, kind) = (super::now_ms(), if ack { "ack" } else { "nack" });
+    let mut hops = Vec::new();
     for (i, o) in opened.into_iter().enumerate() {
         let mode = match o.consumer_id {
             Some(id) => ConsumeMode::Broadcast { consumer_id: id },
@@ -251,9 +261,14 @@ pub async fn settle(
         } else {
             s.broker.nack(&s.group, &s.topic, &mode, &o.receipt)
         };
-        if let Err(e) = res {
-            failed.push((i, ApiError::from_broker(&e, "receipt_handles")));
+        match (res, o.message_id) {
+            (Err(e), _) => failed.push((i, ApiError::from_broker(&e, "receipt_handles"))),
+            (Ok(()), Some(id)) => hops.push(Hop::new(id, kind, now, s.cell_name, s.logical_group)),
+            (Ok(()), None) => {}
         }
+    }
+    if app.trace_messages {
+        s.broker.record_trace(hops);
     }
     let verb = if ack { "acked" } else { "nacked" };
     let done = r.receipt_handles.len() - failed.len();

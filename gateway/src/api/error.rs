@@ -145,6 +145,13 @@ impl ApiError {
                 "the receipt handle has expired: the message was acked, or redelivered after its invisibility time",
             ),
             B::Closed => Self::unavailable("the broker is shutting down"),
+            B::Recovering => Self::unavailable("the cell's broker is recovering its state")
+                .retry(std::time::Duration::from_secs(1)),
+            B::DelayTooLong { .. } => Self::invalid(field, e.to_string()),
+            B::UnknownTransaction(_) => {
+                Self::not_found("transaction_id", "no transaction with this id in this cell")
+            }
+            B::TransactionConflict { .. } => Self::conflict("transaction_id", e.to_string()),
             B::Io { .. } | B::Corrupt { .. } | B::OutOfRange { .. } | B::Config(_) => {
                 tracing::error!(error = %e, "broker failure");
                 Self::unavailable("the cell's broker failed; the error is in the gateway log")

@@ -9,11 +9,13 @@ mod auth;
 mod body;
 mod consume;
 mod error;
+mod message;
 mod ops;
 mod publish;
 mod query;
 mod quota;
 mod receipt;
+mod txn;
 mod view;
 
 use std::net::SocketAddr;
@@ -59,6 +61,8 @@ pub struct ApiLimits {
     pub default_queues: u16,
     /// Only the operations endpoints (a standalone router process).
     pub ops_only: bool,
+    /// Record the message trace (`GET …/messages/{id}/trace`).
+    pub trace_messages: bool,
 }
 
 impl Default for ApiLimits {
@@ -71,6 +75,7 @@ impl Default for ApiLimits {
             max_wait: Duration::from_secs(30),
             default_queues: 8,
             ops_only: false,
+            trace_messages: true,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct App {
     /// Set once shutdown begins: `/readyz` turns 503 so load balancers stop
     /// sending new requests while in-flight ones drain.
     draining: AtomicBool,
+    /// Record message trace hops (publish, deliver, ack, …).
+    trace_messages: bool,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -102,6 +109,10 @@ enum Route<'p> {
     PublishBatch(&'p str),
     GetById(&'p str, &'p str),
     GetByKey(&'p str),
+    Trace(&'p str, &'p str),
+    Commit(&'p str),
+    Rollback(&'p str),
+    TxnChecks(&'p str),
     Receive(&'p str, &'p str),
     Ack(&'p str, &'p str),
     Nack(&'p str, &'p str),
@@ -121,6 +132,10 @@ impl Route<'_> {
             Route::PublishBatch(_) => "publish_batch",
             Route::GetById(..) => "get_message",
             Route::GetByKey(_) => "query_by_key",
+            Route::Trace(..) => "trace",
+            Route::Commit(_) => "commit",
+            Route::Rollback(_) => "rollback",
+            Route::TxnChecks(_) => "transaction_checks",
             Route::Receive(..) => "receive",
             Route::Ack(..) => "ack",
             Route::Nack(..) => "nack",
@@ -154,6 +169,10 @@ fn route<'p>(method: &Method, path: &'p str) -> Result<Route<'p>, ApiError> {
         },
         ["v1", "topics", t, "messages:batch"] => post(method, Route::PublishBatch(t))?,
         ["v1", "topics", t, "messages", id] => get(method, Route::GetById(t, id))?,
+        ["v1", "topics", t, "messages", id, "trace"] => get(method, Route::Trace(t, id))?,
+        ["v1", "transactions", id, "commit"] => post(method, Route::Commit(id))?,
+        ["v1", "transactions", id, "rollback"] => post(method, Route::Rollback(id))?,
+        ["v1", "producer-groups", g, "transaction-checks"] => post(method, Route::TxnChecks(g))?,
         ["v1", "groups", g, "topics", t, action] => match *action {
             "receive" => post(method, Route::Receive(g, t))?,
             "ack" => post(method, Route::Ack(g, t))?,
@@ -198,6 +217,7 @@ impl App {
         limits: ApiLimits,
         data_dir: &Path,
     ) -> Result<App, crate::Error> {
+        let trace_messages = limits.trace_messages;
         Ok(App {
             rules,
             brokers,
@@ -208,6 +228,7 @@ impl App {
             combiners: crate::combine::Combiners::default(),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
+            trace_messages,
         })
     }
 
@@ -282,6 +303,10 @@ impl App {
                 Route::PublishBatch(t) => publish::batch(self, &caller, t, req).await,
                 Route::GetById(t, id) => query::by_id(self, &caller, t, id, req.headers()),
                 Route::GetByKey(t) => query::by_key(self, &caller, t, &req),
+                Route::Trace(t, id) => query::trace(self, &caller, t, id, req.headers()),
+                Route::Commit(id) => txn::decide(self, &caller, id, req, true).await,
+                Route::Rollback(id) => txn::decide(self, &caller, id, req, false).await,
+                Route::TxnChecks(g) => txn::checks(self, &caller, g, req).await,
                 Route::Receive(g, t) => consume::receive(self, &caller, g, t, req).await,
                 Route::Ack(g, t) => consume::settle(self, &caller, g, t, req, true).await,
                 Route::Nack(g, t) => consume::settle(self, &caller, g, t, req, false).await,
@@ -303,6 +328,39 @@ impl App {
             )),
         }
     }
+}
+
+/// Checks a request's `max_messages` (default 16, 1..=`max`) and
+/// `wait_ms` (default 0, at most the gateway's long-poll bound).
+pub(crate) fn count_and_wait(
+    app: &App,
+    max_messages: Option<usize>,
+    max: usize,
+    wait_ms: Option<u64>,
+) -> ApiResult<(usize, Duration)> {
+    let n = max_messages.unwrap_or(16);
+    if !(1..=max).contains(&n) {
+        return Err(ApiError::invalid(
+            "max_messages",
+            format!("must be 1 to {max}, got {n}"),
+        ));
+    }
+    let wait = wait_ms.unwrap_or(0);
+    let max_wait = app.limits.max_wait.as_millis() as u64;
+    if wait > max_wait {
+        return Err(ApiError::invalid(
+            "wait_ms",
+            format!("must be at most {max_wait}, got {wait}"),
+        ));
+    }
+    Ok((n, Duration::from_millis(wait)))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A query parameter, percent-decoded (`?key=a%26b` is `a&b`).

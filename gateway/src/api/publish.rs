@@ -2,45 +2,20 @@
 //!
 //! A request is checked whole before anything is stored: a batch with one
 //! bad message stores none and names the bad one (`messages[3].tag`).
+//! Normal messages go to the broker at once (single ones through the
+//! cell's combiner); delayed ones are held by the broker's timer and
+//! transactional ones as half messages (see `message.rs`).
 
-use std::collections::BTreeMap;
-
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use cellgate_broker_core::{Message, PutResult, QueueSelect};
+use cellgate_broker_core::{Broker, Hop, PutResult};
 use cellgate_rules::names::Resource;
-use cellgate_rules::{CellId, Permission, RuleSet, TenantId, UnitHeaders};
+use cellgate_rules::{CellId, Permission, UnitHeaders};
 
-use super::{body, json, ApiError, ApiResult, App, Caller, Reply};
-use crate::validate;
-
-/// One message to publish (SPEC §9).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishRequest {
-    pub body: Option<String>,
-    pub body_base64: Option<String>,
-    pub tag: Option<String>,
-    #[serde(default)]
-    pub keys: Vec<String>,
-    pub uid: Option<String>,
-    pub sharding_key: Option<String>,
-    pub delay_ms: Option<u64>,
-    pub deliver_at_ms: Option<i64>,
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    pub transaction: Option<TransactionRequest>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransactionRequest {
-    pub producer_group: String,
-}
+use super::message::{build, At, Built, Kind, PublishRequest, Target};
+use super::{body, json, now_ms, ApiError, ApiResult, App, Caller, Reply};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,9 +41,15 @@ struct Published<'a> {
     topic: &'a str,
     cell: &'a str,
     queue: u16,
-    offset: u64,
+    /// None while the message is held (delayed, or an open transaction):
+    /// it gets its offset when it reaches the topic.
+    offset: Option<u64>,
     stored_at_ms: i64,
     unit: UnitView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,29 +57,28 @@ struct BatchPublished<'a> {
     results: Vec<Published<'a>>,
 }
 
-/// Where a publish goes, resolved once per request.
-struct Target<'r> {
-    rules: &'r RuleSet,
-    tenant: TenantId,
-    cell: CellId,
-    logical: &'r str,
-    physical: String,
-}
-
-fn published<'a>(t: &'a Target<'_>, h: &UnitHeaders, r: &PutResult) -> Published<'a> {
+fn published<'a>(t: &'a Target<'_>, h: &UnitHeaders, r: &PutResult, kind: &Kind) -> Published<'a> {
     let name = |c: CellId| t.rules.cell_name(c);
     Published {
         message_id: r.id,
         topic: t.logical,
         cell: name(t.cell),
         queue: r.queue,
-        offset: r.queue_offset,
+        offset: (*kind == Kind::Normal).then_some(r.queue_offset),
         stored_at_ms: r.stored_ms,
         unit: UnitView {
             ORIUNIT: name(h.ori),
             TARGET_G: name(h.target_g),
             TARGET_C: name(h.target_c),
             TARGET_R: h.target_r.map(name),
+        },
+        deliver_at_ms: match kind {
+            Kind::Delayed(at) => Some(*at),
+            _ => None,
+        },
+        transaction_id: match kind {
+            Kind::Transactional(_) => Some(r.id.to_string()),
+            _ => None,
         },
     }
 }
@@ -110,136 +90,49 @@ fn hyphenated<S: serde::Serializer>(id: &uuid::Uuid, s: S) -> Result<S::Ok, S::E
     s.serialize_str(id.hyphenated().encode_lower(&mut buf))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The publish and store hops of a stored message.
+fn hops(c: &Caller<'_>, cell: &str, born: i64, r: &PutResult, kind: &Kind) -> [Hop; 2] {
+    let publish = Hop::new(r.id, "publish", born, cell, &c.grant.name);
+    let store =
+        Hop::new(r.id, "store", r.stored_ms, cell, "broker").with("queue", r.queue.to_string());
+    let store = match kind {
+        Kind::Normal => store.with("offset", r.queue_offset.to_string()),
+        Kind::Delayed(at) => store.with("deliver_at_ms", at.to_string()),
+        Kind::Transactional(g) => store.with("transaction", "half").with("producer_group", g),
+    };
+    [publish, store]
 }
 
-/// Where a message sits in its request: field names get a `messages[3].`
-/// prefix in a batch. Formatted only when an error names a field, so a
-/// valid message costs no string.
-#[derive(Debug, Clone, Copy)]
-enum At {
-    Single,
-    Batch(usize),
-}
-
-impl At {
-    fn field(self, name: &str) -> String {
-        match self {
-            At::Single => name.to_owned(),
-            At::Batch(i) => format!("messages[{i}].{name}"),
-        }
-    }
-}
-
-/// Checks one request and builds the message to store.
-fn build(
+/// Stores a delayed or transactional message.
+async fn send_held(
+    c: &Caller<'_>,
+    broker: &dyn Broker,
     t: &Target<'_>,
-    req: PublishRequest,
-    at: At,
-    max_body: usize,
-    born_ms: i64,
-) -> ApiResult<(Message, QueueSelect, UnitHeaders)> {
-    let f = |name: &str| at.field(name);
-    if req.delay_ms.is_some() && req.deliver_at_ms.is_some() {
-        return Err(ApiError::invalid(
-            f("deliver_at_ms"),
-            "give delay_ms or deliver_at_ms, not both",
-        ));
-    }
-    if let Some(tx) = &req.transaction {
-        cellgate_rules::names::validate(cellgate_rules::NameKind::Group, &tx.producer_group)
-            .map_err(|e| {
-                ApiError::invalid(f("transaction.producer_group"), format!("group name {e}"))
-            })?;
-    }
-    if req.delay_ms.is_some() || req.deliver_at_ms.is_some() || req.transaction.is_some() {
-        let field = if req.transaction.is_some() {
-            "transaction"
-        } else if req.delay_ms.is_some() {
-            "delay_ms"
-        } else {
-            "deliver_at_ms"
-        };
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
-            "delayed and transactional messages are not available in this version of the gateway",
-        )
-        .field(f(field)));
-    }
-    let body = match (req.body, req.body_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                f("body_base64"),
-                "give body or body_base64, not both",
-            ))
+    b: Built,
+) -> ApiResult<PutResult> {
+    let r = match &b.kind {
+        Kind::Delayed(at) => broker.schedule(b.msg, b.select, *at).await,
+        Kind::Transactional(group) => {
+            c.group(group)
+                .map_err(|e| e.field("transaction.producer_group"))?;
+            let physical = c.physical(t.cell, group, Resource::Group)?;
+            broker.send_transactional(b.msg, b.select, &physical).await
         }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                f("body"),
-                "one of body or body_base64 is required",
-            ))
-        }
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b)) => B64.decode(b.as_bytes()).map_err(|e| {
-            ApiError::invalid(f("body_base64"), format!("is not valid base64: {e}"))
-        })?,
+        Kind::Normal => broker.send(b.msg, b.select).await,
     };
-    if body.is_empty() {
-        return Err(ApiError::invalid(f("body"), "must not be empty"));
-    }
-    if body.len() > max_body {
-        return Err(ApiError::too_large(
-            f("body"),
-            format!(
-                "the message body is {} bytes, over the tenant's limit of {max_body}",
-                body.len()
-            ),
-        ));
-    }
-    if let Some(tag) = &req.tag {
-        validate::tag(tag).map_err(|m| ApiError::invalid(f("tag"), m))?;
-    }
-    validate::keys(&req.keys).map_err(|(i, m)| ApiError::invalid(f(&format!("keys[{i}]")), m))?;
-    validate::properties(&req.properties).map_err(|(k, m)| ApiError::invalid(f(&k), m))?;
-    let select = match req.sharding_key {
-        Some(k) => {
-            validate::sharding_key(&k).map_err(|m| ApiError::invalid(f("sharding_key"), m))?;
-            QueueSelect::ShardingKey(k)
-        }
-        None => QueueSelect::RoundRobin,
-    };
-    if let Some(uid) = &req.uid {
-        validate::printable(uid).map_err(|m| ApiError::invalid(f("uid"), m))?;
-    }
-    let headers = t
-        .rules
-        .unit_headers(t.tenant, t.cell, req.uid.as_deref())
-        .map_err(|e| ApiError::invalid(f("uid"), format!("uid {e}")))?;
-    let mut properties = req.properties;
-    headers.write(t.rules, |k, v| {
-        properties.insert(k.to_owned(), v.to_owned());
-    });
-    if let QueueSelect::ShardingKey(k) = &select {
-        properties.insert(cellgate_rules::SHARDING_KEY.to_owned(), k.clone());
-    }
-    let msg = Message {
-        topic: t.physical.clone(),
-        body,
-        tag: req.tag,
-        keys: req.keys,
-        properties,
-        born_ms,
-    };
-    Ok((msg, select, headers))
+    r.map_err(|e| ApiError::from_broker(&e, "deliver_at_ms"))
 }
 
 fn oneway(req: &Request<Incoming>) -> bool {
     super::query_param(req, "mode").as_deref() == Some("oneway")
+}
+
+/// `X-Load-Test: true` marks every message of the request (SPEC §7).
+fn load_test_header(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("x-load-test")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
 }
 
 fn target<'r>(
@@ -251,12 +144,15 @@ fn target<'r>(
     c.require(Permission::Publish)?;
     c.topic(topic)?;
     let cell = c.cell(req.headers(), app.default_cell.as_deref())?;
+    let tenant = c.tenant()?;
     Ok(Target {
         rules: c.rules,
         tenant: c.tenant_id()?,
         cell,
         logical: topic,
         physical: c.physical(cell, topic, Resource::Topic)?,
+        ordered: tenant.is_ordered(topic),
+        load_test: load_test_header(req),
     })
 }
 
@@ -277,17 +173,38 @@ pub async fn one(
     let oneway = oneway(&req);
     let parsed: PublishRequest =
         body::json(req, request_limit(max_body), app.limits.body_timeout).await?;
-    let (msg, select, headers) = build(&t, parsed, At::Single, max_body, now_ms())?;
+    let born = now_ms();
+    let b = build(&t, parsed, At::Single, max_body, born)?;
+    if oneway && matches!(b.kind, Kind::Transactional(_)) {
+        return Err(ApiError::invalid(
+            "transaction",
+            "a transactional publish cannot be one-way: the answer carries the transaction id",
+        ));
+    }
     let cell_name = t.rules.cell_name(t.cell);
     app.quotas.take(tenant, 1)?;
-    let bytes = msg.body.len() as u64;
+    let bytes = b.msg.body.len() as u64;
     if oneway {
         let broker = app.brokers.get(t.rules, t.cell)?;
         let metrics = app.metrics.clone();
         let (ns, cell) = (tenant.namespace.to_string(), cell_name.to_owned());
+        let trace = app.trace_messages.then(|| (c.grant.name.to_string(), born));
         tokio::spawn(async move {
-            match broker.send(msg, select).await {
-                Ok(_) => metrics.published(&ns, &cell, 1, bytes),
+            let kind = b.kind.clone();
+            let r = match kind {
+                Kind::Delayed(at) => broker.schedule(b.msg, b.select, at).await,
+                _ => broker.send(b.msg, b.select).await,
+            };
+            match r {
+                Ok(r) => {
+                    metrics.published(&ns, &cell, 1, bytes);
+                    if let Some((actor, born)) = trace {
+                        broker.record_trace(vec![
+                            Hop::new(r.id, "publish", born, &cell, &actor).with("mode", "oneway"),
+                            Hop::new(r.id, "store", r.stored_ms, &cell, "broker"),
+                        ]);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "one-way publish failed"),
             }
         });
@@ -296,13 +213,20 @@ pub async fn one(
             &serde_json::json!({"accepted": true, "topic": topic, "cell": cell_name}),
         ));
     }
-    let combiner = app
-        .combiners
-        .get(cell_name, || app.brokers.get(t.rules, t.cell))?;
-    let r = combiner.send(msg, select).await?;
+    let broker = app.brokers.get(t.rules, t.cell)?;
+    let (headers, kind) = (b.headers, b.kind.clone());
+    let r = if kind == Kind::Normal {
+        let combiner = app.combiners.get(cell_name, || Ok(broker.clone()))?;
+        combiner.send(b.msg, b.select).await?
+    } else {
+        send_held(c, &*broker, &t, b).await?
+    };
     app.metrics
         .published(&tenant.namespace, cell_name, 1, bytes);
-    Ok(json(StatusCode::OK, &published(&t, &headers, &r)))
+    if app.trace_messages {
+        broker.record_trace(hops(c, cell_name, born, &r, &kind).into());
+    }
+    Ok(json(StatusCode::OK, &published(&t, &headers, &r, &kind)))
 }
 
 pub async fn batch(
@@ -326,30 +250,57 @@ pub async fn batch(
             ),
         ));
     }
-    let mut msgs = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
+    let mut built = Vec::with_capacity(n);
     let mut bytes = 0u64;
     // One clock read per request: a batch's messages are born together.
-    let born_ms = now_ms();
+    let born = now_ms();
     for (i, m) in parsed.messages.into_iter().enumerate() {
-        let (msg, select, h) = build(&t, m, At::Batch(i), max_body, born_ms)?;
-        bytes += msg.body.len() as u64;
-        msgs.push((msg, select));
-        headers.push(h);
+        let b = build(&t, m, At::Batch(i), max_body, born)?;
+        bytes += b.msg.body.len() as u64;
+        built.push(b);
     }
     let broker = app.brokers.get(t.rules, t.cell)?;
     app.quotas.take(tenant, n as u32)?;
-    let results = broker
-        .send_batch(msgs)
-        .await
-        .map_err(|e| ApiError::from_broker(&e, "messages"))?;
+    let mut headers = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let results = if built.iter().all(|b| b.kind == Kind::Normal) {
+        let msgs = built
+            .into_iter()
+            .map(|b| {
+                headers.push(b.headers);
+                kinds.push(b.kind);
+                (b.msg, b.select)
+            })
+            .collect();
+        broker
+            .send_batch(msgs)
+            .await
+            .map_err(|e| ApiError::from_broker(&e, "messages"))?
+    } else {
+        // Held messages are stored one by one, in order.
+        let mut out = Vec::with_capacity(n);
+        for b in built {
+            headers.push(b.headers);
+            kinds.push(b.kind.clone());
+            out.push(send_held(c, &*broker, &t, b).await?);
+        }
+        out
+    };
     let cell_name = t.rules.cell_name(t.cell);
     app.metrics
         .published(&tenant.namespace, cell_name, n as u64, bytes);
+    if app.trace_messages {
+        let hops = results
+            .iter()
+            .zip(&kinds)
+            .flat_map(|(r, k)| hops(c, cell_name, born, r, k))
+            .collect();
+        broker.record_trace(hops);
+    }
     let results: Vec<Published<'_>> = results
         .iter()
-        .zip(&headers)
-        .map(|(r, h)| published(&t, h, r))
+        .zip(headers.iter().zip(&kinds))
+        .map(|(r, (h, k))| published(&t, h, r, k))
         .collect();
     // Serialised straight from the structs: no `serde_json::Value` tree.
     Ok(json(StatusCode::OK, &BatchPublished { results }))

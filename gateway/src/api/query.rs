@@ -1,4 +1,6 @@
-//! Query: `GET /v1/topics/{topic}/messages/{id}` and `…/messages?key=K`.
+//! Query: `GET /v1/topics/{topic}/messages/{id}`, `…/messages?key=K`,
+//! `…/messages?start_ms=A&end_ms=B` (by store time) and the message trace
+//! `…/messages/{id}/trace`.
 //!
 //! Lookups go to the cell's broker, whose id index spans every topic; a
 //! message is shown only if it is in the caller's physical topic, so an id
@@ -14,12 +16,18 @@ use super::view::MessageView;
 use super::{json, ApiError, ApiResult, App, Caller, Reply};
 
 const MAX_RESULTS: usize = 64;
+const MAX_TIME_RESULTS: usize = 1024;
 
 fn resolve(app: &App, c: &Caller<'_>, t: &str, headers: &HeaderMap) -> ApiResult<(CellId, String)> {
     c.require(Permission::Subscribe)?;
     c.topic(t)?;
     let cell = c.cell(headers, app.default_cell.as_deref())?;
     Ok((cell, c.physical(cell, t, Resource::Topic)?))
+}
+
+fn parse_id(id: &str) -> ApiResult<uuid::Uuid> {
+    uuid::Uuid::try_parse(id)
+        .map_err(|_| ApiError::invalid("message_id", "is not a message id (a UUID)"))
 }
 
 pub fn by_id(
@@ -30,8 +38,7 @@ pub fn by_id(
     headers: &HeaderMap,
 ) -> ApiResult<Reply> {
     let (cell, topic) = resolve(app, c, t, headers)?;
-    let id = uuid::Uuid::try_parse(id)
-        .map_err(|_| ApiError::invalid("message_id", "is not a message id (a UUID)"))?;
+    let id = parse_id(id)?;
     let broker = app.brokers.get(c.rules, cell)?;
     let found = broker
         .get_by_id(&id)
@@ -49,11 +56,70 @@ pub fn by_id(
     ))
 }
 
+fn time_param(req: &Request<Incoming>, name: &'static str) -> ApiResult<Option<i64>> {
+    super::query_param(req, name)
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                ApiError::invalid(name, "must be a time in milliseconds since the epoch")
+            })
+        })
+        .transpose()
+}
+
+/// `?start_ms=A&end_ms=B[&limit=N]`: messages stored in `[A, B)`, oldest
+/// first.
+fn by_time(
+    app: &App,
+    c: &Caller<'_>,
+    t: &str,
+    req: &Request<Incoming>,
+    start: i64,
+) -> ApiResult<Reply> {
+    let (cell, topic) = resolve(app, c, t, req.headers())?;
+    let end = time_param(req, "end_ms")?.unwrap_or(i64::MAX);
+    if end <= start {
+        return Err(ApiError::invalid("end_ms", "must be after start_ms"));
+    }
+    let limit = match super::query_param(req, "limit") {
+        None => MAX_RESULTS,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TIME_RESULTS).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("limit", format!("must be 1 to {MAX_TIME_RESULTS}"))
+            })?,
+    };
+    let broker = app.brokers.get(c.rules, cell)?;
+    let found = match broker.query_by_time(&topic, start, end, limit) {
+        Ok(f) => f,
+        Err(cellgate_broker_core::Error::UnknownTopic(_)) => Vec::new(),
+        Err(e) => return Err(ApiError::from_broker(&e, "start_ms")),
+    };
+    let cell_name = c.rules.cell_name(cell);
+    let views: Vec<MessageView<'_>> = found
+        .iter()
+        .map(|m| MessageView::new(m, t, cell_name))
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "messages": views }),
+    ))
+}
+
 pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> ApiResult<Reply> {
+    if let Some(start) = time_param(req, "start_ms")? {
+        return by_time(app, c, t, req, start);
+    }
     let (cell, topic) = resolve(app, c, t, req.headers())?;
     let key = super::query_param(req, "key")
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::invalid("key", "the query parameter key is required"))?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "key",
+                "give the query parameter key, or start_ms (and end_ms) for a time range",
+            )
+        })?;
     crate::validate::keys(std::slice::from_ref(&key))
         .map_err(|(_, m)| ApiError::invalid("key", m))?;
     let broker = app.brokers.get(c.rules, cell)?;
@@ -70,5 +136,66 @@ pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> Ap
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "messages": views }),
+    ))
+}
+
+/// The hops of one message in every cell the tenant may use: a routed
+/// message has hops in its origin and in each target.
+pub fn trace(
+    app: &App,
+    c: &Caller<'_>,
+    t: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Reply> {
+    let (home, _) = resolve(app, c, t, headers)?;
+    let id = parse_id(id)?;
+    let tenant = c.tenant()?;
+    let mut cells: Vec<CellId> = c
+        .rules
+        .cells()
+        .map(|(cell, _)| cell)
+        .filter(|cell| tenant.allows_cell(*cell))
+        .collect();
+    // The asked cell first: its hops are the likeliest.
+    cells.sort_by_key(|cell| *cell != home);
+    let mut owned = false;
+    let mut hops = Vec::new();
+    for cell in cells {
+        let Ok(broker) = app.brokers.get(c.rules, cell) else {
+            continue;
+        };
+        let physical = c.physical(cell, t, Resource::Topic)?;
+        let here = broker.get_by_id(&id).ok().flatten();
+        if here.is_some_and(|m| m.topic == physical) {
+            owned = true;
+        }
+        let name = c.rules.cell_name(cell);
+        for mut h in broker.trace_of(&id).unwrap_or_default() {
+            if h.place.is_empty() {
+                h.place = name.to_owned();
+            }
+            hops.push(h);
+        }
+    }
+    if !owned {
+        return Err(ApiError::not_found(
+            "message_id",
+            "no message with this id in this topic",
+        ));
+    }
+    hops.sort_by_key(|h| h.at_ms);
+    let hops: Vec<serde_json::Value> = hops
+        .into_iter()
+        .map(|h| {
+            serde_json::json!({
+                "kind": h.kind, "at_ms": h.at_ms, "cell": h.place,
+                "actor": h.actor, "detail": h.detail,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "message_id": id.to_string(), "topic": t, "hops": hops }),
     ))
 }

@@ -8,7 +8,9 @@
 //! before the broker sees it. For broadcast consumption the consumer id
 //! rides inside the handle, so ack needs nothing else.
 //!
-//! Handle: `v1.<base64url(receipt '\n' consumer_id)>.<base64url(mac[..16])>`.
+//! Handle: `v1.<base64url(receipt '\n' consumer_id '\n' message_id)>.<base64url(mac[..16])>`
+//! (the message id names the message in its trace; handles issued before
+//! it existed have none).
 //!
 //! The key lives in `<data>/gateway.secret` (32 random bytes, mode 0600),
 //! created on first start, so handles stay valid across a restart (the
@@ -44,6 +46,7 @@ impl std::fmt::Debug for ReceiptKey {
 pub struct Opened {
     pub receipt: String,
     pub consumer_id: Option<String>,
+    pub message_id: Option<uuid::Uuid>,
 }
 
 // === impl ReceiptKey ===
@@ -103,8 +106,9 @@ impl ReceiptKey {
         topic: &str,
         receipt: &str,
         consumer_id: Option<&str>,
+        message_id: &uuid::Uuid,
     ) -> String {
-        let payload = format!("{receipt}\n{}", consumer_id.unwrap_or(""));
+        let payload = format!("{receipt}\n{}\n{message_id}", consumer_id.unwrap_or(""));
         let mac = self
             .mac(group, topic, payload.as_bytes())
             .map(|m| m.finalize().into_bytes())
@@ -132,10 +136,12 @@ impl ReceiptKey {
             .verify_truncated_left(&mac)
             .ok()?;
         let text = String::from_utf8(payload).ok()?;
-        let (receipt, consumer) = text.split_once('\n')?;
+        let mut parts = text.splitn(3, '\n');
+        let (receipt, consumer) = (parts.next()?, parts.next()?);
         Some(Opened {
             receipt: receipt.to_owned(),
             consumer_id: (!consumer.is_empty()).then(|| consumer.to_owned()),
+            message_id: parts.next().and_then(|i| uuid::Uuid::try_parse(i).ok()),
         })
     }
 }
@@ -148,10 +154,12 @@ mod tests {
     fn a_handle_opens_only_for_its_group_and_topic() {
         let dir = tempfile::tempdir().unwrap();
         let k = ReceiptKey::load_or_create(dir.path()).unwrap();
-        let h = k.seal("ANT|RZ00A%G1", "ANT|RZ00A%T1", "0.5.00ff", None);
+        let id = uuid::Uuid::from_u128(7);
+        let h = k.seal("ANT|RZ00A%G1", "ANT|RZ00A%T1", "0.5.00ff", None, &id);
         let o = k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &h).unwrap();
         assert_eq!(o.receipt, "0.5.00ff");
         assert_eq!(o.consumer_id, None);
+        assert_eq!(o.message_id, Some(id));
         assert!(k.open("BETA|RZ00A%G1", "BETA|RZ00A%T1", &h).is_none());
         assert!(k.open("ANT|RZ01A%G1", "ANT|RZ00A%T1", &h).is_none());
         assert!(k
@@ -161,7 +169,7 @@ mod tests {
         let mut forged = h.clone();
         forged.pop();
         assert!(k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &forged).is_none());
-        let b = k.seal("g", "t", "1.2.3", Some("c-1"));
+        let b = k.seal("g", "t", "1.2.3", Some("c-1"), &id);
         assert_eq!(
             k.open("g", "t", &b).unwrap().consumer_id.as_deref(),
             Some("c-1")

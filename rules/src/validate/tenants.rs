@@ -93,6 +93,7 @@ fn tenant(probs: &mut Problems, at: &At<'_>, t: &RawTenant, topo: &Topology) -> 
         uid_shard,
         routes,
         load_test_groups: patterns(probs, &at.field("load_test_groups"), load_test),
+        ordered_topics: patterns(probs, &at.field("ordered_topics"), Some(&t.ordered_topics)),
     }
 }
 

@@ -9,10 +9,14 @@
 //! lag. An empty receive with a wait parks on the store's "appended" signal
 //! or the next invisibility deadline, whichever comes first — no polling.
 
+mod delay;
+mod txn;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -24,6 +28,9 @@ use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
 use crate::record::{Message, StoredMessage};
 use crate::store::{PutResult, QueueSelect, Store};
+use crate::timer::{Timer, DELIVER_AT};
+use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
+use crate::txn::{Book, Decision, TxnCheck, TxnConfig, TxnInfo};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -82,17 +89,86 @@ pub struct EmbeddedBroker {
     cfg: DeliveryConfig,
     /// Where the next receive starts its round-robin over queues.
     rr: AtomicUsize,
+    /// Delayed messages (see `crate::timer`). In an `Arc` so that its task
+    /// can wait on it without keeping the broker alive.
+    timer: Arc<Timer>,
+    /// Transactions (see `crate::txn`); a std mutex for the same reason as
+    /// the timer's: short sections, never across an await.
+    txns: Mutex<crate::txn::Book>,
+    txn_cfg: TxnConfig,
+    /// Wakes the check-back clock when a transaction starts.
+    txn_wake: Arc<Notify>,
+    /// Wakes every check-back poller when checks are issued (pollers of
+    /// all groups share it: a poller re-checks its own group's queue).
+    checks_ready: Notify,
+    trace: TraceWriter,
+    /// The trace channel's receiving end until `start` takes it.
+    trace_rx: Mutex<Option<mpsc::Receiver<Vec<Hop>>>>,
 }
 
 impl EmbeddedBroker {
     pub fn new(store: Arc<Store>, cfg: DeliveryConfig) -> EmbeddedBroker {
         let groups = Groups::new(store.dir());
+        let (trace, trace_rx) = TraceWriter::channel();
         EmbeddedBroker {
             store,
             groups,
             cfg,
             rr: AtomicUsize::new(0),
+            timer: Arc::default(),
+            txns: Mutex::new(Book::default()),
+            txn_cfg: TxnConfig::default(),
+            txn_wake: Arc::default(),
+            checks_ready: Notify::new(),
+            trace,
+            trace_rx: Mutex::new(Some(trace_rx)),
         }
+    }
+
+    /// Sets the check-back timing of transactions.
+    pub fn with_transactions(mut self, cfg: TxnConfig) -> EmbeddedBroker {
+        self.txn_cfg = cfg;
+        self
+    }
+
+    /// Starts the broker's background tasks: maintenance every
+    /// `maintenance`, the delayed-delivery timer, the transaction
+    /// check-back clock and the trace writer. They end when the broker is
+    /// dropped.
+    pub fn start(self: &Arc<Self>, maintenance: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![
+            self.run_maintenance(maintenance),
+            self.run_timer(),
+            self.run_transactions(),
+        ];
+        if let Some(rx) = self.trace_rx.lock().ok().and_then(|mut r| r.take()) {
+            tasks.push(self.run_trace(rx));
+        }
+        tasks
+    }
+
+    /// The trace channel's sending end (hops dropped when it is behind
+    /// are counted in `dropped`).
+    pub fn trace_writer(&self) -> &TraceWriter {
+        &self.trace
+    }
+
+    fn run_trace(
+        self: &Arc<Self>,
+        mut rx: mpsc::Receiver<Vec<Hop>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(hops) = trace::gather(&mut rx).await {
+                let Some(b) = weak.upgrade() else { return };
+                let Some(rec) = trace::record_of(&hops, now_ms()) else {
+                    continue;
+                };
+                if let Err(e) = b.store.put(rec, QueueSelect::Queue(0)).await {
+                    tracing::warn!(error = %e, "writing message trace failed");
+                }
+            }
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -103,6 +179,8 @@ impl EmbeddedBroker {
     /// Call it periodically ([`EmbeddedBroker::run_maintenance`]) and on close.
     pub fn maintain(&self) -> Result<()> {
         self.groups.persist()?;
+        self.persist_timer()?;
+        self.persist_transactions()?;
         self.store.write_checkpoint()?;
         self.store.enforce_retention()?;
         Ok(())
@@ -127,6 +205,8 @@ impl EmbeddedBroker {
     /// Flushes everything and persists all progress.
     pub fn close(&self) -> Result<()> {
         self.groups.persist()?;
+        self.persist_timer()?;
+        self.persist_transactions()?;
         self.store.close()
     }
 
@@ -163,7 +243,14 @@ impl EmbeddedBroker {
                 let q = ((start + i) % usize::from(queues)) as u16;
                 let st = &mut states[usize::from(q)];
                 self.redeliver(&pass, q, st, &mut out, &mut dead)?;
-                self.scan_new(&pass, q, st, &mut out)?;
+                if !opts.ordered {
+                    self.scan_new(&pass, q, st, &mut out, opts.max_messages)?;
+                } else if st.inflight.is_empty() {
+                    // Ordered: the queue's next message only once the one
+                    // before it is acked or dead-lettered.
+                    let limit = (out.len() + 1).min(opts.max_messages);
+                    self.scan_new(&pass, q, st, &mut out, limit)?;
+                }
                 if out.len() >= opts.max_messages {
                     break;
                 }
@@ -252,6 +339,7 @@ impl EmbeddedBroker {
         q: u16,
         st: &mut QueueState,
         out: &mut Vec<Delivery>,
+        limit: usize,
     ) -> Result<()> {
         let (topic, opts, now, invisible) = (p.topic, p.opts, p.now, p.invisible);
         let (min, max) = self.store.queue_range(topic, q)?;
@@ -259,7 +347,7 @@ impl EmbeddedBroker {
             // Retention removed messages this group had not finished.
             st.jump_to(min);
         }
-        while out.len() < opts.max_messages && st.next < max {
+        while out.len() < limit && st.next < max {
             let entries = self.store.entries(topic, q, st.next, 32)?;
             if entries.is_empty() {
                 break;
@@ -300,7 +388,7 @@ impl EmbeddedBroker {
                     receipt: receipt(q, offset, n),
                     attempt: 1,
                 });
-                if out.len() >= opts.max_messages {
+                if out.len() >= limit {
                     break;
                 }
             }
@@ -317,6 +405,10 @@ impl EmbeddedBroker {
         dead: Vec<Dead>,
     ) -> Result<()> {
         for d in dead {
+            self.trace
+                .record(vec![Hop::new(d.message.id, "dlq", now_ms(), "", "broker")
+                    .with("group", group)
+                    .with("attempts", d.attempts.to_string())]);
             let mut props = d.message.properties.clone();
             props.insert(ORIGIN_TOPIC.into(), topic.to_owned());
             props.insert(ORIGIN_MESSAGE_ID.into(), d.message.id.to_string());
@@ -375,6 +467,31 @@ impl EmbeddedBroker {
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
+    }
+
+    /// Stores copies; one carrying a delivery time still ahead (a copy of
+    /// a delayed message made early) is held until that absolute time, so
+    /// a delayed message is never delayed twice nor released early.
+    async fn copies(&self, msgs: Vec<(Message, QueueSelect, Uuid)>) -> Result<Vec<PutResult>> {
+        let now = now_ms();
+        let due_later = |m: &Message| {
+            m.properties
+                .get(DELIVER_AT)
+                .and_then(|d| d.parse::<i64>().ok())
+                .filter(|d| *d > now)
+        };
+        if !msgs.iter().any(|(m, _, _)| due_later(m).is_some()) {
+            return self.store.put_copies(msgs).await;
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        for (m, sel, id) in msgs {
+            let r = match due_later(&m) {
+                Some(due) => self.hold(vec![(m, sel, Some(id), due)]).await?,
+                None => self.store.put_copies(vec![(m, sel, id)]).await?,
+            };
+            out.extend(r);
+        }
+        Ok(out)
     }
 
     fn settle(
@@ -492,8 +609,29 @@ impl Broker for EmbeddedBroker {
             })
     }
 
+    /// The message as consumers see it; one still held (delayed, or a half
+    /// message) is shown under its destination topic with `__STATE`
+    /// `scheduled` or `transaction_half`.
     fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
-        self.store.get_by_id(id)
+        let mut all = self.store.get_all_by_id(id)?;
+        if let Some(i) = all.iter().rposition(|m| !m.topic.starts_with('%')) {
+            return Ok(Some(all.swap_remove(i)));
+        }
+        let Some(mut m) = all.into_iter().next() else {
+            return Ok(None);
+        };
+        let state = match m.topic.as_str() {
+            crate::timer::SCHEDULE_TOPIC => "scheduled",
+            crate::txn::HALF_TOPIC => "transaction_half",
+            _ => return Ok(Some(m)),
+        };
+        if let Some(real) = m.properties.remove(crate::timer::REAL_TOPIC) {
+            m.topic = real;
+        }
+        m.properties.remove(crate::timer::REAL_QUEUE);
+        m.properties.remove(crate::txn::PRODUCER_GROUP);
+        m.properties.insert("__STATE".into(), state.into());
+        Ok(Some(m))
     }
 
     fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
@@ -538,7 +676,7 @@ impl Broker for EmbeddedBroker {
         &self,
         msgs: Vec<(Message, QueueSelect, Uuid)>,
     ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
-        Box::pin(self.store.put_copies(msgs))
+        Box::pin(self.copies(msgs))
     }
 
     fn topics(&self) -> Result<Vec<(String, u16)>> {
@@ -551,5 +689,75 @@ impl Broker for EmbeddedBroker {
 
     fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
         self.store.appended()
+    }
+
+    fn schedule(
+        &self,
+        msg: Message,
+        select: QueueSelect,
+        deliver_at_ms: i64,
+    ) -> BoxFuture<'_, Result<PutResult>> {
+        Box::pin(async move {
+            let mut held = self.hold(vec![(msg, select, None, deliver_at_ms)]).await?;
+            held.pop().ok_or(Error::Closed)
+        })
+    }
+
+    fn send_transactional<'a>(
+        &'a self,
+        msg: Message,
+        select: QueueSelect,
+        producer_group: &'a str,
+    ) -> BoxFuture<'a, Result<PutResult>> {
+        Box::pin(self.send_half(msg, select, producer_group))
+    }
+
+    fn end_transaction<'a>(
+        &'a self,
+        id: &'a Uuid,
+        decision: Decision,
+    ) -> BoxFuture<'a, Result<TxnInfo>> {
+        Box::pin(self.decide(id, decision, "rolled back by the producer"))
+    }
+
+    fn transaction(&self, id: &Uuid) -> Result<Option<TxnInfo>> {
+        self.transaction_info(id)
+    }
+
+    fn transaction_checks<'a>(
+        &'a self,
+        producer_group: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<TxnCheck>>> {
+        Box::pin(self.checks(producer_group, max, wait))
+    }
+
+    fn query_by_time(
+        &self,
+        topic: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        self.store.query_by_time(topic, from_ms, to_ms, max)
+    }
+
+    fn record_trace(&self, hops: Vec<Hop>) {
+        self.trace.record(hops);
+    }
+
+    fn trace_of(&self, id: &Uuid) -> Result<Vec<Hop>> {
+        if self.store.queues(TRACE_TOPIC).is_none() {
+            return Ok(Vec::new());
+        }
+        let mut hops: Vec<Hop> = self
+            .store
+            .get_by_key(TRACE_TOPIC, &id.to_string())?
+            .iter()
+            .flat_map(|r| trace::hops_of(&r.body, id))
+            .collect();
+        hops.sort_by_key(|h| h.at_ms);
+        Ok(hops)
     }
 }

@@ -1,0 +1,222 @@
+//! Transactional messages: the half-message book.
+//!
+//! A transactional send stores a *half message* in the internal topic
+//! [`HALF_TOPIC`] (one queue; destination in the timer's `__REAL_TOPIC` and
+//! `__REAL_QUEUE` properties, producer group in [`PRODUCER_GROUP`]). Its id
+//! is the transaction id. Consumers never see it. Then:
+//! - **commit** stores the message in its topic under the same id — that
+//!   record *is* the durable commit decision;
+//! - **rollback** (asked for, or after `max_checks` unanswered check-backs)
+//!   appends a small record to [`OP_TOPIC`] keyed by the transaction id,
+//!   with the reason in [`REASON`].
+//!
+//! Invariants:
+//! - A transaction is committed iff its id is stored in its destination
+//!   topic, rolled back iff an op record carries its id, pending otherwise.
+//!   A decision is taken once: the book marks it `Deciding` while it is
+//!   written, and a second, different decision is a conflict.
+//! - Every half-message offset below `half_low` (written to `txn.json`) is
+//!   decided. A restart reloads the halves from there and asks the store
+//!   which are decided; a transaction the book has forgotten is looked up
+//!   the same way, so a repeated decision is idempotent across restarts.
+//! - Check-backs are a function of the half's store time: the k-th is due
+//!   at `stored + first_check + (k-1) * check_every`, so a restart resumes
+//!   the count without persisting it. After `max_checks` the next due time
+//!   rolls the transaction back.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::record::Message;
+
+/// The internal topic of half messages.
+pub const HALF_TOPIC: &str = "%HALF%";
+/// The internal topic of rollback records.
+pub const OP_TOPIC: &str = "%TXN_OP%";
+/// The producer group a half message belongs to (checks go to it).
+pub const PRODUCER_GROUP: &str = "__PRODUCER_GROUP";
+/// Why a transaction was rolled back (on an op record).
+pub const REASON: &str = "__TXN_REASON";
+
+/// Check-back timing.
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// The first check-back after the half message is stored.
+    pub first_check: Duration,
+    /// Between check-backs.
+    pub check_every: Duration,
+    /// Unanswered check-backs before the broker rolls back.
+    pub max_checks: u32,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            first_check: Duration::from_secs(6),
+            check_every: Duration::from_secs(6),
+            max_checks: 15,
+        }
+    }
+}
+
+impl TxnConfig {
+    /// (checks made by `now`, when the next is due) for a half stored at
+    /// `stored`.
+    pub fn schedule(&self, stored: i64, now: i64) -> (u32, i64) {
+        let first = stored + self.first_check.as_millis() as i64;
+        let every = (self.check_every.as_millis() as i64).max(1);
+        if now < first {
+            return (0, first);
+        }
+        let made = ((now - first) / every + 1).min(i64::from(self.max_checks)) as u32;
+        (made, first + i64::from(made) * every)
+    }
+}
+
+/// A commit or a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Commit,
+    Rollback,
+}
+
+/// Where a transaction stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnState {
+    Pending,
+    /// A decision is being written.
+    Deciding,
+    Committed,
+    RolledBack {
+        reason: String,
+    },
+}
+
+impl TxnState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TxnState::Pending => "pending",
+            TxnState::Deciding => "deciding",
+            TxnState::Committed => "committed",
+            TxnState::RolledBack { .. } => "rolled_back",
+        }
+    }
+}
+
+/// What the broker tells about a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnInfo {
+    pub id: Uuid,
+    /// The destination topic.
+    pub topic: String,
+    pub producer_group: String,
+    pub state: TxnState,
+    /// Check-backs made so far.
+    pub checks: u32,
+}
+
+/// A check-back for a producer group: is this transaction committed?
+#[derive(Debug, Clone)]
+pub struct TxnCheck {
+    pub info: TxnInfo,
+    /// The half message, with its destination as `topic`.
+    pub message: crate::record::StoredMessage,
+}
+
+/// One transaction in the book.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub info: TxnInfo,
+    pub half_offset: u64,
+    pub queue: u16,
+    /// The message while pending, when small: a commit then needs no read.
+    pub cached: Option<Message>,
+    pub next_check: i64,
+}
+
+/// The in-memory book. Guarded by one std mutex in the broker: every
+/// section is a few map operations, never across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    pub loaded: bool,
+    pub entries: HashMap<Uuid, Entry>,
+    /// (due ms, id) of pending transactions' next check-back.
+    pub checks_due: BTreeSet<(i64, Uuid)>,
+    /// Issued check-backs not yet handed to a poller, per producer group.
+    pub ready: HashMap<String, VecDeque<Uuid>>,
+    /// Decided transactions by decision time, to forget them later.
+    pub decided: VecDeque<(i64, Uuid)>,
+    /// The half queue's end as far as the book knows.
+    pub half_end: u64,
+}
+
+impl Book {
+    pub fn insert(&mut self, e: Entry) {
+        if e.info.state == TxnState::Pending {
+            self.checks_due.insert((e.next_check, e.info.id));
+        }
+        self.half_end = self.half_end.max(e.half_offset + 1);
+        self.entries.insert(e.info.id, e);
+    }
+
+    /// Records a decision (or undoes `Deciding` with `Pending`).
+    pub fn set_state(&mut self, id: &Uuid, state: TxnState, now: i64) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        self.checks_due.remove(&(e.next_check, *id));
+        match state {
+            TxnState::Pending => {
+                self.checks_due.insert((e.next_check, *id));
+            }
+            TxnState::Committed | TxnState::RolledBack { .. } => {
+                e.cached = None;
+                self.decided.push_back((now, *id));
+            }
+            TxnState::Deciding => {}
+        }
+        e.info.state = state;
+    }
+
+    /// Every half below this is decided.
+    pub fn half_low(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| matches!(e.info.state, TxnState::Pending | TxnState::Deciding))
+            .map(|e| e.half_offset)
+            .min()
+            .unwrap_or(self.half_end)
+    }
+
+    /// Forgets decisions older than `before` (the store still answers for
+    /// them, see the module docs).
+    pub fn forget(&mut self, before: i64) {
+        while let Some(&(at, id)) = self.decided.front() {
+            if at >= before {
+                break;
+            }
+            self.decided.pop_front();
+            self.entries.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_backs_follow_the_store_time() {
+        let c = TxnConfig {
+            first_check: Duration::from_millis(100),
+            check_every: Duration::from_millis(50),
+            max_checks: 3,
+        };
+        assert_eq!(c.schedule(1000, 1050), (0, 1100));
+        assert_eq!(c.schedule(1000, 1100), (1, 1150));
+        assert_eq!(c.schedule(1000, 1199), (2, 1200));
+        assert_eq!(c.schedule(1000, 9999), (3, 1250));
+    }
+}

@@ -1,0 +1,500 @@
+//! Message types over HTTP (issue 6): delayed and scheduled, transactional,
+//! ordered; query by time; the message trace; load-test traffic — each
+//! against the real `cellgate serve` on the example topology, with restarts
+//! (kill -9) while delays and transactions are pending.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cellgate_tests::server::{ANT, BETA};
+use cellgate_tests::{example, Api, Server};
+use serde_json::{json, Value};
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), extra).unwrap();
+    (dir, s)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Receives (local subscription) until `n` messages came or `within`
+/// passed; acks them.
+async fn drain(api: &Api, group: &str, topic: &str, n: usize, within: Duration) -> Vec<Value> {
+    drain_as(api, "local", group, topic, n, within).await
+}
+
+async fn drain_as(
+    api: &Api,
+    subscription: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let req = json!({"subscription": subscription, "max_messages": 64, "wait_ms": 500});
+    while got.len() < n && Instant::now() < deadline {
+        let ms = api.receive(group, topic, &req).await.unwrap();
+        api.ack(group, topic, &ms).await.ok();
+        got.extend(ms);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_delayed_message_arrives_at_its_time_and_holds_up_nothing() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let sent_at = now_ms();
+    let r = api
+        .publish("DLY", &json!({"body": "later", "delay_ms": 1500}))
+        .await
+        .unwrap();
+    assert_eq!(r["offset"], Value::Null, "held messages get no offset yet");
+    let due = r["deliver_at_ms"].as_i64().unwrap();
+    assert!((sent_at + 1500..sent_at + 3000).contains(&due), "{r}");
+    let (st, q) = api
+        .get(&format!(
+            "/v1/topics/DLY/messages/{}",
+            r["message_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(q["properties"]["__STATE"], "scheduled");
+    // A normal message published after it is delivered first, at once.
+    api.publish("DLY", &json!({"body": "now"})).await.unwrap();
+    let first = drain(&api, "G1", "DLY", 1, Duration::from_secs(1)).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["body"], "now");
+    let later = drain(&api, "G1", "DLY", 1, Duration::from_secs(10)).await;
+    let arrived = now_ms();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0]["body"], "later");
+    assert_eq!(later[0]["message_id"], r["message_id"], "same id once due");
+    assert!(arrived >= due, "delivered {} ms early", due - arrived);
+    let at: i64 = later[0]["properties"]["__DELIVER_AT_MS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(at, due);
+    assert!(drain(&api, "G1", "DLY", 1, Duration::from_millis(600))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn delays_survive_kill_9_and_none_fires_twice() {
+    let (_d, mut s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let soon = api
+        .publish("DLYR", &json!({"body": "soon", "delay_ms": 300}))
+        .await
+        .unwrap();
+    let at = now_ms() + 4000;
+    api.publish("DLYR", &json!({"body": "after", "deliver_at_ms": at}))
+        .await
+        .unwrap();
+    let got = drain(&api, "G1", "DLYR", 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["message_id"], soon["message_id"]);
+    // Let the ack and the timer's progress reach disk, then crash.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.kill9();
+    s.restart().unwrap();
+    let api = Api::new(&s, ANT, "RZ00A");
+    let got = drain(&api, "G1", "DLYR", 2, Duration::from_secs(8)).await;
+    let bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(
+        bodies,
+        vec!["after"],
+        "the pending one once, the fired one not again"
+    );
+    assert!(now_ms() >= at);
+}
+
+async fn txn(api: &Api, topic: &str, body: &str) -> String {
+    let r = api
+        .publish(
+            topic,
+            &json!({"body": body, "transaction": {"producer_group": "PG1"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["offset"], Value::Null);
+    r["transaction_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn transactions_commit_roll_back_and_conflict() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let a = txn(&api, "TX", "a").await;
+    let b = txn(&api, "TX", "b").await;
+    assert!(drain(&api, "G1", "TX", 1, Duration::from_millis(600))
+        .await
+        .is_empty());
+    let commit = |id: &str| format!("/v1/transactions/{id}/commit");
+    let rollback = |id: &str| format!("/v1/transactions/{id}/rollback");
+    // Another tenant cannot see, let alone decide, ANT's transaction.
+    let beta = Api::new(&s, BETA, "RZ00A");
+    let (st, v) = beta.post(&commit(&a), &json!({})).await.unwrap();
+    assert_eq!(
+        (st, &v["error"]["field"]),
+        (404, &json!("transaction_id")),
+        "{v}"
+    );
+
+    let (st, v) = api.post(&commit(&a), &json!({})).await.unwrap();
+    assert_eq!((st, v["state"].as_str()), (200, Some("committed")), "{v}");
+    assert_eq!(v["topic"], "TX");
+    let (st, _) = api.post(&commit(&a), &json!({})).await.unwrap();
+    assert_eq!(st, 200, "committing twice is idempotent");
+    let (st, v) = api.post(&rollback(&a), &json!({})).await.unwrap();
+    assert_eq!(st, 409, "{v}");
+
+    let (st, v) = api.post(&rollback(&b), &json!({})).await.unwrap();
+    assert_eq!((st, v["state"].as_str()), (200, Some("rolled_back")), "{v}");
+    let (st, v) = api.post(&commit(&b), &json!({})).await.unwrap();
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rolled_back"),
+        "{v}"
+    );
+
+    let got = drain(&api, "G1", "TX", 2, Duration::from_secs(2)).await;
+    let bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["a"], "only the committed message is delivered");
+    assert_eq!(got[0]["message_id"].as_str(), Some(a.as_str()));
+
+    let unknown = "0190f0f0-0000-7000-8000-000000000000";
+    let (st, _) = api.post(&commit(unknown), &json!({})).await.unwrap();
+    assert_eq!(st, 404);
+    let (st, v) = api.post(&commit("garbage"), &json!({})).await.unwrap();
+    assert_eq!((st, &v["error"]["field"]), (400, &json!("transaction_id")));
+}
+
+#[tokio::test]
+async fn undecided_transactions_are_checked_back_then_rolled_back() {
+    let fast = [
+        "--txn-first-check",
+        "300ms",
+        "--txn-check-interval",
+        "300ms",
+    ];
+    let (_d, s) = start(&[&fast[..], &["--txn-max-checks", "3"]].concat());
+    let api = Api::new(&s, ANT, "RZ00A");
+    let id = txn(&api, "TXC", "check me").await;
+    let (st, v) = api
+        .post(
+            "/v1/producer-groups/PG1/transaction-checks",
+            &json!({"wait_ms": 5000}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{v}");
+    assert_eq!(checks[0]["transaction_id"].as_str(), Some(id.as_str()));
+    assert_eq!(checks[0]["message"]["body"], "check me");
+    assert_eq!(checks[0]["topic"], "TXC");
+    // Nobody answers: three check-backs (0.3, 0.6, 0.9 s), then at 1.2 s
+    // the broker rolls back and says why.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, v) = api
+        .post(&format!("/v1/transactions/{id}/commit"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(st, 409, "{v}");
+    let why = v["error"]["message"].as_str().unwrap();
+    assert!(why.contains("no decision after 3 check-backs"), "{v}");
+    assert!(drain(&api, "G1", "TXC", 1, Duration::from_millis(500))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_pending_transaction_survives_kill_9() {
+    let (_d, mut s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let id = txn(&api, "TXR", "durable half").await;
+    s.kill9();
+    s.restart().unwrap();
+    let api = Api::new(&s, ANT, "RZ00A");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let (st, v) = api
+            .post(&format!("/v1/transactions/{id}/commit"), &json!({}))
+            .await
+            .unwrap();
+        if st == 200 {
+            break v;
+        }
+        assert!(st == 503 && Instant::now() < deadline, "{st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["state"], "committed");
+    let got = drain(&api, "G1", "TXR", 1, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["body"], "durable half");
+}
+
+#[tokio::test]
+async fn ordered_topic_keeps_per_key_order_across_four_consumers_with_nacks() {
+    let (_d, s) = start(&["--retry-levels", "50ms"]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    const KEYS: usize = 6;
+    const PER_KEY: usize = 15;
+    for i in 0..PER_KEY {
+        let msgs: Vec<Value> = (0..KEYS)
+            .map(|k| json!({"body": format!("{k}:{i}"), "sharding_key": format!("key-{k}")}))
+            .collect();
+        let (st, v) = api
+            .post(
+                "/v1/topics/ORDER_BOOK/messages:batch",
+                &json!({"messages": msgs}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        // Same key, same queue.
+        for (k, r) in v["results"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(r["queue"], v["results"][k]["queue"]);
+        }
+    }
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<usize, Vec<usize>>::new()));
+    let mut tasks = Vec::new();
+    for c in 0..4u64 {
+        let (api, acked) = (api.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (c + 1);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                if acked.lock().unwrap().values().map(Vec::len).sum::<usize>() == KEYS * PER_KEY {
+                    return;
+                }
+                let got = api
+                    .receive(
+                        "OG",
+                        "ORDER_BOOK",
+                        &json!({"max_messages": 8, "wait_ms": 200, "invisible_ms": 10000}),
+                    )
+                    .await
+                    .unwrap();
+                for m in got {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let (k, i) = m["body"].as_str().unwrap().split_once(':').unwrap();
+                    let (k, i): (usize, usize) = (k.parse().unwrap(), i.parse().unwrap());
+                    let path = if seed.is_multiple_of(4) {
+                        "nack"
+                    } else {
+                        "ack"
+                    };
+                    if path == "ack" {
+                        // Recorded before the ack: the next of this key can
+                        // only be delivered after the ack answers.
+                        acked.lock().unwrap().entry(k).or_default().push(i);
+                    }
+                    let (st, v) = api
+                        .post(
+                            &format!("/v1/groups/OG/topics/ORDER_BOOK/{path}"),
+                            &json!({"receipt_handles": [m["receipt_handle"]]}),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(st, 200, "{v}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    for k in 0..KEYS {
+        let want: Vec<usize> = (0..PER_KEY).collect();
+        assert_eq!(
+            acked.get(&k),
+            Some(&want),
+            "key {k} out of order or incomplete"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_message_type_inputs_name_their_field() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let forty_days: i64 = 40 * 24 * 3600 * 1000;
+    let cases = [
+        (
+            json!({"body": "x", "delay_ms": forty_days + 1000}),
+            "delay_ms",
+        ),
+        (
+            json!({"body": "x", "deliver_at_ms": now_ms() + forty_days + 60_000}),
+            "deliver_at_ms",
+        ),
+        (
+            json!({"body": "x", "delay_ms": 10, "deliver_at_ms": now_ms() + 10}),
+            "deliver_at_ms",
+        ),
+        (
+            json!({"body": "x", "sharding_key": "k".repeat(64)}),
+            "sharding_key",
+        ),
+        (
+            json!({"body": "x", "delay_ms": 10, "transaction": {"producer_group": "PG1"}}),
+            "transaction",
+        ),
+        (
+            json!({"body": "x", "transaction": {"producer_group": "bad group"}}),
+            "transaction.producer_group",
+        ),
+    ];
+    for (body, field) in cases {
+        let (st, v) = api.post("/v1/topics/T1/messages", &body).await.unwrap();
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    // An ordered topic needs something to order by.
+    let (st, v) = api
+        .post("/v1/topics/ORDER_X/messages", &json!({"body": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("sharding_key")),
+        "{v}"
+    );
+    // 40 days exactly is fine.
+    let (st, v) = api
+        .post(
+            "/v1/topics/T1/messages",
+            &json!({"body": "x", "delay_ms": forty_days - 1000}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test]
+async fn query_by_time_range_trace_and_load_test_traffic() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let t0 = now_ms();
+    api.publish("QT", &json!({"body": "one"})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let t1 = now_ms();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    api.publish("QT", &json!({"body": "two"})).await.unwrap();
+    let (st, v) = api
+        .get(&format!("/v1/topics/QT/messages?start_ms={t0}&end_ms={t1}"))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    let bodies: Vec<&Value> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["body"])
+        .collect();
+    assert_eq!(bodies, vec!["one"]);
+    let (_, v) = api
+        .get(&format!("/v1/topics/QT/messages?start_ms={t0}"))
+        .await
+        .unwrap();
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+    let (st, v) = api
+        .get("/v1/topics/QT/messages?start_ms=yesterday")
+        .await
+        .unwrap();
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("start_ms")));
+
+    // Load-test traffic reaches only the allow-listed PT_ groups.
+    api.publish("LT", &json!({"body": "pressure", "load_test": true}))
+        .await
+        .unwrap();
+    assert!(drain(&api, "G1", "LT", 1, Duration::from_millis(600))
+        .await
+        .is_empty());
+    let pt = drain(&api, "PT_1", "LT", 1, Duration::from_secs(2)).await;
+    assert_eq!(pt.len(), 1);
+    assert_eq!(pt[0]["properties"]["__LOADTEST"], "true");
+}
+
+#[tokio::test]
+async fn the_trace_shows_every_hop_across_cells() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    // uid 12375 lives in RZ03A: copies go to RZ03A, GZ00A and CZSH0.
+    let r = api
+        .publish("TRC", &json!({"body": "follow me", "uid": "12375"}))
+        .await
+        .unwrap();
+    let id = r["message_id"].as_str().unwrap().to_owned();
+    let rz03 = api.cell("RZ03A");
+    let got = drain_as(&rz03, "rzone", "G1", "TRC", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the copy reached RZ03A");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hops = loop {
+        let (st, v) = api
+            .get(&format!("/v1/topics/TRC/messages/{id}/trace"))
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        let hops = v["hops"].as_array().unwrap().clone();
+        if hops.iter().any(|h| h["kind"] == "ack")
+            && hops.iter().filter(|h| h["kind"] == "route").count() == 3
+        {
+            break hops;
+        }
+        assert!(Instant::now() < deadline, "incomplete trace: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kinds: Vec<(&str, &str)> = hops
+        .iter()
+        .map(|h| (h["kind"].as_str().unwrap(), h["cell"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&("publish", "RZ00A")), "{kinds:?}");
+    assert!(kinds.contains(&("store", "RZ00A")), "{kinds:?}");
+    assert!(kinds.contains(&("deliver", "RZ03A")), "{kinds:?}");
+    assert!(kinds.contains(&("ack", "RZ03A")), "{kinds:?}");
+    let mut targets: Vec<&str> = hops
+        .iter()
+        .filter(|h| h["kind"] == "route")
+        .map(|h| {
+            assert_eq!(h["detail"]["source_cell"], "RZ00A");
+            assert_eq!(h["actor"], "router");
+            h["detail"]["target_cell"].as_str().unwrap()
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(targets, vec!["CZSH0", "GZ00A", "RZ03A"]);
+    assert!(hops
+        .windows(2)
+        .all(|w| w[0]["at_ms"].as_i64() <= w[1]["at_ms"].as_i64()));
+    // Another tenant gets a 404, not ANT's trace.
+    let (st, _) = Api::new(&s, BETA, "RZ00A")
+        .get(&format!("/v1/topics/TRC/messages/{id}/trace"))
+        .await
+        .unwrap();
+    assert_eq!(st, 404);
+}
