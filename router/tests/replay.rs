@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cellgate_broker_core::{
     Broker, DeliveryConfig, EmbeddedBroker, Message, QueueSelect, Store, StoreConfig,
 };
-use cellgate_router::journal::{Journal, Placement, QueueProgress};
+use cellgate_router::journal::{Journal, Pending, QueueProgress};
 use cellgate_router::metrics::{RouteLabels, RouterMetrics};
 use cellgate_router::{BrokerDirectory, Router};
 use cellgate_rules::{CellId, RuleSet, RulesHandle};
@@ -105,16 +105,15 @@ async fn a_replayed_batch_is_deduplicated_at_the_destination() {
     // Back to "journaled, then crashed before moving on": the placement is
     // pending again, recorded to RZ03A only.
     let mut j = Journal::open(&dir.path().join("router"), "RZ00A").unwrap();
+    let mut pending = Pending::new(put.id);
+    let shape = pending.shape(vec![("RZ03A".into(), "R".into())]);
+    pending.push(1, Some(shape));
     j.set(
         "ANT|RZ00A%BILL",
         0,
         QueueProgress {
-            next: 0,
-            pending: vec![Placement {
-                offset: put.queue_offset,
-                id: put.id,
-                dests: vec![("RZ03A".into(), "R".into())],
-            }],
+            next: put.queue_offset,
+            pending: Some(pending),
         },
     );
     j.save().unwrap();
