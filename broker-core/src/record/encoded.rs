@@ -268,15 +268,42 @@ impl CopyOf<'_> {
         m
     }
 
-    /// The properties section's length once `set` is merged in, and
-    /// whether it replaces a property (else it is one more).
-    fn props_len(&self) -> (usize, bool) {
+    /// How `set` merges into the source's properties section (names are
+    /// compared as bytes: the section was verified when it was read).
+    fn merge(&self) -> Option<Merge> {
+        let section = self.source.p.props;
         let (name, value) = self.set;
-        let old = self.source.p.props.len();
-        match self.source.property(name) {
-            Some(v) => (old - v.len() + value.len(), true),
-            None => (old + 6 + name.len() + value.len(), false),
+        let mut c = Cursor {
+            buf: section,
+            at: 0,
+        };
+        let count = usize::from(c.u16().ok()?);
+        let mut at = c.at;
+        let mut replaced = None;
+        for _ in 0..count {
+            let start = c.at;
+            let klen = usize::from(c.u16().ok()?);
+            let k = c.take(klen).ok()?;
+            let vlen = c.u32().ok()? as usize;
+            c.take(vlen).ok()?;
+            at = start;
+            match k.cmp(name.as_bytes()) {
+                std::cmp::Ordering::Less => at = c.at,
+                std::cmp::Ordering::Equal => {
+                    replaced = Some(c.at);
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
         }
+        let entry = 6 + name.len() + value.len();
+        let removed = replaced.map_or(0, |end| end - at);
+        Some(Merge {
+            at,
+            resume: replaced.unwrap_or(at),
+            count: count + usize::from(replaced.is_none()),
+            len: section.len() + entry - removed,
+        })
     }
 
     /// The copy's encoded size, or why it cannot be encoded (the limits of
@@ -289,13 +316,15 @@ impl CopyOf<'_> {
         if self.set.0.len() > u16max {
             return Err(too_long("property name", self.set.0.len(), u16max));
         }
-        let (props, replaces) = self.props_len();
-        let count = self.source.properties().count() + usize::from(!replaces);
-        if count > u16max {
-            return Err(too_long("keys or properties count", count, u16max));
+        let m = self.merge().ok_or(Error::Corrupt {
+            pos: self.source.log_pos,
+            why: DecodeError::Layout,
+        })?;
+        if m.count > u16max {
+            return Err(too_long("keys or properties count", m.count, u16max));
         }
         let p = &self.source.p;
-        let total = HEADER + self.topic.len() + p.tag.len() + p.keys.len() + props + p.body.len();
+        let total = HEADER + self.topic.len() + p.tag.len() + p.keys.len() + m.len + p.body.len();
         let u32max = u32::MAX as usize;
         if total > u32max - 4 {
             return Err(too_long("message", total, u32max - 4));
@@ -305,12 +334,14 @@ impl CopyOf<'_> {
 
     /// Appends the copy's record to `out` without the broker-assigned
     /// fields and the checksum, as [`super::encode_unsealed`] does; `len`
-    /// is what [`CopyOf::encoded_len`] returned.
+    /// is what [`CopyOf::encoded_len`] returned (it must have succeeded).
     pub fn encode_unsealed(&self, len: usize, out: &mut Vec<u8>) {
         let p = &self.source.p;
-        let (props_len, replaces) = self.props_len();
         let start = out.len();
         out.resize(start + len, 0);
+        let Some(m) = self.merge() else {
+            return;
+        };
         let mut w = Writer {
             buf: &mut out[start..],
             at: 0,
@@ -324,38 +355,37 @@ impl CopyOf<'_> {
         w.put(&(self.topic.len() as u16).to_le_bytes());
         w.put(&(p.tag.len() as u16).to_le_bytes());
         w.put(&(p.keys.len() as u32).to_le_bytes());
-        w.put(&(props_len as u32).to_le_bytes());
+        w.put(&(m.len as u32).to_le_bytes());
         w.put(&(p.body.len() as u32).to_le_bytes());
         w.put(self.topic.as_bytes());
         w.put(p.tag.as_bytes());
         w.put(p.keys);
-        let n = self.source.properties().count() + usize::from(!replaces);
-        w.put(&(n as u16).to_le_bytes());
+        // The entries before `set`, `set`, the entries after it: names
+        // stay strictly ascending, as the decoder requires.
         let (name, value) = self.set;
-        let put = |w: &mut Writer<'_>, k: &str, v: &str| {
-            w.put(&(k.len() as u16).to_le_bytes());
-            w.put(k.as_bytes());
-            w.put(&(v.len() as u32).to_le_bytes());
-            w.put(v.as_bytes());
-        };
-        // Names stay strictly ascending, as the decoder requires.
-        let mut pending = true;
-        for (k, v) in self.source.properties() {
-            if pending && k >= name {
-                put(&mut w, name, value);
-                pending = false;
-                if k == name {
-                    continue;
-                }
-            }
-            put(&mut w, k, v);
-        }
-        if pending {
-            put(&mut w, name, value);
-        }
+        w.put(&(m.count as u16).to_le_bytes());
+        w.put(p.props.get(2..m.at).unwrap_or_default());
+        w.put(&(name.len() as u16).to_le_bytes());
+        w.put(name.as_bytes());
+        w.put(&(value.len() as u32).to_le_bytes());
+        w.put(value.as_bytes());
+        w.put(p.props.get(m.resume..).unwrap_or_default());
         w.put(p.body);
         debug_assert_eq!(w.at, len);
     }
+}
+
+/// Where a copy's property goes in its source's properties section.
+struct Merge {
+    /// The byte offset of the new entry (of the one it replaces, or of the
+    /// first entry whose name sorts after it).
+    at: usize,
+    /// Where the source's entries resume after the new one.
+    resume: usize,
+    /// Entries in the copy.
+    count: usize,
+    /// The copy's properties section length.
+    len: usize,
 }
 
 #[cfg(test)]
