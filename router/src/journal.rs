@@ -1,158 +1,75 @@
 //! The router's durable progress, one file per source cell.
 //!
-//! ## On-disk format: `<dir>/<CELL>.json`, version 2
+//! ## On-disk format: `<dir>/<CELL>.json`, version 3
 //!
 //! ```json
-//! {"version":2,"topics":{"ANT|RZ00A%BILL":{"3":{"next":1200,"pending":{
-//!   "shapes":[[["RZ03A","R"],["GZ00A","G"],["CZSH0","C"]]],
-//!   "runs":[[250,0],[6,null]],
-//!   "last_id":"01a1fe61-aeda-7449-b2af-88f55d12d84a"}}}}}
+//! {"version":3,
+//!  "rules":"9f2c…",
+//!  "topics":{"ANT|RZ00A%BILL":{"0":{"next":1200},"1":{"next":1187}}}}
 //! ```
 //!
-//! Per source queue (physical topic, queue id): `next`, the first offset
-//! not known to be fully copied, and `pending`, the plan of the messages
-//! from `next` on that were read and planned but are not known to be
-//! copied yet. The plan is compact: `runs` of consecutive offsets, each
-//! `[count, shape]`, where `shape` indexes `shapes` (destination cell and
-//! the kinds its copy is for, per destination) or is `null` (no copy: a
-//! local-only message, a copy, no headers, or an offset past retention).
-//! `last_id` is the id of the message at the last planned offset. A pass
-//! adds about one run per queue however many messages it planned, so a
-//! write costs the same for 1 message or 256 (version 1 listed every
-//! message with its id and destinations).
+//! Per source queue (physical topic, queue id), `next`: every message
+//! below it has all its copies durably appended. `rules`: the sha256 of the
+//! rules that every message from `next` on was planned under, if it may
+//! have copies yet; absent when that is not known (the plans were made
+//! under several rule sets).
+//!
+//! No plan is written per message or per step. A message's destinations
+//! are a pure function of the message and the rules
+//! (`RuleSet::router_targets`), so a replay under the rules `rules` names
+//! makes the same plan, and a destination that already holds the message
+//! id is skipped. When the rules change, the router first lets every copy
+//! it planned under the old rules finish, then writes `next` and the new
+//! `rules` (fsynced) before it plans under the new ones. After a restart
+//! under other rules than the file names (or none), the replay cannot know
+//! where the old plans sent a copy, so it skips each kind of copy that
+//! *any* cell already holds a copy for (by id and `__UNIT.COPY_FOR`).
 //!
 //! ## Invariants
 //!
 //! - The file is replaced whole: written to `<CELL>.json.tmp`, fsynced,
 //!   renamed over, and the directory fsynced. A reader sees the old file or
 //!   the new one, never a mix.
-//! - Every message below `next` has all its copies durably appended.
-//! - The plan of a message is durable before any of its copies is
-//!   appended. A planned message may have none, some or all of its copies;
-//!   replaying the recorded shape, skipping the destinations that already
-//!   hold its id, completes it exactly once, even if a takeover changed
-//!   meanwhile: dedupe by message id inside one cell cannot see a copy
-//!   placed in another (rules/src/unit.rs explains the obligation).
-//! - The plan covers `[next, next + Σ count)` without a gap; the router
-//!   reads a queue's next batch from its end.
-//! - Offsets name the same messages only while the source keeps its log:
-//!   a replay that finds another id (or none) at the last planned offset
-//!   knows the source lost its tail, and plans what it reads again under
-//!   the rules in force, skipping destinations that hold the id.
+//! - Every message below `next` has all its copies durably appended; `next`
+//!   is written in the background as copies complete (a restart replays at
+//!   most what was copied since, deduplicated).
+//! - `rules`, when present, names the rules every plan from `next` on was
+//!   made under: it is written (and fsynced) before the first plan under
+//!   other rules, and replaced by the new rules only once no copy planned
+//!   under the old ones is outstanding.
+//! - No file at all means no copy was ever made from this cell by a router
+//!   with this directory: the first start replays nothing.
 //!
-//! A version 1 file (`pending` a list of `{offset, id, dests}`) is read and
-//! converted; the next write is version 2.
+//! A version 1 file (which journaled each message's destinations in
+//! `pending` before copying) is read: its `next` is kept and its rules are
+//! unknown, so the first replay checks every cell.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use crate::Error;
 
-/// Where one message's copies go: per destination cell, the kinds (`R`,
-/// `G,C` …) its copy is for.
-pub type Shape = Vec<(String, String)>;
-
-/// The plan of the pending messages of one queue (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    pub shapes: Vec<Shape>,
-    /// `(count, shape)`: consecutive offsets with the same plan.
-    pub runs: Vec<(u64, Option<u32>)>,
-    pub last_id: uuid::Uuid,
-}
-
-impl Pending {
-    pub fn new(last_id: uuid::Uuid) -> Pending {
-        Pending {
-            shapes: Vec::new(),
-            runs: Vec::new(),
-            last_id,
-        }
-    }
-
-    /// How many offsets the plan covers.
-    pub fn len(&self) -> u64 {
-        self.runs.iter().map(|r| r.0).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The index of `shape`, added if new.
-    pub fn shape(&mut self, shape: Shape) -> u32 {
-        match self.shapes.iter().position(|s| *s == shape) {
-            Some(i) => i as u32,
-            None => {
-                self.shapes.push(shape);
-                (self.shapes.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Plans `count` more offsets with `shape`.
-    pub fn push(&mut self, count: u64, shape: Option<u32>) {
-        if count == 0 {
-            return;
-        }
-        match self.runs.last_mut() {
-            Some((n, s)) if *s == shape => *n += count,
-            _ => self.runs.push((count, shape)),
-        }
-    }
-
-    /// Forgets the first `n` offsets' plan (copied).
-    pub fn trim(&mut self, mut n: u64) {
-        let mut drop = 0;
-        for (count, _) in &mut self.runs {
-            if n < *count {
-                *count -= n;
-                break;
-            }
-            n -= *count;
-            drop += 1;
-        }
-        self.runs.drain(..drop);
-    }
-
-    /// The shape of each planned offset, in order.
-    pub fn plan(&self) -> impl Iterator<Item = Option<&Shape>> + '_ {
-        self.runs.iter().flat_map(move |&(n, s)| {
-            let shape = s.and_then(|i| self.shapes.get(i as usize));
-            std::iter::repeat_n(shape, n as usize)
-        })
-    }
-}
-
 /// One source queue's progress.
+/// (Version 1 also had `pending`, the plan of the batch in flight: ignored
+/// when read.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "compat::AnyQueueProgress")]
 pub struct QueueProgress {
+    /// Durable: every message below has all its copies appended.
     pub next: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<Pending>,
+    /// In memory: the first offset not planned yet, when past `next`.
+    #[serde(skip)]
+    pub planned: Option<u64>,
 }
 
 impl QueueProgress {
     /// The first offset not planned yet.
     pub fn planned_end(&self) -> u64 {
-        self.next + self.pending.as_ref().map_or(0, Pending::len)
-    }
-
-    /// The first `n` planned offsets are copied.
-    pub fn advance(&mut self, n: u64) {
-        self.next += n;
-        if let Some(p) = &mut self.pending {
-            p.trim(n);
-            if p.is_empty() {
-                self.pending = None;
-            }
-        }
+        self.planned.unwrap_or(self.next).max(self.next)
     }
 }
 
@@ -161,6 +78,9 @@ impl QueueProgress {
 pub struct CellProgress {
     #[serde(default)]
     pub version: u32,
+    /// The sha256 of the rules every plan from `next` on was made under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
     pub topics: BTreeMap<String, BTreeMap<u16, QueueProgress>>,
 }
 
@@ -169,15 +89,15 @@ pub struct CellProgress {
 pub struct Journal {
     path: PathBuf,
     pub progress: CellProgress,
-    /// When the file was last written.
-    saved: Instant,
+    /// No file existed: nothing was ever copied from this cell.
+    fresh: bool,
+    /// Progress made since the last write was started.
+    dirty: bool,
+    /// The background write in progress.
+    writing: Option<JoinHandle<Result<(), Error>>>,
 }
 
-/// How stale the file's `next` offsets may get when no plan forces a write
-/// (a restart replays at most this much, all dedupe hits).
-const STALE: Duration = Duration::from_secs(1);
-
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Checkpoint {
@@ -191,19 +111,35 @@ impl Journal {
     pub fn open(dir: &Path, cell: &str) -> Result<Journal, Error> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(format!("{cell}.json"));
-        let progress = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CellProgress::default(),
+        let (progress, fresh) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut p: CellProgress =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
+                        path: path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?;
+                if p.version < VERSION {
+                    // Older files journaled plans, not the rules.
+                    p.rules = None;
+                }
+                (p, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (CellProgress::default(), true),
             Err(e) => return Err(io(&path)(e)),
         };
         Ok(Journal {
             path,
             progress,
-            saved: Instant::now(),
+            fresh,
+            dirty: false,
+            writing: None,
         })
+    }
+
+    /// Whether no copy was ever made from this cell (no file at open, and
+    /// none written since).
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 
     pub fn queue(&self, topic: &str, queue: u16) -> QueueProgress {
@@ -224,26 +160,26 @@ impl Journal {
             .or_default()
     }
 
-    pub fn set(&mut self, topic: &str, queue: u16, p: QueueProgress) {
-        *self.queue_mut(topic, queue) = p;
-    }
-
-    /// Every queue with a pending plan.
-    pub fn pending(&self) -> Vec<(String, u16)> {
-        let mut out = Vec::new();
-        for (topic, queues) in &self.progress.topics {
-            for (q, p) in queues {
-                if p.pending.is_some() {
-                    out.push((topic.clone(), *q));
-                }
-            }
+    /// The copies of `[from, end)` of a queue are all appended.
+    pub fn copied(&mut self, topic: &str, queue: u16, from: u64, end: u64) {
+        let q = self.queue_mut(topic, queue);
+        // Always so: batches of a queue complete in order.
+        if q.next == from {
+            q.next = end;
+            self.dirty = true;
         }
-        out
     }
 
-    /// Whether the last write is older than a second.
-    pub fn stale(&self) -> bool {
-        self.saved.elapsed() >= STALE
+    /// Forgets what was planned and not copied: it is planned again.
+    pub fn unplan(&mut self) {
+        for q in self
+            .progress
+            .topics
+            .values_mut()
+            .flat_map(|t| t.values_mut())
+        {
+            q.planned = None;
+        }
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, Error> {
@@ -254,28 +190,62 @@ impl Journal {
         })
     }
 
-    /// Writes the whole journal durably (see the module docs).
+    /// Writes the whole journal durably (see the module docs), now.
     pub fn save(&mut self) -> Result<(), Error> {
         let bytes = self.bytes()?;
         write_atomically(&self.path, &bytes)?;
-        self.saved = Instant::now();
+        self.fresh = false;
         Ok(())
     }
 
-    /// [`Journal::save`] on a blocking thread: its fsyncs would otherwise
-    /// stall a runtime worker, and with it the copies in flight there.
-    pub async fn save_off_thread(&mut self) -> Result<(), Error> {
+    /// Waits for the background write, then writes the journal durably on
+    /// a blocking thread (its fsyncs would stall a runtime worker, and the
+    /// copies in flight there).
+    pub async fn save_now(&mut self) -> Result<(), Error> {
+        self.wait_background().await?;
+        self.dirty = false;
         let bytes = self.bytes()?;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(|e| Error::Checkpoint {
-                path: self.path.clone(),
-                source: std::io::Error::other(e),
-            })??;
-        self.saved = Instant::now();
+        join(tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await)?;
+        self.fresh = false;
         Ok(())
     }
+
+    /// Starts a background write of the progress made since the last one,
+    /// unless one is running; reports a finished write's failure. `next`
+    /// needs no write before copies go on (a restart replays what the file
+    /// does not cover, deduplicated), so this keeps fsyncs off the copies'
+    /// path.
+    pub async fn save_in_background(&mut self) -> Result<(), Error> {
+        if self.writing.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.wait_background().await?;
+        }
+        if self.writing.is_some() || !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        let bytes = self.bytes()?;
+        let path = self.path.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            write_atomically(&path, &bytes)
+        }));
+        self.fresh = false;
+        Ok(())
+    }
+
+    async fn wait_background(&mut self) -> Result<(), Error> {
+        match self.writing.take() {
+            Some(w) => join(w.await),
+            None => Ok(()),
+        }
+    }
+}
+
+fn join(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    r.map_err(|e| Error::Checkpoint {
+        path: PathBuf::from("(journal write task)"),
+        source: std::io::Error::other(e),
+    })?
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -290,64 +260,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             .map_err(io(dir))?;
     }
     Ok(())
-}
-
-/// Reading version 1 files.
-mod compat {
-    use serde::Deserialize;
-
-    use super::{Pending, QueueProgress};
-
-    /// A version 1 pending message: its offset, id and destinations.
-    #[derive(Debug, Deserialize)]
-    pub struct Placement {
-        offset: u64,
-        id: uuid::Uuid,
-        dests: Vec<(String, String)>,
-    }
-
-    #[derive(Debug, Deserialize)]
-    #[serde(untagged)]
-    enum AnyPending {
-        V2(Pending),
-        V1(Vec<Placement>),
-    }
-
-    #[derive(Debug, Deserialize)]
-    pub struct AnyQueueProgress {
-        next: u64,
-        #[serde(default)]
-        pending: Option<AnyPending>,
-    }
-
-    impl From<AnyQueueProgress> for QueueProgress {
-        fn from(q: AnyQueueProgress) -> QueueProgress {
-            let pending = match q.pending {
-                None => None,
-                Some(AnyPending::V2(p)) => Some(p),
-                Some(AnyPending::V1(list)) => from_placements(q.next, list),
-            };
-            QueueProgress {
-                next: q.next,
-                pending,
-            }
-        }
-    }
-
-    /// Version 1 listed only the messages with copies, in offset order,
-    /// from `next` on.
-    fn from_placements(next: u64, list: Vec<Placement>) -> Option<Pending> {
-        let last = list.last()?.id;
-        let mut p = Pending::new(last);
-        let mut at = next;
-        for pl in list {
-            p.push(pl.offset.saturating_sub(at), None);
-            let shape = p.shape(pl.dests);
-            p.push(1, Some(shape));
-            at = pl.offset + 1;
-        }
-        Some(p)
-    }
 }
 
 #[cfg(test)]

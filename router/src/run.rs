@@ -1,19 +1,20 @@
 //! The replication loop: one task per source cell, pipelined.
 //!
 //! A step reads the next batch of every tenant queue of the cell from the
-//! end of its journaled plan, plans it and writes the plan to the journal
-//! (`pass::read`); meanwhile the previous step's copies are being appended
-//! (`send::spawn`, one task per destination). Once the plan is durable and
-//! the previous copies are all appended, the journal moves past those and
-//! this step's copies start. So reading and planning run beside the
-//! appends, and copies of one source queue reach each destination in
-//! source order (a step's copies start only after the previous step's
-//! finished).
+//! end of what is planned and plans it (`pass::read`) while the previous
+//! step's copies are being appended (`send::spawn`, one task per
+//! destination); once those are all appended, the journal moves past them
+//! (written in the background) and this step's copies start. So reading and
+//! planning run beside the appends, no fsync is on the copies' path, and
+//! copies of one source queue reach each destination in source order.
 //!
-//! After a restart or a failed step the journaled plans are replayed first
-//! (`pass::replay`), skipping destinations that hold the message id. With
-//! nothing to read the task waits for the source broker's append signal (or
-//! a 1 s tick, which also picks up topics and cells created meanwhile).
+//! After a start or a failed step the task replays: it reads again from the
+//! journal's `next`, skipping copies that exist already (`pass::Dedupe`),
+//! until a step finds no full batch. The journal's `rules` says whether the
+//! plans being replayed were made under the rules in force (see
+//! journal.rs). With nothing to read the task waits for the source broker's
+//! append signal (or a 1 s tick, which also picks up topics and cells
+//! created meanwhile).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::journal::Journal;
 use crate::metrics::RouterMetrics;
-use crate::pass::{self, Work};
+use crate::pass::{self, Dedupe, Work};
 use crate::{send, Error};
 
 /// How long a router woken from idle lets new messages gather before it
@@ -108,6 +109,25 @@ enum Step {
     Idle(watch::Receiver<u64>),
 }
 
+/// Where a cell task stands with replaying.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// Messages read now may have copies already.
+    active: bool,
+    /// ... placed under other rules than those in force.
+    any_cell: bool,
+}
+
+impl Replay {
+    fn dedupe(&self) -> Dedupe {
+        match (self.active, self.any_cell) {
+            (false, _) => Dedupe::No,
+            (true, false) => Dedupe::Planned,
+            (true, true) => Dedupe::AnyCell,
+        }
+    }
+}
+
 impl Router {
     /// Runs until the returned handle is aborted: a supervisor that starts
     /// one task per cell (and for cells added by a reload).
@@ -145,7 +165,11 @@ impl Router {
             }
         };
         let mut flight = InFlight::default();
-        let mut replay = true;
+        // Without a journal no copy was ever made: nothing to replay.
+        let mut replay = Replay {
+            active: !journal.fresh(),
+            any_cell: false,
+        };
         loop {
             let rules = self.rules.current();
             let Some(origin) = rules.cell_id(&cell) else {
@@ -180,9 +204,10 @@ impl Router {
                     if matches!(e, Error::Checkpoint { .. }) {
                         self.metrics.error("journal");
                     }
-                    // Whatever is still in flight is replayed with the rest.
+                    // Whatever is in flight is replayed with the rest.
                     flight = InFlight::default();
-                    replay = true;
+                    journal.unplan();
+                    replay.active = true;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -197,31 +222,20 @@ impl Router {
         src: &dyn Broker,
         journal: &mut Journal,
         flight: &mut InFlight,
-        replay: &mut bool,
+        replay: &mut Replay,
     ) -> Result<Step, Error> {
-        if *replay {
-            let work = pass::replay(rules, origin, src, journal, &self.metrics)?;
-            if !work.batches.is_empty() {
-                journal.save_off_thread().await?;
-                self.start(rules, origin, work, flight)?;
-                flight.finish(journal).await?;
-                journal.save_off_thread().await?;
-            }
-            *replay = false;
-        }
+        sync_rules(rules, journal, flight, replay).await?;
         // Subscribed before reading: an append after the read wakes us.
         let mut appended = src.appended();
         appended.borrow_and_update();
-        let work = pass::read(rules, origin, src, journal, &self.metrics)?;
-        let saved = work.copies() > 0;
-        if saved {
-            // Durable before any of its copies exists: a replay goes to the
-            // same cells.
-            journal.save_off_thread().await?;
-        }
+        let work = pass::read(rules, origin, src, journal, &self.metrics, replay.dedupe())?;
+        // Copies of a queue reach each destination in source order: the
+        // previous step's first.
         flight.finish(journal).await?;
-        if !saved && journal.stale() {
-            journal.save_off_thread().await?;
+        journal.save_in_background().await?;
+        if replay.active && !work.full {
+            // Caught up: whatever comes next was never read before.
+            replay.active = false;
         }
         if work.batches.is_empty() {
             return Ok(Step::Idle(appended));
@@ -249,4 +263,37 @@ impl Router {
         flight.work = Some(work);
         Ok(())
     }
+}
+
+/// Makes the journal's `rules` true for the plans about to be made under
+/// `rules` (the journal.rs invariant), durably, before any is made.
+async fn sync_rules(
+    rules: &RuleSet,
+    journal: &mut Journal,
+    flight: &mut InFlight,
+    replay: &mut Replay,
+) -> Result<(), Error> {
+    let sha = &rules.meta().sha256;
+    if journal.progress.rules.as_ref() == Some(sha) {
+        return Ok(());
+    }
+    if replay.active {
+        // What is replayed may have been planned under other rules: check
+        // every cell; and the file must say the plans are mixed before one
+        // is made under these rules.
+        replay.any_cell = true;
+        if journal.progress.rules.is_some() {
+            flight.finish(journal).await?;
+            journal.progress.rules = None;
+            journal.save_now().await?;
+        }
+        return Ok(());
+    }
+    // Once the copies in flight are appended, nothing planned under other
+    // rules is outstanding.
+    flight.finish(journal).await?;
+    journal.progress.rules = Some(sha.clone());
+    journal.save_now().await?;
+    replay.any_cell = false;
+    Ok(())
 }

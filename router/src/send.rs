@@ -5,12 +5,15 @@
 use std::sync::Arc;
 
 use cellgate_broker_core::{Broker, CopyOf};
-use cellgate_rules::{CellId, RuleSet, COPY_FOR};
+use cellgate_rules::{CellId, RuleSet, TargetMask, COPY_FOR};
 use tokio::task::JoinSet;
 
 use crate::metrics::{RouteLabels, RouterMetrics};
-use crate::pass::Work;
+use crate::pass::{Dedupe, Work};
 use crate::{plan, BrokerDirectory, Error};
+
+/// Every cell's broker, for [`Dedupe::AnyCell`].
+type AllCells = Arc<Vec<Arc<dyn Broker>>>;
 
 /// Per batch of a pass: the copy's topic in one destination and the
 /// tenant (the metric label); `None` for a name that does not map.
@@ -27,6 +30,17 @@ pub(crate) fn spawn(
     work: &Arc<Work>,
     set: &mut JoinSet<Result<(), Error>>,
 ) -> Result<(), Error> {
+    let mut all = Vec::new();
+    if work.dedupe == Dedupe::AnyCell && !work.dests.is_empty() {
+        for (id, cell) in rules.cells() {
+            // A cell out of reach may hold a copy: replay later.
+            let b = brokers
+                .broker(rules, id)
+                .ok_or_else(|| Error::Unavailable(cell.name.to_string()))?;
+            all.push(b);
+        }
+    }
+    let all: AllCells = Arc::new(all);
     let mut sends = Vec::with_capacity(work.dests.len());
     for (i, (dest, _)) in work.dests.iter().enumerate() {
         let Some(dest_id) = rules.cell_id(dest) else {
@@ -55,21 +69,75 @@ pub(crate) fn spawn(
         let work = work.clone();
         let metrics = metrics.clone();
         let source = source.clone();
-        set.spawn(async move { send(&work, i, &*broker, &names, &metrics, source).await });
+        let all = all.clone();
+        set.spawn(async move {
+            let to = Dest {
+                i,
+                broker: &*broker,
+                names: &names,
+                all: &all,
+            };
+            send(&work, to, &metrics, source).await
+        });
     }
     Ok(())
 }
 
-/// Appends the copies of `work` for its `i`-th destination with one
-/// `send_record_copies`; on a replay, skips those the destination holds.
+/// One destination of a pass.
+struct Dest<'a> {
+    /// Its index in `Work::dests`.
+    i: usize,
+    broker: &'a dyn Broker,
+    names: &'a Names,
+    all: &'a [Arc<dyn Broker>],
+}
+
+/// The kinds of `kinds` no cell holds a copy of `id` for yet.
+fn not_placed(
+    all: &[Arc<dyn Broker>],
+    id: &uuid::Uuid,
+    kinds: &'static str,
+) -> Result<Option<&'static str>, Error> {
+    let mut placed = TargetMask::default();
+    for b in all {
+        // The origin holds the original, without `COPY_FOR`.
+        if let Some(m) = b.get_by_id(id)? {
+            if let Some(k) = m
+                .properties
+                .get(COPY_FOR)
+                .and_then(|v| TargetMask::parse(v))
+            {
+                placed.r |= k.r;
+                placed.g |= k.g;
+                placed.c |= k.c;
+            }
+        }
+    }
+    let Some(want) = TargetMask::parse(kinds) else {
+        return Ok(None);
+    };
+    let left = TargetMask {
+        r: want.r && !placed.r,
+        g: want.g && !placed.g,
+        c: want.c && !placed.c,
+    };
+    Ok((left != TargetMask::default()).then(|| left.as_str()))
+}
+
+/// Appends the copies of `work` for one destination with one
+/// `send_record_copies`; on a replay, skips those already there.
 async fn send(
     work: &Work,
-    i: usize,
-    broker: &dyn Broker,
-    names: &Names,
+    to: Dest<'_>,
     metrics: &RouterMetrics,
     source: String,
 ) -> Result<(), Error> {
+    let Dest {
+        i,
+        broker,
+        names,
+        all,
+    } = to;
     let Some((dest, items)) = work.dests.get(i) else {
         return Ok(());
     };
@@ -88,16 +156,20 @@ async fn send(
             metrics.error("bad_name");
             continue;
         };
-        // Copies exist only for journaled plans, so only a replay can
-        // meet one already there.
-        if work.dedupe && broker.get_by_id(&r.id())?.is_some() {
+        // Only a replay can meet a copy already there.
+        let kinds = match work.dedupe {
+            Dedupe::No => Some(it.kinds),
+            Dedupe::Planned => broker.get_by_id(&r.id())?.is_none().then_some(it.kinds),
+            Dedupe::AnyCell => not_placed(all, &r.id(), it.kinds)?,
+        };
+        let Some(kinds) = kinds else {
             metrics.dedupe_hits.inc();
             continue;
-        }
+        };
         copies.push(CopyOf {
             source: r,
             topic,
-            set: (COPY_FOR, it.kinds),
+            set: (COPY_FOR, kinds),
             select: plan::select_of(&r),
         });
         batch_of.push(it.batch as usize);
