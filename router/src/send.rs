@@ -159,7 +159,12 @@ async fn send(
         // Only a replay can meet a copy already there.
         let kinds = match work.dedupe {
             Dedupe::No => Some(it.kinds),
-            Dedupe::Planned => broker.get_by_id(&r.id())?.is_none().then_some(it.kinds),
+            // A copy carries `COPY_FOR`; what lacks it is the original
+            // (a destination that is the origin, by takeover): not a copy.
+            Dedupe::Planned => {
+                let held = broker.get_by_id(&r.id())?;
+                (!held.is_some_and(|m| m.properties.contains_key(COPY_FOR))).then_some(it.kinds)
+            }
             Dedupe::AnyCell => not_placed(all, &r.id(), it.kinds)?,
         };
         let Some(kinds) = kinds else {
