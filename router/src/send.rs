@@ -183,26 +183,41 @@ async fn send(
         return Ok(());
     }
     let stored = broker.send_record_copies(&copies).await?;
-    // Copies come in batch order: one label lookup per batch, not per copy.
+    let route = (source, dest.clone());
+    count(metrics, &route, names, &copies, &batch_of, &stored);
+    Ok(())
+}
+
+/// The copies and lag metrics of a destination's appended copies (`of`:
+/// each copy's batch, for its tenant). Copies come in batch order: one
+/// label lookup per batch, not per copy.
+fn count(
+    metrics: &RouterMetrics,
+    (source, target): &(String, String),
+    names: &Names,
+    copies: &[CopyOf<'_>],
+    of: &[usize],
+    stored: &[cellgate_broker_core::PutResult],
+) {
     let mut start = 0;
-    while let Some(&b) = batch_of.get(start) {
-        let end = start + batch_of[start..].iter().take_while(|x| **x == b).count();
+    while let Some(&b) = of.get(start) {
+        let end = start + of[start..].iter().take_while(|x| **x == b).count();
         if let Some((_, tenant)) = names.get(b).and_then(Option::as_ref) {
             let l = RouteLabels {
                 tenant: tenant.clone(),
                 source: source.clone(),
-                target: dest.clone(),
+                target: target.clone(),
             };
             metrics
                 .copies
                 .get_or_create(&l)
                 .inc_by((end - start) as u64);
             let lag = metrics.lag.get_or_create(&l);
-            for (c, s) in copies[start..end].iter().zip(&stored[start..]) {
+            let stored = stored.get(start..).unwrap_or_default();
+            for (c, s) in copies[start..end].iter().zip(stored) {
                 lag.observe((s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0);
             }
         }
         start = end;
     }
-    Ok(())
 }
