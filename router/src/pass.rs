@@ -52,8 +52,12 @@ pub(crate) struct Work {
     /// Destination cell name → its copies, in source order per queue.
     pub dests: Vec<(String, Vec<Item>)>,
     pub dedupe: Dedupe,
+    /// Only messages stored up to then can have copies already.
+    pub dedupe_until_ms: i64,
     /// Some queue had a full batch: there may be more to read at once.
     pub full: bool,
+    /// The earliest store time of a batch's first message.
+    pub oldest_ms: Option<i64>,
 }
 
 impl Work {
@@ -80,13 +84,15 @@ pub(crate) fn read(
     src: &dyn Broker,
     journal: &mut Journal,
     metrics: &RouterMetrics,
-    dedupe: Dedupe,
+    (dedupe, dedupe_until_ms): (Dedupe, i64),
 ) -> Result<Work, Error> {
     let mut work = Work {
         batches: Vec::new(),
         dests: Vec::new(),
         dedupe,
+        dedupe_until_ms,
         full: false,
+        oldest_ms: None,
     };
     for (topic, queues) in src.topics()? {
         // Other cells' copies, DLQs, unknown tenants: never read.
@@ -103,6 +109,10 @@ pub(crate) fn read(
             let end = last.queue_offset() + 1;
             prog.planned = Some(end);
             work.full |= records.len() >= BATCH;
+            if let Some(first) = records.get(0) {
+                let t = first.stored_ms();
+                work.oldest_ms = Some(work.oldest_ms.map_or(t, |o| o.min(t)));
+            }
             let batch = work.batches.len() as u32;
             for (i, r) in records.iter().enumerate() {
                 match plan::targets(rules, origin, &source, &r) {

@@ -116,9 +116,32 @@ struct Replay {
     active: bool,
     /// ... placed under other rules than those in force.
     any_cell: bool,
+    /// ... if stored up to then: the replay's start, plus a margin for a
+    /// source broker whose clock is ahead of ours. Without this bound, a
+    /// router kept behind by the load would look up every message for
+    /// ever (and so stay behind).
+    until_ms: i64,
+}
+
+/// See [`Replay::until_ms`].
+const CLOCK_MARGIN_MS: i64 = 60_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Replay {
+    fn start() -> Replay {
+        Replay {
+            active: true,
+            any_cell: false,
+            until_ms: now_ms() + CLOCK_MARGIN_MS,
+        }
+    }
+
     fn dedupe(&self) -> Dedupe {
         match (self.active, self.any_cell) {
             (false, _) => Dedupe::No,
@@ -168,7 +191,7 @@ impl Router {
         // Without a journal no copy was ever made: nothing to replay.
         let mut replay = Replay {
             active: !journal.fresh(),
-            any_cell: false,
+            ..Replay::start()
         };
         loop {
             let rules = self.rules.current();
@@ -207,7 +230,10 @@ impl Router {
                     // Whatever is in flight is replayed with the rest.
                     flight = InFlight::default();
                     journal.unplan();
-                    replay.active = true;
+                    replay = Replay {
+                        any_cell: replay.any_cell,
+                        ..Replay::start()
+                    };
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -228,13 +254,15 @@ impl Router {
         // Subscribed before reading: an append after the read wakes us.
         let mut appended = src.appended();
         appended.borrow_and_update();
-        let work = pass::read(rules, origin, src, journal, &self.metrics, replay.dedupe())?;
+        let dedupe = (replay.dedupe(), replay.until_ms);
+        let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe)?;
         // Copies of a queue reach each destination in source order: the
         // previous step's first.
         flight.finish(journal).await?;
         journal.save_in_background().await?;
-        if replay.active && !work.full {
-            // Caught up: whatever comes next was never read before.
+        if replay.active && (!work.full || work.oldest_ms.is_some_and(|t| t > replay.until_ms)) {
+            // Caught up, or past what existed when the replay began:
+            // whatever comes next was never read before.
             replay.active = false;
         }
         if work.batches.is_empty() {

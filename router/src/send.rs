@@ -157,7 +157,13 @@ async fn send(
             continue;
         };
         // Only a replay can meet a copy already there.
-        let kinds = match work.dedupe {
+        // Stored after the replay began: never read before.
+        let dedupe = if r.stored_ms() <= work.dedupe_until_ms {
+            work.dedupe
+        } else {
+            Dedupe::No
+        };
+        let kinds = match dedupe {
             Dedupe::No => Some(it.kinds),
             // A copy carries `COPY_FOR`; what lacks it is the original
             // (a destination that is the origin, by takeover): not a copy.
