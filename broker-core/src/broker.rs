@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::filter::{Predicate, TagFilter};
-use crate::record::{Message, StoredMessage};
+use crate::record::{CopyOf, Message, Records, StoredMessage};
 use crate::store::{PutResult, QueueSelect};
 use crate::trace::Hop;
 use crate::txn::{Decision, TxnCheck, TxnInfo};
@@ -151,6 +151,29 @@ pub trait Broker: Send + Sync {
         &self,
         msgs: Vec<(Message, QueueSelect, Uuid)>,
     ) -> BoxFuture<'_, Result<Vec<PutResult>>>;
+    /// [`Broker::read`], the messages kept encoded as [`Records`]: a router
+    /// that only copies them allocates nothing per message. The default
+    /// encodes what `read` returns.
+    fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
+        let mut out = Records::new();
+        for m in self.read(topic, queue, from, max)? {
+            out.push_stored(m)?;
+        }
+        Ok(out)
+    }
+    /// [`Broker::send_copies`] of records read with
+    /// [`Broker::read_records`] (from this broker or another), each copy
+    /// encoded from its source's bytes. The default builds owned messages.
+    fn send_record_copies<'a>(
+        &'a self,
+        copies: &'a [CopyOf<'a>],
+    ) -> BoxFuture<'a, Result<Vec<PutResult>>> {
+        let msgs = copies
+            .iter()
+            .map(|c| (c.to_message(), c.select.clone(), c.source.id()))
+            .collect();
+        self.send_copies(msgs)
+    }
     /// Every topic with its queue count.
     fn topics(&self) -> Result<Vec<(String, u16)>>;
     /// Up to `max` messages of a queue from offset `from` on, in order,

@@ -39,6 +39,9 @@ use uuid::Uuid;
 
 use crate::error::{DecodeError, Error};
 
+mod encoded;
+pub use encoded::{CopyOf, RecordRef, Records};
+
 /// Fixed part of a record, `len` and `crc` included.
 pub const HEADER: usize = 68;
 /// `len` value that marks the rest of a segment as unused.
@@ -284,6 +287,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// A record's fields, verified, borrowing from the buffer.
+#[derive(Debug, Clone, Copy)]
 struct Parsed<'a> {
     id: Uuid,
     topic: &'a str,
@@ -316,6 +320,14 @@ fn parse(buf: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
+    layout(rec)
+}
+
+/// The header and section layout of `rec`, exactly one record whose
+/// checksum [`parse`] has verified (a batch of records already verified is
+/// read again without checksumming each every time).
+fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+    let total = rec.len();
     let mut c = Cursor { buf: rec, at: 8 };
     let version = c.take(1)?[0];
     if version != VERSION {

@@ -3,18 +3,20 @@
 //!
 //! The routing *decision* — which cells a message is copied to, takeover
 //! included — is `cellgate_rules::RuleSet::router_targets`, a pure function.
-//! This crate adds the moving parts around it: reading original messages
-//! from every cell's broker (`run`), journaling where their copies go and
-//! how far each source queue is done (`journal`), appending copies that keep
-//! the message id so a destination can tell a copy it already holds
-//! (`plan`), and metrics.
+//! This crate adds the moving parts around it: the loop per source cell
+//! (`run`), reading and planning batches of original messages (`pass`,
+//! `plan`), journaling where their copies go and how far each source queue
+//! is done (`journal`), appending copies that keep the message id so a
+//! destination can tell a copy it already holds (`send`), and metrics.
 
 #![forbid(unsafe_code)]
 
 pub mod journal;
 pub mod metrics;
+mod pass;
 pub mod plan;
 mod run;
+mod send;
 mod trace;
 
 pub use run::{BrokerDirectory, Router};

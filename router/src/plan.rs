@@ -2,11 +2,9 @@
 //! copy per destination cell. Pure: everything comes from the rules
 //! snapshot and the message.
 
-use std::collections::BTreeMap;
-
-use cellgate_broker_core::{Message, QueueSelect, StoredMessage};
+use cellgate_broker_core::{QueueSelect, RecordRef};
 use cellgate_rules::names::{self, Resource};
-use cellgate_rules::{CellId, RuleSet, Targets, TenantId, COPY_FOR, SHARDING_KEY};
+use cellgate_rules::{CellId, RuleSet, Targets, TenantId, SHARDING_KEY};
 
 /// Why a message is not copied. Cheap: most messages in a busy cell are
 /// copies or local-only, and this is decided per message.
@@ -67,37 +65,28 @@ pub fn targets(
     rules: &RuleSet,
     origin: CellId,
     src: &SourceTopic<'_>,
-    m: &StoredMessage,
+    m: &RecordRef<'_>,
 ) -> Result<Targets, Skip> {
     let h = rules
-        .read_unit_headers(|k| m.properties.get(k).map(String::as_str))
+        .read_unit_headers(|k| m.property(k))
         .map_err(|_| Skip::NoHeaders)?;
-    let t = rules.router_targets(src.tenant, src.name, m.tag.as_deref(), origin, &h);
+    let t = rules.router_targets(src.tenant, src.name, m.tag(), origin, &h);
     if t.is_empty() {
         return Err(Skip::NoTargets);
     }
     Ok(t)
 }
 
-/// The copy of `m` for `dest_topic`: body, tag, keys, every property (trace
-/// context included), born time and message id kept; `__UNIT.COPY_FOR` set
-/// to the kinds it is for; the same queue choice by sharding key.
-pub fn copy_of(m: &StoredMessage, dest_topic: String, kinds: &str) -> (Message, QueueSelect) {
-    let mut properties: BTreeMap<String, String> = m.properties.clone();
-    properties.insert(COPY_FOR.to_owned(), kinds.to_owned());
-    let select = match properties.get(SHARDING_KEY) {
-        Some(k) => QueueSelect::ShardingKey(k.clone()),
+/// The queue choice of a copy of `m`: by its sharding key (the
+/// `__SHARDINGKEY` property), so per-key order holds in the target too.
+/// Everything else a copy keeps is the broker's `CopyOf` contract: body,
+/// tag, keys, every property (trace context included), born time and
+/// message id, with `__UNIT.COPY_FOR` set to the kinds it is for.
+pub fn select_of(m: &RecordRef<'_>) -> QueueSelect {
+    match m.property(SHARDING_KEY) {
+        Some(k) => QueueSelect::ShardingKey(k.to_owned()),
         None => QueueSelect::RoundRobin,
-    };
-    let msg = Message {
-        topic: dest_topic,
-        body: m.body.clone(),
-        tag: m.tag.clone(),
-        keys: m.keys.clone(),
-        properties,
-        born_ms: m.born_ms,
-    };
-    (msg, select)
+    }
 }
 
 /// The physical topic of `src`'s logical topic in `dest`.

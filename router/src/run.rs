@@ -1,32 +1,40 @@
-//! The replication loop: one task per source cell.
+//! The replication loop: one task per source cell, pipelined.
 //!
-//! A task scans its cell's tenant topics queue by queue from the journal's
-//! `next`, plans each batch (`plan::targets`), journals the placements,
-//! appends the copies (skipping destinations that already hold the message
-//! id: at-least-once, deduplicated), then advances. With nothing to do it
-//! waits for the source broker's append signal (or a 1 s tick, which also
-//! picks up topics and cells created meanwhile).
+//! A step reads the next batch of every tenant queue of the cell from the
+//! end of what is planned and plans it (`pass::read`) while the previous
+//! step's copies are being appended (`send::spawn`, one task per
+//! destination); once those are all appended, the journal moves past them
+//! (written in the background) and this step's copies start. So reading and
+//! planning run beside the appends, no fsync is on the copies' path, and
+//! copies of one source queue reach each destination in source order.
+//!
+//! After a start or a failed step the task replays: it reads again from the
+//! journal's `next`, skipping copies that exist already (`pass::Dedupe`),
+//! until a step finds no full batch. The journal's `rules` says whether the
+//! plans being replayed were made under the rules in force (see
+//! journal.rs). With nothing to read the task waits for the source broker's
+//! append signal (or a 1 s tick, which also picks up topics and cells
+//! created meanwhile).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::{Broker, Message, QueueSelect, StoredMessage};
+use cellgate_broker_core::Broker;
 use cellgate_rules::{CellId, RuleSet, RulesHandle};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 
-use crate::journal::{Journal, Placement, QueueProgress};
-use crate::metrics::{KindLabels, RouteLabels, RouterMetrics};
-use crate::plan;
-use crate::Error;
+use crate::journal::Journal;
+use crate::metrics::RouterMetrics;
+use crate::pass::{self, Dedupe, Work};
+use crate::{send, Error};
 
-/// Messages read from one queue per step.
-const BATCH: usize = 256;
-
-/// How long a woken router lets new messages gather before a pass: bounds
-/// the passes (and journal writes) to a few hundred per second per source
-/// cell, at the price of this much added replication lag.
-const GATHER: Duration = Duration::from_millis(2);
+/// How long a router woken from idle lets new messages gather before it
+/// reads: a trickle of publishes then makes one step (one journal write)
+/// instead of one each, at the price of this much added lag.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// Where the router finds each cell's broker.
 pub trait BrokerDirectory: Send + Sync + 'static {
@@ -50,6 +58,74 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// A task that is aborted when this is dropped: aborting the supervisor
+/// stops the cell tasks, and a cell task its copies (mid-copy is fine: the
+/// journal replays an interrupted step).
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The copies of the last step, still being appended.
+#[derive(Default)]
+struct InFlight {
+    sends: JoinSet<Result<(), Error>>,
+    work: Option<Arc<Work>>,
+}
+
+impl InFlight {
+    /// Waits for every copy in flight; moves the journal past them once all
+    /// are appended (in memory: the next write records it).
+    async fn finish(&mut self, journal: &mut Journal) -> Result<(), Error> {
+        let mut first_err = None;
+        while let Some(r) = self.sends.join_next().await {
+            let e = match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => Error::Unavailable("a copy task".into()),
+            };
+            first_err.get_or_insert(e);
+        }
+        let work = self.work.take();
+        match (first_err, work) {
+            (Some(e), _) => Err(e),
+            (None, Some(w)) => {
+                w.complete(journal);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// What a step did.
+enum Step {
+    /// Read messages; look again at once.
+    Busy,
+    /// Nothing new: wait on this for appends.
+    Idle(watch::Receiver<u64>),
+}
+
+/// Where a cell task stands with replaying.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// Messages read now may have copies already.
+    active: bool,
+    /// ... placed under other rules than those in force.
+    any_cell: bool,
+    /// ... if stored up to then: the replay's start, plus a margin for a
+    /// source broker whose clock is ahead of ours. Without this bound, a
+    /// router kept behind by the load would look up every message for
+    /// ever (and so stay behind).
+    until_ms: i64,
+}
+
+/// See [`Replay::until_ms`].
+const CLOCK_MARGIN_MS: i64 = 60_000;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,25 +133,41 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+impl Replay {
+    fn start() -> Replay {
+        Replay {
+            active: true,
+            any_cell: false,
+            until_ms: now_ms() + CLOCK_MARGIN_MS,
+        }
+    }
+
+    fn dedupe(&self) -> Dedupe {
+        match (self.active, self.any_cell) {
+            (false, _) => Dedupe::No,
+            (true, false) => Dedupe::Planned,
+            (true, true) => Dedupe::AnyCell,
+        }
+    }
+}
+
 impl Router {
     /// Runs until the returned handle is aborted: a supervisor that starts
     /// one task per cell (and for cells added by a reload).
-    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(self: Arc<Self>) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut running: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+            let mut running: BTreeMap<String, Owned> = BTreeMap::new();
             loop {
                 let rules = self.rules.current();
                 for (_, cell) in rules.cells() {
                     let name = cell.name.to_string();
-                    if running.get(&name).is_some_and(|h| !h.is_finished()) {
+                    if running.get(&name).is_some_and(|h| !h.0.is_finished()) {
                         continue;
                     }
                     let me = self.clone();
                     let task_name = name.clone();
-                    running.insert(
-                        name,
-                        tokio::spawn(async move { me.source(task_name).await }),
-                    );
+                    let task = tokio::spawn(async move { me.source(task_name).await });
+                    running.insert(name, Owned(task));
                 }
                 drop(rules);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -83,8 +175,9 @@ impl Router {
         })
     }
 
-    /// Copies everything originating in `cell`, forever; returns on an
-    /// error (logged; the supervisor restarts it a second later).
+    /// Copies everything originating in `cell`, forever; returns when the
+    /// cell leaves the rules or its journal cannot be opened (logged; the
+    /// supervisor restarts it a second later).
     async fn source(self: Arc<Self>, cell: String) {
         let mut journal = match Journal::open(&self.dir, &cell) {
             Ok(j) => j,
@@ -93,6 +186,12 @@ impl Router {
                 self.metrics.error("journal");
                 return;
             }
+        };
+        let mut flight = InFlight::default();
+        // Without a journal no copy was ever made: nothing to replay.
+        let mut replay = Replay {
+            active: !journal.fresh(),
+            ..Replay::start()
         };
         loop {
             let rules = self.rules.current();
@@ -103,274 +202,126 @@ impl Router {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            let mut appended = src.appended();
-            appended.borrow_and_update();
-            match self.pass(&rules, origin, &*src, &mut journal).await {
-                Ok(0) => {
-                    drop(rules);
+            let step = self
+                .step(
+                    &rules,
+                    origin,
+                    &*src,
+                    &mut journal,
+                    &mut flight,
+                    &mut replay,
+                )
+                .await;
+            drop(rules);
+            match step {
+                Ok(Step::Busy) => {}
+                Ok(Step::Idle(mut appended)) => {
                     let woke =
                         tokio::time::timeout(Duration::from_secs(1), appended.changed()).await;
                     if woke.is_ok() {
-                        // Let a trickle of publishes gather into one pass:
-                        // a pass costs a journal write (two fsyncs) and a
-                        // look at every queue, whatever it carries.
                         tokio::time::sleep(GATHER).await;
                     }
                 }
-                Ok(n) if n < BATCH => tokio::time::sleep(GATHER).await,
-                Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(%cell, error = %e, "router pass failed; retrying");
+                    tracing::warn!(%cell, error = %e, "router step failed; replaying");
+                    if matches!(e, Error::Checkpoint { .. }) {
+                        self.metrics.error("journal");
+                    }
+                    // Whatever is in flight is replayed with the rest.
+                    flight = InFlight::default();
+                    journal.unplan();
+                    replay = Replay {
+                        any_cell: replay.any_cell,
+                        ..Replay::start()
+                    };
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
     }
 
-    /// One look at every queue of the cell's topics; the number of
-    /// messages it moved past. Every queue's batch is planned first, the
-    /// placements of all of them are journaled with one durable write, then
-    /// the copies go out, one `send_copies` per destination cell.
-    async fn pass(
+    /// One step (see the module docs).
+    async fn step(
         &self,
-        rules: &RuleSet,
+        rules: &Arc<RuleSet>,
         origin: CellId,
         src: &dyn Broker,
         journal: &mut Journal,
-    ) -> Result<usize, Error> {
-        let mut moved = 0;
-        let mut work: Vec<(String, u16, Vec<StoredMessage>, Vec<Placement>)> = Vec::new();
-        for (topic, queues) in src.topics()? {
-            // Other cells' copies, DLQs, unknown tenants: never read.
-            let Ok(source) = plan::source_topic(rules, origin, &topic) else {
-                continue;
-            };
-            for q in 0..queues {
-                let mut prog = journal.queue(&topic, q);
-                if !prog.pending.is_empty() {
-                    self.replay(rules, origin, src, &topic, q, &mut prog)
-                        .await?;
-                    journal.set(&topic, q, prog.clone());
-                    journal.save()?;
-                }
-                let msgs = src.read(&topic, q, prog.next, BATCH)?;
-                if msgs.is_empty() {
-                    continue;
-                }
-                moved += msgs.len();
-                let placements = self.plan(rules, origin, &source, &msgs);
-                work.push((topic.clone(), q, msgs, placements));
-            }
+        flight: &mut InFlight,
+        replay: &mut Replay,
+    ) -> Result<Step, Error> {
+        sync_rules(rules, journal, flight, replay).await?;
+        // Subscribed before reading: an append after the read wakes us.
+        let mut appended = src.appended();
+        appended.borrow_and_update();
+        let dedupe = (replay.dedupe(), replay.until_ms);
+        let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe)?;
+        // Copies of a queue reach each destination in source order: the
+        // previous step's first.
+        flight.finish(journal).await?;
+        journal.save_in_background().await?;
+        if replay.active && (!work.full || work.oldest_ms.is_some_and(|t| t > replay.until_ms)) {
+            // Caught up, or past what existed when the replay began:
+            // whatever comes next was never read before.
+            replay.active = false;
         }
-        if work.is_empty() {
-            return Ok(0);
+        if work.batches.is_empty() {
+            return Ok(Step::Idle(appended));
         }
-        let any = work.iter().any(|w| !w.3.is_empty());
-        for (topic, q, _, placements) in &work {
-            if !placements.is_empty() {
-                let next = journal.queue(topic, *q).next;
-                journal.set(
-                    topic,
-                    *q,
-                    QueueProgress {
-                        next,
-                        pending: placements.clone(),
-                    },
-                );
-            }
-        }
-        if any {
-            // Durable before any copy exists: a replay goes to the same cells.
-            journal.save()?;
-            let items: Vec<(&StoredMessage, &Placement)> = work
-                .iter()
-                .flat_map(|(_, _, msgs, ps)| matched(msgs, ps))
-                .collect();
-            self.apply(rules, origin, &items, false).await?;
-        }
-        for (topic, q, msgs, _) in &work {
-            let end = msgs.last().map(|m| m.queue_offset + 1).unwrap_or(0);
-            // The placements stay in the file until the next save: were the
-            // process to die now, a replay finds every copy (dedupe hits).
-            journal.set(
-                topic,
-                *q,
-                QueueProgress {
-                    next: end,
-                    pending: Vec::new(),
-                },
-            );
-        }
-        if !any {
-            journal.save_if_stale()?;
-        }
-        Ok(moved)
+        self.start(rules, origin, work, flight)?;
+        Ok(Step::Busy)
     }
 
-    /// Where each message of a batch goes (skips counted).
-    fn plan(
+    fn start(
         &self,
         rules: &RuleSet,
         origin: CellId,
-        source: &plan::SourceTopic<'_>,
-        msgs: &[StoredMessage],
-    ) -> Vec<Placement> {
-        let mut out = Vec::new();
-        for m in msgs {
-            match plan::targets(rules, origin, source, m) {
-                Ok(t) => out.push(Placement {
-                    offset: m.queue_offset,
-                    id: m.id,
-                    dests: t
-                        .iter()
-                        .map(|(c, k)| (rules.cell_name(c).to_owned(), k.as_str().to_owned()))
-                        .collect(),
-                }),
-                Err(skip) => {
-                    self.metrics
-                        .skipped
-                        .get_or_create(&KindLabels {
-                            kind: skip.as_str(),
-                        })
-                        .inc();
-                }
-            }
-        }
-        out
-    }
-
-    /// Finishes a batch journaled before a restart: the recorded cells, and
-    /// only those that do not hold the message yet.
-    async fn replay(
-        &self,
-        rules: &RuleSet,
-        origin: CellId,
-        src: &dyn Broker,
-        topic: &str,
-        queue: u16,
-        prog: &mut QueueProgress,
+        work: Work,
+        flight: &mut InFlight,
     ) -> Result<(), Error> {
-        let first = prog.pending.first().map(|p| p.offset).unwrap_or(prog.next);
-        let last = prog.pending.last().map(|p| p.offset).unwrap_or(prog.next);
-        let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
-        let msgs = src.read(topic, queue, first, span)?;
-        let items = matched(&msgs, &prog.pending);
-        self.apply(rules, origin, &items, true).await?;
-        *prog = QueueProgress {
-            next: (last + 1).max(prog.next),
-            pending: Vec::new(),
-        };
+        let work = Arc::new(work);
+        send::spawn(
+            rules,
+            origin,
+            &*self.brokers,
+            &self.metrics,
+            &work,
+            &mut flight.sends,
+        )?;
+        flight.work = Some(work);
         Ok(())
-    }
-
-    /// Appends the copies, one `send_copies` per destination cell, the
-    /// destinations concurrently. With `dedupe`, a destination that already
-    /// holds the message id is skipped (only a replay can find one: copies
-    /// exist only for journaled placements).
-    async fn apply(
-        &self,
-        rules: &RuleSet,
-        origin: CellId,
-        items: &[(&StoredMessage, &Placement)],
-        dedupe: bool,
-    ) -> Result<(), Error> {
-        let mut per_dest: BTreeMap<&str, Vec<(&StoredMessage, &str)>> = BTreeMap::new();
-        for (m, p) in items {
-            for (dest, kinds) in &p.dests {
-                per_dest.entry(dest).or_default().push((m, kinds));
-            }
-        }
-        let mut sends = tokio::task::JoinSet::new();
-        for (dest, list) in per_dest {
-            let Some(dest_id) = rules.cell_id(dest) else {
-                self.metrics.error("unknown_destination");
-                continue;
-            };
-            let Some(broker) = self.brokers.broker(rules, dest_id) else {
-                self.metrics.error("destination_unavailable");
-                return Err(Error::Unavailable(dest.to_owned()));
-            };
-            let mut batch: Vec<(Message, QueueSelect, uuid::Uuid)> = Vec::with_capacity(list.len());
-            // Store times of the originals, by tenant (the metric label).
-            let mut origins: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-            // Source topic -> its name in `dest`: one parse per topic.
-            let mut names: HashMap<&str, Option<(String, &str)>> = HashMap::new();
-            for (m, kinds) in list {
-                if dedupe && broker.get_by_id(&m.id)?.is_some() {
-                    self.metrics.dedupe_hits.inc();
-                    continue;
-                }
-                let named = names.entry(m.topic.as_str()).or_insert_with(|| {
-                    let s = plan::source_topic(rules, origin, &m.topic).ok()?;
-                    Some((plan::dest_topic(rules, &s, dest_id)?, s.namespace))
-                });
-                let Some((topic, tenant)) = named.as_ref() else {
-                    self.metrics.error("bad_name");
-                    continue;
-                };
-                let (copy, select) = plan::copy_of(m, topic.clone(), kinds);
-                batch.push((copy, select, m.id));
-                match origins.get_mut(*tenant) {
-                    Some(v) => v.push(m.stored_ms),
-                    None => {
-                        origins.insert((*tenant).to_owned(), vec![m.stored_ms]);
-                    }
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            let labels = (rules.cell_name(origin).to_owned(), dest.to_owned());
-            let metrics = self.metrics.clone();
-            let traced: Vec<uuid::Uuid> = batch.iter().map(|(_, _, id)| *id).collect();
-            sends.spawn(async move {
-                let stored = broker.send_copies(batch).await?;
-                broker.record_trace(crate::trace::route_hops(&traced, &stored, &labels));
-                let stored_at = stored.first().map(|r| r.stored_ms).unwrap_or_else(now_ms);
-                for (tenant, born) in origins {
-                    let l = RouteLabels {
-                        tenant,
-                        source: labels.0.clone(),
-                        target: labels.1.clone(),
-                    };
-                    metrics.copies.get_or_create(&l).inc_by(born.len() as u64);
-                    let lag = metrics.lag.get_or_create(&l);
-                    for b in born {
-                        lag.observe((stored_at - b).max(0) as f64 / 1000.0);
-                    }
-                }
-                Ok::<(), Error>(())
-            });
-        }
-        let mut first_err = None;
-        while let Some(r) = sends.join_next().await {
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.metrics.error("append");
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(Error::Unavailable("a copy task".into()));
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
     }
 }
 
-/// The journaled messages of `msgs`, each with its placement. A placement
-/// whose message is gone (retention) or whose id differs is dropped.
-fn matched<'a>(
-    msgs: &'a [StoredMessage],
-    ps: &'a [Placement],
-) -> Vec<(&'a StoredMessage, &'a Placement)> {
-    let by_offset: BTreeMap<u64, &StoredMessage> =
-        msgs.iter().map(|m| (m.queue_offset, m)).collect();
-    ps.iter()
-        .filter_map(|p| {
-            let m = by_offset.get(&p.offset).copied()?;
-            (m.id == p.id).then_some((m, p))
-        })
-        .collect()
+/// Makes the journal's `rules` true for the plans about to be made under
+/// `rules` (the journal.rs invariant), durably, before any is made.
+async fn sync_rules(
+    rules: &RuleSet,
+    journal: &mut Journal,
+    flight: &mut InFlight,
+    replay: &mut Replay,
+) -> Result<(), Error> {
+    let sha = &rules.meta().sha256;
+    if journal.progress.rules.as_ref() == Some(sha) {
+        return Ok(());
+    }
+    if replay.active {
+        // What is replayed may have been planned under other rules: check
+        // every cell; and the file must say the plans are mixed before one
+        // is made under these rules.
+        replay.any_cell = true;
+        if journal.progress.rules.is_some() {
+            flight.finish(journal).await?;
+            journal.progress.rules = None;
+            journal.save_now().await?;
+        }
+        return Ok(());
+    }
+    // Once the copies in flight are appended, nothing planned under other
+    // rules is outstanding.
+    flight.finish(journal).await?;
+    journal.progress.rules = Some(sha.clone());
+    journal.save_now().await?;
+    replay.any_cell = false;
+    Ok(())
 }

@@ -263,7 +263,7 @@ async fn ordered_topic_keeps_per_key_order_across_four_consumers_with_nacks() {
             .collect();
         let (st, v) = api
             .post(
-                "/v1/topics/ORDER_BOOK/messages:batch",
+                "/v1/topics/FIFO_BOOK/messages:batch",
                 &json!({"messages": msgs}),
             )
             .await
@@ -288,7 +288,7 @@ async fn ordered_topic_keeps_per_key_order_across_four_consumers_with_nacks() {
                 let got = api
                     .receive(
                         "OG",
-                        "ORDER_BOOK",
+                        "FIFO_BOOK",
                         &json!({"max_messages": 8, "wait_ms": 200, "invisible_ms": 10000}),
                     )
                     .await
@@ -311,7 +311,7 @@ async fn ordered_topic_keeps_per_key_order_across_four_consumers_with_nacks() {
                     }
                     let (st, v) = api
                         .post(
-                            &format!("/v1/groups/OG/topics/ORDER_BOOK/{path}"),
+                            &format!("/v1/groups/OG/topics/FIFO_BOOK/{path}"),
                             &json!({"receipt_handles": [m["receipt_handle"]]}),
                         )
                         .await
@@ -376,7 +376,7 @@ async fn bad_message_type_inputs_name_their_field() {
     }
     // An ordered topic needs something to order by.
     let (st, v) = api
-        .post("/v1/topics/ORDER_X/messages", &json!({"body": "x"}))
+        .post("/v1/topics/FIFO_X/messages", &json!({"body": "x"}))
         .await
         .unwrap();
     assert_eq!(

@@ -26,7 +26,7 @@ use crate::broker::{
 };
 use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
-use crate::record::{Message, StoredMessage};
+use crate::record::{CopyOf, Message, Records, StoredMessage};
 use crate::store::{PutResult, QueueSelect, Store};
 use crate::timer::{Timer, DELIVER_AT};
 use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
@@ -677,6 +677,17 @@ impl Broker for EmbeddedBroker {
         msgs: Vec<(Message, QueueSelect, Uuid)>,
     ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
         Box::pin(self.copies(msgs))
+    }
+
+    fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
+        self.store.read_records(topic, queue, from, max)
+    }
+
+    fn send_record_copies<'a>(
+        &'a self,
+        copies: &'a [CopyOf<'a>],
+    ) -> BoxFuture<'a, Result<Vec<PutResult>>> {
+        Box::pin(self.store.put_record_copies(copies))
     }
 
     fn topics(&self) -> Result<Vec<(String, u16)>> {

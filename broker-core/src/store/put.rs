@@ -10,6 +10,8 @@ use crate::dispatch::Meta;
 use crate::error::{Error, Result};
 use crate::record::{self, Message, Stamp};
 
+mod copies;
+
 /// A message checked and placed, before it is encoded.
 #[derive(Debug)]
 struct Prepared {

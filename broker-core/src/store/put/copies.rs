@@ -1,0 +1,101 @@
+//! The router's path through the store: records read kept encoded, and
+//! copies of them appended straight from those bytes (`record/encoded.rs`
+//! says why). Each is the twin of a general path (`read_from`,
+//! `put_copies`) and keeps its guarantees.
+
+use std::sync::Arc;
+
+use super::{select_queue, Prepared, SCRATCH, SCRATCH_KEEP};
+use crate::error::{Error, Result};
+use crate::record::{self, CopyOf, Message, Records};
+use crate::store::{PutResult, Store, Topic};
+
+impl Store {
+    /// Up to `max` records of a queue from offset `from` on, in offset
+    /// order, verified and kept encoded. Offsets below the retained range
+    /// are skipped, as [`Store::read_from`] does.
+    pub fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
+        let mut entries = self.entries(topic, queue, from, max)?;
+        // Only a reader that fell behind retention pays for the search of
+        // the first retained offset.
+        if entries
+            .first()
+            .is_some_and(|e| e.log_pos < self.log.min_pos())
+        {
+            let (min, _) = self.queue_range(topic, queue)?;
+            entries = self.entries(topic, queue, from.max(min), max)?;
+        }
+        let bytes = entries.iter().map(|e| e.size as usize).sum();
+        let mut out = Records::with_capacity(entries.len(), bytes);
+        let mut buf = Vec::new();
+        for e in &entries {
+            self.log.read(e.log_pos, e.size as usize, &mut buf)?;
+            out.push(&buf, e.log_pos).map_err(|why| Error::Corrupt {
+                pos: e.log_pos,
+                why,
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Stores copies of records read elsewhere, each keeping its source's
+    /// id, in order, with one write and one durability wait: what
+    /// [`Store::put_copies`] does, without an owned message per copy.
+    pub async fn put_record_copies(&self, copies: &[CopyOf<'_>]) -> Result<Vec<PutResult>> {
+        let mut prepared = Vec::with_capacity(copies.len());
+        let mut last = None;
+        for c in copies {
+            prepared.push(self.prepare_copy(c, &mut last)?);
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        let (end, behind) = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            // Encoded outside the writer lock, as `append` does.
+            for (c, p) in copies.iter().zip(&prepared) {
+                c.encode_unsealed(p.len, &mut scratch);
+            }
+            let r = self.append_encoded(prepared, &scratch, |r| results.push(r));
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            r
+        })?;
+        self.finish(end, behind).await?;
+        Ok(results)
+    }
+
+    /// `prepare` for a copy; `last` caches the previous copy's topic.
+    fn prepare_copy(&self, c: &CopyOf<'_>, last: &mut Option<Arc<Topic>>) -> Result<Prepared> {
+        let size = c.source.body().len();
+        if size > self.cfg.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size,
+                max: self.cfg.max_message_bytes,
+            });
+        }
+        let len = c.encoded_len()?;
+        let topic = match last.as_ref().filter(|t| t.name == c.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.topic(c.topic)?;
+                *last = Some(t.clone());
+                t
+            }
+        };
+        let queue = select_queue(&topic, c.topic, &c.select)?;
+        Ok(Prepared {
+            // Already encoded: the dispatcher reads only the keys (for the
+            // key index), so the message carries nothing else.
+            msg: Message {
+                keys: c.source.keys().map(str::to_owned).collect(),
+                ..Message::default()
+            },
+            tag_hash: record::tag_hash(c.source.tag()),
+            topic,
+            queue,
+            len,
+            keep_id: Some(c.source.id()),
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! Sending a pass's copies: one `send_record_copies` per destination cell,
+//! each on its own task, so destinations (separate brokers) append
+//! concurrently with each other and with the reading of the next pass.
+
+use std::sync::Arc;
+
+use cellgate_broker_core::{Broker, CopyOf};
+use cellgate_rules::{CellId, RuleSet, TargetMask, COPY_FOR};
+use tokio::task::JoinSet;
+
+use crate::metrics::{RouteLabels, RouterMetrics};
+use crate::pass::{Dedupe, Work};
+use crate::{plan, BrokerDirectory, Error};
+
+/// Every cell's broker, for [`Dedupe::AnyCell`].
+type AllCells = Arc<Vec<Arc<dyn Broker>>>;
+
+/// Per batch of a pass: the copy's topic in one destination and the
+/// tenant (the metric label); `None` for a name that does not map.
+type Names = Vec<Option<(String, String)>>;
+
+/// Starts the copies of `work` on `set`, one task per destination. Fails,
+/// sending nothing, when a destination has no broker: the pass stays
+/// journaled and is replayed.
+pub(crate) fn spawn(
+    rules: &RuleSet,
+    origin: CellId,
+    brokers: &dyn BrokerDirectory,
+    metrics: &RouterMetrics,
+    work: &Arc<Work>,
+    set: &mut JoinSet<Result<(), Error>>,
+) -> Result<(), Error> {
+    let mut all = Vec::new();
+    if work.dedupe == Dedupe::AnyCell && !work.dests.is_empty() {
+        for (id, cell) in rules.cells() {
+            // A cell out of reach may hold a copy: replay later.
+            let b = brokers
+                .broker(rules, id)
+                .ok_or_else(|| Error::Unavailable(cell.name.to_string()))?;
+            all.push(b);
+        }
+    }
+    let all: AllCells = Arc::new(all);
+    let mut sends = Vec::with_capacity(work.dests.len());
+    for (i, (dest, _)) in work.dests.iter().enumerate() {
+        let Some(dest_id) = rules.cell_id(dest) else {
+            metrics.error("unknown_destination");
+            continue;
+        };
+        let Some(broker) = brokers.broker(rules, dest_id) else {
+            metrics.error("destination_unavailable");
+            return Err(Error::Unavailable(dest.clone()));
+        };
+        let names: Names = work
+            .batches
+            .iter()
+            .map(|b| {
+                let s = plan::source_topic(rules, origin, &b.topic).ok()?;
+                Some((
+                    plan::dest_topic(rules, &s, dest_id)?,
+                    s.namespace.to_owned(),
+                ))
+            })
+            .collect();
+        sends.push((i, broker, names));
+    }
+    let source = rules.cell_name(origin).to_owned();
+    for (i, broker, names) in sends {
+        let work = work.clone();
+        let metrics = metrics.clone();
+        let source = source.clone();
+        let all = all.clone();
+        set.spawn(async move {
+            let to = Dest {
+                i,
+                broker: &*broker,
+                names: &names,
+                all: &all,
+            };
+            send(&work, to, &metrics, source).await
+        });
+    }
+    Ok(())
+}
+
+/// One destination of a pass.
+struct Dest<'a> {
+    /// Its index in `Work::dests`.
+    i: usize,
+    broker: &'a dyn Broker,
+    names: &'a Names,
+    all: &'a [Arc<dyn Broker>],
+}
+
+/// The kinds of `kinds` no cell holds a copy of `id` for yet.
+fn not_placed(
+    all: &[Arc<dyn Broker>],
+    id: &uuid::Uuid,
+    kinds: &'static str,
+) -> Result<Option<&'static str>, Error> {
+    let mut placed = TargetMask::default();
+    for b in all {
+        // The origin holds the original, without `COPY_FOR`.
+        if let Some(m) = b.get_by_id(id)? {
+            if let Some(k) = m
+                .properties
+                .get(COPY_FOR)
+                .and_then(|v| TargetMask::parse(v))
+            {
+                placed.r |= k.r;
+                placed.g |= k.g;
+                placed.c |= k.c;
+            }
+        }
+    }
+    let Some(want) = TargetMask::parse(kinds) else {
+        return Ok(None);
+    };
+    let left = TargetMask {
+        r: want.r && !placed.r,
+        g: want.g && !placed.g,
+        c: want.c && !placed.c,
+    };
+    Ok((left != TargetMask::default()).then(|| left.as_str()))
+}
+
+/// Appends the copies of `work` for one destination with one
+/// `send_record_copies`; on a replay, skips those already there.
+async fn send(
+    work: &Work,
+    to: Dest<'_>,
+    metrics: &RouterMetrics,
+    source: String,
+) -> Result<(), Error> {
+    let Dest {
+        i,
+        broker,
+        names,
+        all,
+    } = to;
+    let Some((dest, items)) = work.dests.get(i) else {
+        return Ok(());
+    };
+    let mut copies = Vec::with_capacity(items.len());
+    // The batch of each copy (for its tenant label).
+    let mut batch_of = Vec::with_capacity(items.len());
+    for it in items {
+        let Some(r) = work
+            .batches
+            .get(it.batch as usize)
+            .and_then(|b| b.records.get(it.record as usize))
+        else {
+            continue;
+        };
+        let Some((topic, _)) = names.get(it.batch as usize).and_then(Option::as_ref) else {
+            metrics.error("bad_name");
+            continue;
+        };
+        // Only a replay can meet a copy already there.
+        // Stored after the replay began: never read before.
+        let dedupe = if r.stored_ms() <= work.dedupe_until_ms {
+            work.dedupe
+        } else {
+            Dedupe::No
+        };
+        let kinds = match dedupe {
+            Dedupe::No => Some(it.kinds),
+            // A copy carries `COPY_FOR`; what lacks it is the original
+            // (a destination that is the origin, by takeover): not a copy.
+            Dedupe::Planned => {
+                let held = broker.get_by_id(&r.id())?;
+                (!held.is_some_and(|m| m.properties.contains_key(COPY_FOR))).then_some(it.kinds)
+            }
+            Dedupe::AnyCell => not_placed(all, &r.id(), it.kinds)?,
+        };
+        let Some(kinds) = kinds else {
+            metrics.dedupe_hits.inc();
+            continue;
+        };
+        copies.push(CopyOf {
+            source: r,
+            topic,
+            set: (COPY_FOR, kinds),
+            select: plan::select_of(&r),
+        });
+        batch_of.push(it.batch as usize);
+    }
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let stored = broker.send_record_copies(&copies).await?;
+    let route = (source, dest.clone());
+    count(metrics, &route, names, &copies, &batch_of, &stored);
+    let ids: Vec<uuid::Uuid> = copies.iter().map(|c| c.source.id()).collect();
+    broker.record_trace(crate::trace::route_hops(&ids, &stored, &route));
+    Ok(())
+}
+
+/// The copies and lag metrics of a destination's appended copies (`of`:
+/// each copy's batch, for its tenant). Copies come in batch order: one
+/// label lookup per batch, not per copy.
+fn count(
+    metrics: &RouterMetrics,
+    (source, target): &(String, String),
+    names: &Names,
+    copies: &[CopyOf<'_>],
+    of: &[usize],
+    stored: &[cellgate_broker_core::PutResult],
+) {
+    let mut start = 0;
+    while let Some(&b) = of.get(start) {
+        let end = start + of[start..].iter().take_while(|x| **x == b).count();
+        if let Some((_, tenant)) = names.get(b).and_then(Option::as_ref) {
+            let l = RouteLabels {
+                tenant: tenant.clone(),
+                source: source.clone(),
+                target: target.clone(),
+            };
+            metrics
+                .copies
+                .get_or_create(&l)
+                .inc_by((end - start) as u64);
+            let lag = metrics.lag.get_or_create(&l);
+            let stored = stored.get(start..).unwrap_or_default();
+            for (c, s) in copies[start..end].iter().zip(stored) {
+                lag.observe((s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0);
+            }
+        }
+        start = end;
+    }
+}
