@@ -28,6 +28,12 @@ use cases::{Case, Kind, Shape};
 use procs::Server;
 use report::{Measurement, Side};
 
+/// The same allocator as the `cellgate` binary: the load generator shares
+/// the cores with the server under test, so a cheaper client is a fairer
+/// share for both sides.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Gateway publish benchmark (issue 4): cellgate vs a plain hyper server")]
 struct Args {

@@ -36,6 +36,12 @@ use hdrhistogram::Histogram;
 use nix::fcntl::{posix_fadvise, posix_fallocate, PosixFadviseAdvice};
 use tokio::runtime::Runtime;
 
+/// The allocator the `cellgate` binary ships with (the store runs inside
+/// it): messages are allocated by producers and freed on the dispatcher
+/// thread, which glibc's malloc makes expensive.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
