@@ -135,9 +135,12 @@ impl At {
     }
 }
 
-/// Checks one request and builds the message to store.
+/// Checks one request and builds the message to store, for `topic` (the
+/// target's physical name: a single publish moves it in, a batch clones it
+/// per message).
 fn build(
     t: &Target<'_>,
+    topic: String,
     req: PublishRequest,
     at: At,
     max_body: usize,
@@ -228,7 +231,7 @@ fn build(
         properties.insert(cellgate_rules::SHARDING_KEY.to_owned(), k.clone());
     }
     let msg = Message {
-        topic: t.physical.clone(),
+        topic,
         body,
         tag: req.tag,
         keys: req.keys,
@@ -271,13 +274,14 @@ pub async fn one(
     topic: &str,
     req: Request<Incoming>,
 ) -> ApiResult<Reply> {
-    let t = target(app, c, topic, &req)?;
+    let mut t = target(app, c, topic, &req)?;
     let tenant = c.tenant()?;
     let max_body = usize::try_from(tenant.quotas.max_message_bytes).unwrap_or(usize::MAX);
     let oneway = oneway(&req);
     let parsed: PublishRequest =
         body::json(req, request_limit(max_body), app.limits.body_timeout).await?;
-    let (msg, select, headers) = build(&t, parsed, At::Single, max_body, now_ms())?;
+    let physical = std::mem::take(&mut t.physical);
+    let (msg, select, headers) = build(&t, physical, parsed, At::Single, max_body, now_ms())?;
     let cell_name = t.rules.cell_name(t.cell);
     app.quotas.take(tenant, 1)?;
     let bytes = msg.body.len() as u64;
@@ -332,7 +336,7 @@ pub async fn batch(
     // One clock read per request: a batch's messages are born together.
     let born_ms = now_ms();
     for (i, m) in parsed.messages.into_iter().enumerate() {
-        let (msg, select, h) = build(&t, m, At::Batch(i), max_body, born_ms)?;
+        let (msg, select, h) = build(&t, t.physical.clone(), m, At::Batch(i), max_body, born_ms)?;
         bytes += msg.body.len() as u64;
         msgs.push((msg, select));
         headers.push(h);
