@@ -28,6 +28,12 @@ use cases::{Case, Kind, Shape};
 use procs::Server;
 use report::{Measurement, Side};
 
+/// The same allocator as the `cellgate` binary: the load generator shares
+/// the cores with the server under test, so a cheaper client is a fairer
+/// share for both sides.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Gateway publish benchmark (issue 4): cellgate vs a plain hyper server")]
 struct Args {
@@ -83,6 +89,10 @@ struct Args {
     /// it for more), e.g. `--gateway-arg=--no-router`; not for `compare`.
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,
+    /// The same for the `compare` side (e.g. `--compare-arg=--no-router`,
+    /// to compare two builds both without the router).
+    #[arg(long, allow_hyphen_values = true)]
+    compare_arg: Vec<String>,
     /// A command run (with `sh -c`) alongside every gateway load, `{pid}`
     /// replaced by the gateway's pid, e.g.
     /// `perf record -g -p {pid} -o gw.data -- sleep 3`. Awaited after the load.
@@ -147,9 +157,11 @@ fn main() -> anyhow::Result<()> {
                     Side::Gateway | Side::Compare => {
                         let mut args =
                             procs::gateway_args(&config, &data, case.flush, &a.segment_size);
-                        if side == Side::Gateway {
-                            args.extend(a.gateway_arg.iter().cloned());
-                        }
+                        let extra = match side {
+                            Side::Gateway => &a.gateway_arg,
+                            _ => &a.compare_arg,
+                        };
+                        args.extend(extra.iter().cloned());
                         let bin = match (&compare, side) {
                             (Some(c), Side::Compare) => c,
                             _ => &gateway,

@@ -75,8 +75,43 @@ fn key_hash(topic: &str, key: &str) -> u64 {
     key_hash_with(crc32c::crc32c(topic.as_bytes()), topic, key)
 }
 
-/// [`key_hash`] with the topic's CRC32C already known (dispatch has it per
-/// topic, so it is not computed again per key).
+/// The key-index hashes of one record's keys. The put path computes them
+/// (its topic's CRC32C is at hand) so that a record's meta carries no
+/// part of the message: the message is freed by the thread that made it,
+/// which is much cheaper than a free from the dispatcher thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum KeyHashes {
+    #[default]
+    None,
+    /// Almost every keyed message has one key: no allocation for it.
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl KeyHashes {
+    pub fn of(topic_crc: u32, topic: &str, keys: &[String]) -> KeyHashes {
+        match keys {
+            [] => KeyHashes::None,
+            [k] => KeyHashes::One(key_hash_with(topic_crc, topic, k)),
+            ks => KeyHashes::Many(
+                ks.iter()
+                    .map(|k| key_hash_with(topic_crc, topic, k))
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        match self {
+            KeyHashes::None => &[],
+            KeyHashes::One(h) => std::slice::from_ref(h),
+            KeyHashes::Many(v) => v,
+        }
+    }
+}
+
+/// [`key_hash`] with the topic's CRC32C already known (the put path has it
+/// per topic, so it is not computed again per key).
 fn key_hash_with(topic_crc: u32, topic: &str, key: &str) -> u64 {
     let a = crc32c::crc32c_append(topic_crc, key.as_bytes());
     let b = crc32c::crc32c_append(crc32c::crc32c(key.as_bytes()), topic.as_bytes());
@@ -154,17 +189,17 @@ impl KeyIndex {
     }
 
     /// Indexes records' ids and keys, with one write. Each record comes
-    /// with its topic, the topic's CRC32C, id, keys and position.
+    /// with its id, its keys' hashes ([`KeyHashes`]) and its position.
     pub fn insert_many<'a>(
         &mut self,
-        records: impl Iterator<Item = (&'a str, u32, &'a Uuid, &'a [String], u64)>,
+        records: impl Iterator<Item = (&'a Uuid, &'a [u64], u64)>,
     ) -> Result<()> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        for (topic, topic_crc, id, keys, pos) in records {
+        for (id, keys, pos) in records {
             self.add(KIND_ID, id_hash(id), pos, &mut out);
-            for k in keys {
-                self.add(KIND_KEY, key_hash_with(topic_crc, topic, k), pos, &mut out);
+            for &k in keys {
+                self.add(KIND_KEY, k, pos, &mut out);
             }
         }
         let written = if out.is_empty() {
@@ -216,5 +251,10 @@ mod tests {
         let b = crc32c::crc32c(b"order-1ANT|RZ00A%T1");
         assert_eq!(h, (u64::from(a) << 32) | u64::from(b));
         assert_eq!(key_hash_with(crc32c::crc32c(t.as_bytes()), t, "order-1"), h);
+        let crc = crc32c::crc32c(t.as_bytes());
+        assert_eq!(KeyHashes::of(crc, t, &["order-1".into()]).as_slice(), [h]);
+        let two = KeyHashes::of(crc, t, &["order-1".into(), "k2".into()]);
+        assert_eq!(two.as_slice(), [h, key_hash(t, "k2")]);
+        assert!(KeyHashes::of(crc, t, &[]).as_slice().is_empty());
     }
 }

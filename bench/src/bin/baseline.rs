@@ -23,6 +23,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+/// The same allocator as the `cellgate` binary, so the ratio measures the
+/// gateway's own work and not the allocator it ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// About the size of nothing in particular: the gateway's publish answer is
 /// larger (~250 B), which is part of the gateway's cost.
 const ANSWER: &[u8] = br#"{"ok":true}"#;

@@ -81,6 +81,9 @@ impl Default for LogConfig {
 #[derive(Debug, Default)]
 struct Pending {
     chunks: Vec<(Arc<Segment>, u64, Vec<u8>)>,
+    /// An empty list to swap with `chunks` when a write takes them: a fresh
+    /// one grew on every append.
+    spare_chunks: Vec<(Arc<Segment>, u64, Vec<u8>)>,
     /// Emptied buffers of earlier writes, reused: a fresh 64 KiB buffer per
     /// write cost more in `malloc`, page faults and zeroing than the copy.
     spare: Vec<Vec<u8>>,
@@ -573,19 +576,21 @@ fn lead_writes<'a, S>(
     written: &Progress,
 ) -> Result<()> {
     loop {
-        let chunks = std::mem::take(&mut w.pending.chunks);
+        let spare = std::mem::take(&mut w.pending.spare_chunks);
+        let mut chunks = std::mem::replace(&mut w.pending.chunks, spare);
         let upto = w.next;
         drop(w);
         let res = chunks
             .iter()
             .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
         w = writer.lock().map_err(|_| Error::Closed)?;
-        for (_, _, mut buf) in chunks {
+        for (_, _, mut buf) in chunks.drain(..) {
             if w.pending.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
                 buf.clear();
                 w.pending.spare.push(buf);
             }
         }
+        w.pending.spare_chunks = chunks;
         if let Err(e) = res {
             w.writing = false;
             return Err(e);

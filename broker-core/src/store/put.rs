@@ -8,6 +8,7 @@ use super::{now_ms, PutResult, QueueSelect, Store, Topic};
 use crate::cq::Entry;
 use crate::dispatch::Meta;
 use crate::error::{Error, Result};
+use crate::keys::KeyHashes;
 use crate::record::{self, Message, Stamp};
 
 mod copies;
@@ -16,7 +17,10 @@ mod copies;
 #[derive(Debug)]
 struct Prepared {
     msg: Message,
-    topic: Arc<Topic>,
+    /// Moved into the record's meta under the writer lock (`None` after).
+    topic: Option<Arc<Topic>>,
+    /// Likewise: what the key index needs of the message.
+    keys: KeyHashes,
     queue: u16,
     len: usize,
     tag_hash: u32,
@@ -115,8 +119,9 @@ impl Store {
         let queue = select_queue(&topic, &msg.topic, sel)?;
         Ok(Prepared {
             tag_hash: record::tag_hash(msg.tag.as_deref()),
+            keys: KeyHashes::of(topic.crc, &topic.name, &msg.keys),
             msg,
-            topic,
+            topic: Some(topic),
             queue,
             len,
             keep_id: None,
@@ -125,10 +130,12 @@ impl Store {
 
     /// Encodes and writes the records (queueing their metas for dispatch);
     /// returns the end of the last and whether dispatch is behind. `out`
-    /// gets each record's result.
-    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    /// gets each record's result. The messages are dropped here, after the
+    /// writer lock is released, on the caller's thread: an allocator frees
+    /// a thread's own allocations far more cheaply than another thread's.
+    fn append<P>(&self, mut prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
     where
-        P: IntoIterator<Item = Prepared> + AsRef<[Prepared]>,
+        P: AsMut<[Prepared]> + AsRef<[Prepared]>,
     {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
@@ -139,7 +146,7 @@ impl Store {
             for p in prepared.as_ref() {
                 record::encode_unsealed(&p.msg, p.len, &mut scratch);
             }
-            let r = self.append_encoded(prepared, &scratch, out);
+            let r = self.append_encoded(prepared.as_mut(), &scratch, out);
             if scratch.capacity() > SCRATCH_KEEP {
                 *scratch = Vec::new();
             }
@@ -152,7 +159,7 @@ impl Store {
     /// bytes and queues its meta.
     fn append_encoded(
         &self,
-        prepared: impl IntoIterator<Item = Prepared>,
+        prepared: &mut [Prepared],
         encoded: &[u8],
         mut out: impl FnMut(PutResult),
     ) -> Result<(u64, bool)> {
@@ -160,7 +167,9 @@ impl Store {
         let (lag, end) = self.log.append_with(|batch, undispatched| {
             let mut at = 0;
             for p in prepared {
-                let q = &p.topic.queues[usize::from(p.queue)];
+                // Always there: each record is appended once.
+                let topic = p.topic.take().ok_or(Error::Closed)?;
+                let q = &topic.queues[usize::from(p.queue)];
                 let offset = q.assigned.load(Ordering::Acquire);
                 let stamp = Stamp {
                     id: p
@@ -193,13 +202,12 @@ impl Store {
                     log_pos: pos,
                     stored_ms,
                 });
-                // Encoded: the dispatcher takes the message from here.
                 undispatched.push_back(Meta {
-                    topic: p.topic,
+                    topic,
                     queue: p.queue,
                     queue_offset: offset,
                     id: stamp.id,
-                    msg: p.msg,
+                    keys: std::mem::take(&mut p.keys),
                     entry,
                 });
             }

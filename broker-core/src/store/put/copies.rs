@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{select_queue, Prepared, SCRATCH, SCRATCH_KEEP};
 use crate::error::{Error, Result};
+use crate::keys::KeyHashes;
 use crate::record::{self, CopyOf, Message, Records};
 use crate::store::{PutResult, Store, Topic};
 
@@ -55,7 +56,7 @@ impl Store {
             for (c, p) in copies.iter().zip(&prepared) {
                 c.encode_unsealed(p.len, &mut scratch);
             }
-            let r = self.append_encoded(prepared, &scratch, |r| results.push(r));
+            let r = self.append_encoded(&mut prepared, &scratch, |r| results.push(r));
             if scratch.capacity() > SCRATCH_KEEP {
                 *scratch = Vec::new();
             }
@@ -84,15 +85,14 @@ impl Store {
             }
         };
         let queue = select_queue(&topic, c.topic, &c.select)?;
+        let keys: Vec<String> = c.source.keys().map(str::to_owned).collect();
         Ok(Prepared {
-            // Already encoded: the dispatcher reads only the keys (for the
-            // key index), so the message carries nothing else.
-            msg: Message {
-                keys: c.source.keys().map(str::to_owned).collect(),
-                ..Message::default()
-            },
+            // Already encoded: the key index needs only the key hashes, so
+            // the message itself stays empty.
+            msg: Message::default(),
+            keys: KeyHashes::of(topic.crc, &topic.name, &keys),
             tag_hash: record::tag_hash(c.source.tag()),
-            topic,
+            topic: Some(topic),
             queue,
             len,
             keep_id: Some(c.source.id()),
