@@ -98,7 +98,7 @@ impl TxnState {
     pub fn as_str(&self) -> &'static str {
         match self {
             TxnState::Pending => "pending",
-            TxnState::Deciding => "deciding",
+            TxnState::Deciding => "being decided",
             TxnState::Committed => "committed",
             TxnState::RolledBack { .. } => "rolled_back",
         }

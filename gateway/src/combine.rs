@@ -74,6 +74,11 @@ fn broker_error(e: &cellgate_broker_core::Error) -> ApiError {
 }
 
 impl Combiner {
+    /// The cell's broker this combiner sends to.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     pub fn new(broker: Arc<dyn Broker>) -> Combiner {
         Combiner {
             broker,

@@ -91,3 +91,20 @@ pub fn cellgate(args: &[&str]) -> anyhow::Result<Run> {
 
 pub mod server;
 pub use server::{Api, Server};
+
+/// Starts `cellgate serve` on the example topology in a fresh temp data
+/// directory (kept alive by the returned guard).
+pub fn start_example(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), extra)
+        .unwrap_or_else(|e| panic!("cellgate serve did not start: {e:#}"));
+    (dir, s)
+}
+
+/// Milliseconds since the epoch, as the API's `*_ms` fields.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -6,21 +6,8 @@
 use std::time::{Duration, Instant};
 
 use cellgate_tests::server::{ADMIN, ANT};
-use cellgate_tests::{example, Api, Server};
+use cellgate_tests::{now_ms, start_example as start, Api, Server};
 use serde_json::{json, Value};
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), extra).unwrap();
-    (dir, s)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[tokio::test]
 async fn publish_receive_ack_keeps_every_field() {

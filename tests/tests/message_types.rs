@@ -9,21 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cellgate_tests::server::{ANT, BETA};
-use cellgate_tests::{example, Api, Server};
+use cellgate_tests::{now_ms, start_example as start, Api};
 use serde_json::{json, Value};
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), extra).unwrap();
-    (dir, s)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// Receives (local subscription) until `n` messages came or `within`
 /// passed; acks them.
@@ -497,4 +484,114 @@ async fn the_trace_shows_every_hop_across_cells() {
         .await
         .unwrap();
     assert_eq!(st, 404);
+}
+
+/// Kinds of the hops of `id` once `want` are all there.
+async fn hops_until(api: &Api, topic: &str, id: &str, want: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, v) = api
+            .get(&format!("/v1/topics/{topic}/messages/{id}/trace"))
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        let kinds: Vec<String> = v["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["kind"].as_str().unwrap().to_owned())
+            .collect();
+        if want.iter().all(|w| kinds.iter().any(|k| k == w)) {
+            return kinds;
+        }
+        assert!(Instant::now() < deadline, "missing some of {want:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_trace_records_release_nack_dead_letter_and_commit() {
+    let (_d, s) = start(&["--retry-levels", "50ms", "--max-attempts", "2"]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let r = api
+        .publish("DLT", &json!({"body": "doomed", "delay_ms": 200}))
+        .await
+        .unwrap();
+    let id = r["message_id"].as_str().unwrap().to_owned();
+    // Two deliveries, both nacked; the next receive dead-letters it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nacked = 0;
+    while nacked < 2 {
+        assert!(Instant::now() < deadline, "only {nacked} deliveries");
+        let got = api
+            .receive("G1", "DLT", &json!({"wait_ms": 500}))
+            .await
+            .unwrap();
+        for m in got {
+            let (st, v) = api
+                .post(
+                    "/v1/groups/G1/topics/DLT/nack",
+                    &json!({"receipt_handles": [m["receipt_handle"]]}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(st, 200, "{v}");
+            nacked += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = api
+        .receive("G1", "DLT", &json!({"wait_ms": 300}))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "past max attempts: {again:?}");
+    let kinds = hops_until(&api, "DLT", &id, &["release", "nack", "dlq"]).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "deliver").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "nack").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[..2],
+        ["publish".to_owned(), "store".to_owned()],
+        "{kinds:?}"
+    );
+
+    let t = txn(&api, "DLT", "paid").await;
+    let (st, v) = api
+        .post(&format!("/v1/transactions/{t}/commit"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    hops_until(&api, "DLT", &t, &["publish", "store", "commit"]).await;
+}
+
+#[tokio::test]
+async fn bad_time_ranges_name_their_field() {
+    let (_d, s) = start(&[]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let cases = [
+        ("start_ms=100&end_ms=100", "end_ms", "after start_ms"),
+        ("start_ms=100&limit=0", "limit", "1 to 1024"),
+        ("start_ms=100&end_ms=soon", "end_ms", "milliseconds"),
+        ("", "key", "start_ms"),
+    ];
+    for (q, field, says) in cases {
+        let (st, v) = api
+            .get(&format!("/v1/topics/QT/messages?{q}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{q}: {v}"
+        );
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{q}: {msg}");
+    }
 }

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
 use crate::record::{CopyOf, Message, Records, StoredMessage};
 use crate::store::{PutResult, QueueSelect, Store};
-use crate::timer::{Timer, DELIVER_AT};
+use crate::timer::Timer;
 use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
 use crate::txn::{Book, Decision, TxnCheck, TxnConfig, TxnInfo};
 
@@ -469,31 +469,6 @@ impl EmbeddedBroker {
         }
     }
 
-    /// Stores copies; one carrying a delivery time still ahead (a copy of
-    /// a delayed message made early) is held until that absolute time, so
-    /// a delayed message is never delayed twice nor released early.
-    async fn copies(&self, msgs: Vec<(Message, QueueSelect, Uuid)>) -> Result<Vec<PutResult>> {
-        let now = now_ms();
-        let due_later = |m: &Message| {
-            m.properties
-                .get(DELIVER_AT)
-                .and_then(|d| d.parse::<i64>().ok())
-                .filter(|d| *d > now)
-        };
-        if !msgs.iter().any(|(m, _, _)| due_later(m).is_some()) {
-            return self.store.put_copies(msgs).await;
-        }
-        let mut out = Vec::with_capacity(msgs.len());
-        for (m, sel, id) in msgs {
-            let r = match due_later(&m) {
-                Some(due) => self.hold(vec![(m, sel, Some(id), due)]).await?,
-                None => self.store.put_copies(vec![(m, sel, id)]).await?,
-            };
-            out.extend(r);
-        }
-        Ok(out)
-    }
-
     fn settle(
         &self,
         group: &str,
@@ -676,7 +651,7 @@ impl Broker for EmbeddedBroker {
         &self,
         msgs: Vec<(Message, QueueSelect, Uuid)>,
     ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
-        Box::pin(self.copies(msgs))
+        Box::pin(self.store.put_copies(msgs))
     }
 
     fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {

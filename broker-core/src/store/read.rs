@@ -120,6 +120,17 @@ impl Store {
         }
     }
 
+    /// Log positions the key index holds for a lookup, once dispatch has
+    /// caught up (hash candidates: the caller checks the records).
+    fn candidates(
+        &self,
+        find: impl FnOnce(&crate::keys::KeyIndex) -> Vec<u64>,
+    ) -> Result<Vec<u64>> {
+        self.dispatch.catch_up()?;
+        let keys = self.dispatch.keys.lock().map_err(|_| Error::Closed)?;
+        Ok(find(&keys))
+    }
+
     /// The oldest retained message with `id`.
     pub fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
         Ok(self.get_all_by_id(id)?.into_iter().next())
@@ -129,13 +140,7 @@ impl Store {
     /// transactional message is held in an internal topic and then stored
     /// in its own, under the same id.
     pub fn get_all_by_id(&self, id: &Uuid) -> Result<Vec<StoredMessage>> {
-        self.dispatch.catch_up()?;
-        let cands = self
-            .dispatch
-            .keys
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .by_id(id);
+        let cands = self.candidates(|k| k.by_id(id))?;
         let mut out: Vec<StoredMessage> = cands
             .into_iter()
             .filter_map(|pos| self.read_unsized(pos).ok())
@@ -201,13 +206,7 @@ impl Store {
 
     /// Retained messages of `topic` carrying `key`, oldest first.
     pub fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
-        self.dispatch.catch_up()?;
-        let cands = self
-            .dispatch
-            .keys
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .by_key(topic, key);
+        let cands = self.candidates(|k| k.by_key(topic, key))?;
         let mut out = Vec::new();
         for pos in cands {
             if let Ok(m) = self.read_unsized(pos) {

@@ -90,9 +90,10 @@ fn hyphenated<S: serde::Serializer>(id: &uuid::Uuid, s: S) -> Result<S::Ok, S::E
     s.serialize_str(id.hyphenated().encode_lower(&mut buf))
 }
 
-/// The publish and store hops of a stored message.
-fn hops(c: &Caller<'_>, cell: &str, born: i64, r: &PutResult, kind: &Kind) -> [Hop; 2] {
-    let publish = Hop::new(r.id, "publish", born, cell, &c.grant.name);
+/// The publish and store hops of a stored message; `actor` is the token's
+/// name.
+fn hops(actor: &str, cell: &str, born: i64, r: &PutResult, kind: &Kind) -> [Hop; 2] {
+    let publish = Hop::new(r.id, "publish", born, cell, actor);
     let store =
         Hop::new(r.id, "store", r.stored_ms, cell, "broker").with("queue", r.queue.to_string());
     let store = match kind {
@@ -188,9 +189,9 @@ pub async fn one(
         let broker = app.brokers.get(t.rules, t.cell)?;
         let metrics = app.metrics.clone();
         let (ns, cell) = (tenant.namespace.to_string(), cell_name.to_owned());
-        let trace = app.trace_messages.then(|| (c.grant.name.to_string(), born));
+        let actor = app.trace_messages.then(|| c.grant.name.to_string());
         tokio::spawn(async move {
-            let kind = b.kind.clone();
+            let kind = b.kind;
             let r = match kind {
                 Kind::Delayed(at) => broker.schedule(b.msg, b.select, at).await,
                 _ => broker.send(b.msg, b.select).await,
@@ -198,11 +199,8 @@ pub async fn one(
             match r {
                 Ok(r) => {
                     metrics.published(&ns, &cell, 1, bytes);
-                    if let Some((actor, born)) = trace {
-                        broker.record_trace(vec![
-                            Hop::new(r.id, "publish", born, &cell, &actor).with("mode", "oneway"),
-                            Hop::new(r.id, "store", r.stored_ms, &cell, "broker"),
-                        ]);
+                    if let Some(actor) = actor {
+                        broker.record_trace(hops(&actor, &cell, born, &r, &kind).into());
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "one-way publish failed"),
@@ -213,18 +211,22 @@ pub async fn one(
             &serde_json::json!({"accepted": true, "topic": topic, "cell": cell_name}),
         ));
     }
-    let broker = app.brokers.get(t.rules, t.cell)?;
+    // The combiner holds the cell's broker: a normal publish (the hot
+    // path) looks up neither the broker map nor a second Arc.
+    let combiner = app
+        .combiners
+        .get(cell_name, || app.brokers.get(t.rules, t.cell))?;
+    let broker = combiner.broker();
     let (headers, kind) = (b.headers, b.kind.clone());
     let r = if kind == Kind::Normal {
-        let combiner = app.combiners.get(cell_name, || Ok(broker.clone()))?;
         combiner.send(b.msg, b.select).await?
     } else {
-        send_held(c, &*broker, &t, b).await?
+        send_held(c, &**broker, &t, b).await?
     };
     app.metrics
         .published(&tenant.namespace, cell_name, 1, bytes);
     if app.trace_messages {
-        broker.record_trace(hops(c, cell_name, born, &r, &kind).into());
+        broker.record_trace(hops(&c.grant.name, cell_name, born, &r, &kind).into());
     }
     Ok(json(StatusCode::OK, &published(&t, &headers, &r, &kind)))
 }
@@ -293,7 +295,7 @@ pub async fn batch(
         let hops = results
             .iter()
             .zip(&kinds)
-            .flat_map(|(r, k)| hops(c, cell_name, born, r, k))
+            .flat_map(|(r, k)| hops(&c.grant.name, cell_name, born, r, k))
             .collect();
         broker.record_trace(hops);
     }

@@ -43,9 +43,8 @@ fn state_view(info: &TxnInfo, logical_topic: &str) -> serde_json::Value {
 
 /// The caller's logical name of a physical topic, if it is theirs.
 fn own_topic<'a>(c: &Caller<'_>, physical: &'a str) -> Option<&'a str> {
-    let (ns, rest) = physical.split_once('|')?;
-    let (_, name) = rest.split_once('%')?;
-    (ns == &*c.tenant().ok()?.namespace).then_some(name)
+    let p = names::parse_physical(physical, Resource::Topic).ok()?;
+    (p.namespace == &*c.tenant().ok()?.namespace).then_some(p.name)
 }
 
 /// Commit (`commit = true`) or roll back.
