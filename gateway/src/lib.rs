@@ -14,6 +14,7 @@ mod error;
 pub mod metrics;
 pub mod serve;
 pub mod server;
+mod telemetry;
 mod validate;
 
 pub use error::Error;

@@ -92,6 +92,9 @@ struct Inner {
     connections_refused: Counter,
     rules_version: Gauge,
     reloads: Family<Outcome, Gauge>,
+    /// The latency histogram's OTLP twin (OTLP has no observable
+    /// histogram; see cellgate-telemetry's metrics module).
+    otel_latency: cellgate_telemetry::Histogram,
 }
 
 /// Cheap to clone: one shared registry.
@@ -177,6 +180,12 @@ impl Metrics {
             connections_refused,
             rules_version,
             reloads,
+            otel_latency: cellgate_telemetry::Histogram::new(
+                "cellgate_http_request_duration_seconds",
+                "HTTP request latency by endpoint",
+                "s",
+                exponential_buckets(0.000_05, 2.0, 16).collect(),
+            ),
         }))
     }
 
@@ -189,6 +198,9 @@ impl Metrics {
             .latency
             .get_or_create(&EndpointLabels { endpoint })
             .observe(took.as_secs_f64());
+        self.0
+            .otel_latency
+            .record(took.as_secs_f64(), &[("endpoint", endpoint)]);
     }
 
     fn tc(tenant: &str, cell: &str) -> TenantCell {

@@ -152,6 +152,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         }
     }
     let _lock = lock_data_dir(&a.data)?;
+    let otel = crate::telemetry::install(current.telemetry())?;
     let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current)?);
     drop(current);
     let limits = ApiLimits {
@@ -195,6 +196,11 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         })
         .spawn()
     });
+    {
+        // After every registry is in place: the bridge reads the families.
+        let (metrics, rules) = (app.metrics().clone(), rules.clone());
+        cellgate_telemetry::bridge(move || metrics.render(&rules));
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, "cellgate listening");
     writeln!(out, "listening on {addr}")?;
@@ -221,6 +227,8 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         let _ = r.await;
     }
     app.brokers().close()?;
+    // The SDK's shutdown blocks on its export threads: off the runtime.
+    let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct RouterMetrics {
     pub dedupe_hits: Counter,
     pub skipped: Family<KindLabels, Counter>,
     pub errors: Family<KindLabels, Counter>,
+    /// `lag`'s OTLP twin (OTLP has no observable histogram).
+    pub otel_lag: cellgate_telemetry::Histogram,
 }
 
 impl RouterMetrics {
@@ -44,6 +46,12 @@ impl RouterMetrics {
             dedupe_hits: Counter::default(),
             skipped: Family::default(),
             errors: Family::default(),
+            otel_lag: cellgate_telemetry::Histogram::new(
+                "cellgate_router_replication_lag_seconds",
+                "Time from store in the origin cell to store of the copy in the target cell",
+                "s",
+                exponential_buckets(0.000_1, 2.0, 16).collect(),
+            ),
         };
         let r = registry.sub_registry_with_prefix("router");
         r.register(

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cellgate_broker_core::{Broker, CopyOf};
-use cellgate_rules::{CellId, RuleSet, TargetMask, COPY_FOR};
+use cellgate_rules::{CellId, RuleSet, TargetMask, ZoneType, COPY_FOR};
 use tokio::task::JoinSet;
 
 use crate::metrics::{RouteLabels, RouterMetrics};
@@ -15,9 +15,18 @@ use crate::{plan, BrokerDirectory, Error};
 /// Every cell's broker, for [`Dedupe::AnyCell`].
 type AllCells = Arc<Vec<Arc<dyn Broker>>>;
 
-/// Per batch of a pass: the copy's topic in one destination and the
-/// tenant (the metric label); `None` for a name that does not map.
-type Names = Vec<Option<(String, String)>>;
+/// One batch's names in one destination.
+pub(crate) struct Name {
+    /// The copy's physical topic.
+    pub topic: String,
+    /// The tenant's namespace (the metric label).
+    pub tenant: String,
+    /// The logical topic (the route span's name).
+    pub logical: String,
+}
+
+/// Per batch of a pass; `None` for a name that does not map.
+pub(crate) type Names = Vec<Option<Name>>;
 
 /// Starts the copies of `work` on `set`, one task per destination. Fails,
 /// sending nothing, when a destination has no broker: the pass stays
@@ -56,16 +65,17 @@ pub(crate) fn spawn(
             .iter()
             .map(|b| {
                 let s = plan::source_topic(rules, origin, &b.topic).ok()?;
-                Some((
-                    plan::dest_topic(rules, &s, dest_id)?,
-                    s.namespace.to_owned(),
-                ))
+                Some(Name {
+                    topic: plan::dest_topic(rules, &s, dest_id)?,
+                    tenant: s.namespace.to_owned(),
+                    logical: s.name.to_owned(),
+                })
             })
             .collect();
-        sends.push((i, broker, names));
+        sends.push((i, broker, names, rules.cell(dest_id).zone));
     }
     let source = rules.cell_name(origin).to_owned();
-    for (i, broker, names) in sends {
+    for (i, broker, names, zone) in sends {
         let work = work.clone();
         let metrics = metrics.clone();
         let source = source.clone();
@@ -76,6 +86,7 @@ pub(crate) fn spawn(
                 broker: &*broker,
                 names: &names,
                 all: &all,
+                zone,
             };
             send(&work, to, &metrics, source).await
         });
@@ -90,6 +101,8 @@ struct Dest<'a> {
     broker: &'a dyn Broker,
     names: &'a Names,
     all: &'a [Arc<dyn Broker>],
+    /// The destination's zone type (a route span attribute).
+    zone: ZoneType,
 }
 
 /// The kinds of `kinds` no cell holds a copy of `id` for yet.
@@ -137,6 +150,7 @@ async fn send(
         broker,
         names,
         all,
+        zone,
     } = to;
     let Some((dest, items)) = work.dests.get(i) else {
         return Ok(());
@@ -152,7 +166,7 @@ async fn send(
         else {
             continue;
         };
-        let Some((topic, _)) = names.get(it.batch as usize).and_then(Option::as_ref) else {
+        let Some(Name { topic, .. }) = names.get(it.batch as usize).and_then(Option::as_ref) else {
             metrics.error("bad_name");
             continue;
         };
@@ -191,6 +205,7 @@ async fn send(
     let stored = broker.send_record_copies(&copies).await?;
     let route = (source, dest.clone());
     count(metrics, &route, names, &copies, &batch_of, &stored);
+    crate::trace::route_spans(&copies, &stored, &route, zone, names, &batch_of);
     let ids: Vec<uuid::Uuid> = copies.iter().map(|c| c.source.id()).collect();
     broker.record_trace(crate::trace::route_hops(&ids, &stored, &route));
     Ok(())
@@ -210,7 +225,7 @@ fn count(
     let mut start = 0;
     while let Some(&b) = of.get(start) {
         let end = start + of[start..].iter().take_while(|x| **x == b).count();
-        if let Some((_, tenant)) = names.get(b).and_then(Option::as_ref) {
+        if let Some(Name { tenant, .. }) = names.get(b).and_then(Option::as_ref) {
             let l = RouteLabels {
                 tenant: tenant.clone(),
                 source: source.clone(),
@@ -222,8 +237,15 @@ fn count(
                 .inc_by((end - start) as u64);
             let lag = metrics.lag.get_or_create(&l);
             let stored = stored.get(start..).unwrap_or_default();
+            let labels = [
+                ("tenant", tenant.as_str()),
+                ("source", source.as_str()),
+                ("target", target.as_str()),
+            ];
             for (c, s) in copies[start..end].iter().zip(stored) {
-                lag.observe((s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0);
+                let secs = (s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0;
+                lag.observe(secs);
+                metrics.otel_lag.record(secs, &labels);
             }
         }
         start = end;

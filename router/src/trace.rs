@@ -21,3 +21,53 @@ pub(crate) fn route_hops(
         })
         .collect()
 }
+
+/// One OpenTelemetry `route {topic}` span per copy, a child of the
+/// message's creation context (read from the copied properties; a message
+/// published without one gets no span). It starts when the original was
+/// stored in the source cell and ends when the copy was stored in the
+/// target: its length is the replication lag of that copy.
+pub(crate) fn route_spans(
+    copies: &[cellgate_broker_core::CopyOf<'_>],
+    stored: &[PutResult],
+    (source, target): &(String, String),
+    zone: cellgate_rules::ZoneType,
+    names: &crate::send::Names,
+    batch_of: &[usize],
+) {
+    use cellgate_telemetry::{self as tel, attr, Kind};
+    use std::time::{Duration, UNIX_EPOCH};
+    if !tel::enabled() {
+        return;
+    }
+    let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let zone = zone.to_string();
+    for ((c, s), b) in copies.iter().zip(stored).zip(batch_of) {
+        let parent = tel::extract(|k| c.source.property(k));
+        let Some(name) = names.get(*b).and_then(Option::as_ref) else {
+            continue;
+        };
+        if !parent.is_some() {
+            continue;
+        }
+        let id = c.source.id().to_string();
+        tel::span(Kind::Internal, || format!("route {}", name.logical))
+            .parent(&parent)
+            .start_at(at(c.source.stored_ms()))
+            .attr(attr::SYSTEM, tel::SYSTEM)
+            .attr(attr::OPERATION_TYPE, "send")
+            .attr(attr::OPERATION_NAME, "route")
+            .attr(attr::DESTINATION, c.topic)
+            .attr(attr::TOPIC, name.logical.as_str())
+            .attr(attr::MESSAGE_ID, id.as_str())
+            .attr(attr::PARTITION, s.queue)
+            .attr(attr::OFFSET, s.queue_offset)
+            .attr(attr::SOURCE_CELL, source.as_str())
+            .attr(attr::TARGET_CELL, target.as_str())
+            .attr(attr::ZONE_TYPE, zone.as_str())
+            .attr(attr::TENANT, name.tenant.as_str())
+            .attr(attr::RMQ_NAMESPACE, name.tenant.as_str())
+            .start()
+            .end_at(at(s.stored_ms));
+    }
+}

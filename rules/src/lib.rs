@@ -38,7 +38,7 @@ pub use load::{load, Sources, MAX_FILE_BYTES};
 pub use reload::{restart_required, ReloadCounts, ReloadOutcome, ReloadStatus, RulesHandle};
 pub use ruleset::{
     BrokerRef, Cell, CellId, City, Grant, Location, Patterns, Permission, Permissions, Quotas,
-    Route, RuleSet, RulesMeta, TargetKind, TargetMask, Tenant, TenantId, ZoneType,
+    Route, RuleSet, RulesMeta, TargetKind, TargetMask, Telemetry, Tenant, TenantId, ZoneType,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 pub use shard::{Shard, UidShardRule};

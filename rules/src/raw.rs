@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover)"
+    expecting = "a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover, telemetry)"
 )]
 pub(crate) struct RawRules {
     #[serde(default)]
@@ -27,6 +27,22 @@ pub(crate) struct RawRules {
     pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub takeover: Vec<RawTakeover>,
+    #[serde(default)]
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// OpenTelemetry export, the file's counterpart of the standard `OTEL_*`
+/// environment variables (which win where both are set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub endpoint: Option<String>,
+    pub traces_endpoint: Option<String>,
+    pub metrics_endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub traces_exporter: Option<String>,
+    pub metrics_exporter: Option<String>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,7 @@ use crate::diag::Diagnostics;
 use crate::diff::RulesDiff;
 use crate::error::Error;
 use crate::load::Sources;
-use crate::ruleset::RuleSet;
+use crate::ruleset::{Location, RuleSet};
 
 /// What a reload did.
 #[derive(Debug)]
@@ -200,6 +200,24 @@ pub fn restart_required(old: &RuleSet, new: &RuleSet) -> Diagnostics {
                      apply it",
                     c.name, prev.broker, c.broker
                 ),
+            });
+        }
+    }
+    if old.telemetry_changed(new) {
+        let at = new.telemetry().declared_at.clone().or_else(|| {
+            old.telemetry().declared_at.as_ref().map(|_| Location {
+                file: new.meta().source.display().to_string().into(),
+                line: 1,
+                col: 1,
+            })
+        });
+        if let Some(at) = at {
+            d.push(crate::Diagnostic {
+                file: at.file,
+                line: at.line,
+                col: at.col,
+                message: "telemetry cannot change at run time; restart cellgate to apply it"
+                    .to_owned(),
             });
         }
     }

@@ -191,6 +191,39 @@ pub struct RuleSet {
     pub(crate) tenant_index: HashMap<Box<str>, TenantId>,
     /// Keyed by the SHA-256 of the clear token.
     pub(crate) grants: HashMap<[u8; 32], Grant>,
+    pub(crate) telemetry: Telemetry,
+}
+
+/// The `telemetry` section as written (all optional; the binary merges it
+/// with the `OTEL_*` environment, which wins). Read at start only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Telemetry {
+    /// Base URL, like `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// Full URL for traces, like `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub traces_endpoint: Option<String>,
+    /// Full URL for metrics, like `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`.
+    pub metrics_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    pub protocol: Option<String>,
+    /// `otlp` or `none`.
+    pub traces_exporter: Option<String>,
+    /// `otlp` or `none`.
+    pub metrics_exporter: Option<String>,
+    pub service_name: Option<String>,
+    /// Where the section is (None when absent).
+    pub declared_at: Option<Location>,
+}
+
+impl Telemetry {
+    /// The settings, ignoring where they were written.
+    fn settings_eq(&self, other: &Telemetry) -> bool {
+        let strip = |t: &Telemetry| Telemetry {
+            declared_at: None,
+            ..t.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 // === impl RuleSet ===
@@ -210,6 +243,16 @@ impl RuleSet {
 
     pub fn cell(&self, id: CellId) -> &Cell {
         &self.cells[usize::from(id.0)]
+    }
+
+    /// The `telemetry` section (applied at start; see [`Telemetry`]).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Whether `other`'s telemetry settings differ from these.
+    pub fn telemetry_changed(&self, other: &RuleSet) -> bool {
+        !self.telemetry.settings_eq(&other.telemetry)
     }
 
     pub fn cell_name(&self, id: CellId) -> &str {

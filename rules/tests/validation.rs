@@ -214,7 +214,7 @@ fn shard_overlap_and_gap() {
 fn top_level_must_be_a_mapping() {
     assert_eq!(
         errors("- a\n- b\n"),
-        ["t.yaml:1:1: invalid type: sequence, expected a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover)"]
+        ["t.yaml:1:1: invalid type: sequence, expected a mapping of rules sections (platform_admin, cities, cells, shards, gzone, tenants, takeover, telemetry)"]
     );
 }
 

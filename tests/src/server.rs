@@ -27,6 +27,7 @@ pub struct Server {
     /// stderr goes here (`CELLGATE_LOG=info`), for post-mortems.
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -37,15 +38,20 @@ impl Server {
         Self::start_command("serve", config, data, extra)
     }
 
-    /// Like [`Server::start`] for another subcommand that serves (`router`).
-    pub fn start_command(
-        command: &str,
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_env(
         config: &Path,
         data: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
+        let mut s = Self::start_args(config, data, extra);
+        s.insert(0, "serve".into());
+        Self::spawn_env(config, data, s, env)
+    }
+
+    fn start_args(config: &Path, data: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
-            command.into(),
             "--config".into(),
             config.display().to_string(),
             "--data".into(),
@@ -57,10 +63,27 @@ impl Server {
             args.extend(["--segment-size".into(), "4MiB".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(config, data, args)
+        args
     }
 
-    fn spawn(config: &Path, data: &Path, args: Vec<String>) -> anyhow::Result<Server> {
+    /// Like [`Server::start`] for another subcommand that serves (`router`).
+    pub fn start_command(
+        command: &str,
+        config: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
+        let mut args = Self::start_args(config, data, extra);
+        args.insert(0, command.into());
+        Self::spawn_env(config, data, args, &[])
+    }
+
+    fn spawn_env(
+        config: &Path,
+        data: &Path,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(data)?;
         let log = data.join("server.log");
         let stderr = std::fs::OpenOptions::new()
@@ -70,6 +93,7 @@ impl Server {
         let mut child = Command::new(crate::cellgate_bin())
             .args(&args)
             .env("CELLGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -104,13 +128,22 @@ impl Server {
             config: config.to_owned(),
             log,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     }
 
     /// Starts the same command again (same data dir; a new port).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
-        let s = Self::spawn(&self.config.clone(), &self.data.clone(), self.args.clone())?;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let s = Self::spawn_env(&self.config, &self.data, self.args.clone(), &env)?;
         *self = s;
         Ok(())
     }

@@ -19,7 +19,7 @@ use cellgate_rules::names::Resource;
 use cellgate_rules::{CellId, Permission, SubscriptionKind};
 
 use super::view::MessageView;
-use super::{body, json, ApiError, ApiResult, App, Caller, Reply};
+use super::{body, json, otel, ApiError, ApiResult, App, Caller, Reply};
 use crate::validate;
 
 const MAX_MESSAGES: usize = 256;
@@ -79,6 +79,19 @@ struct Sub<'a> {
     group: String,
     topic: String,
     broker: std::sync::Arc<dyn Broker>,
+}
+
+impl<'a> Sub<'a> {
+    fn names(&'a self, ns: &'a str, broadcast: bool) -> otel::SubNames<'a> {
+        otel::SubNames {
+            topic: self.logical_topic,
+            physical_topic: &self.topic,
+            group: &self.group,
+            cell: self.cell_name,
+            ns,
+            broadcast,
+        }
+    }
 }
 
 fn sub<'a>(
@@ -167,6 +180,7 @@ pub async fn receive(
     req: Request<Incoming>,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
+    let inc = otel::incoming(req.headers());
     let r: ReceiveRequest = body::json(req, SMALL_BODY, app.limits.body_timeout).await?;
     let opts = options(app, c, &s, r)?;
     let consumer = match &opts.mode {
@@ -183,6 +197,9 @@ pub async fn receive(
         other => other,
     }
     .map_err(|e| ApiError::from_broker(&e, "topic"))?;
+    let ns = &c.tenant()?.namespace;
+    let _span = otel::receive(&s.names(ns, consumer.is_some()), &inc.parent, &got);
+    let tracing_on = cellgate_telemetry::enabled();
     let mut bytes = 0u64;
     let now = super::now_ms();
     let mut hops = Vec::with_capacity(got.len());
@@ -195,12 +212,16 @@ pub async fn receive(
                     .with("attempt", d.attempt.to_string()),
             );
             let mut v = MessageView::new(&d.message, s.logical_topic, s.cell_name);
+            let tp = tracing_on
+                .then(|| d.message.properties.get(cellgate_telemetry::TRACEPARENT))
+                .flatten();
             v.receipt_handle = Some(app.receipts.seal(
                 &s.group,
                 &s.topic,
                 &d.receipt,
                 consumer.as_deref(),
                 &d.message.id,
+                tp.map(String::as_str),
             ));
             v.delivery_attempt = Some(d.attempt);
             v
@@ -209,7 +230,6 @@ pub async fn receive(
     if app.trace_messages {
         s.broker.record_trace(hops);
     }
-    let ns = &c.tenant()?.namespace;
     app.metrics
         .delivered(ns, s.cell_name, views.len() as u64, bytes);
     Ok(json(
@@ -229,6 +249,7 @@ pub async fn settle(
     ack: bool,
 ) -> ApiResult<Reply> {
     let s = sub(app, c, g, t, req.headers())?;
+    let inc = otel::incoming(req.headers());
     let r: SettleRequest = body::json(req, SMALL_BODY, app.limits.body_timeout).await?;
     if r.receipt_handles.is_empty() || r.receipt_handles.len() > 1024 {
         return Err(ApiError::invalid(
@@ -248,6 +269,14 @@ pub async fn settle(
         })?;
         opened.push(o);
     }
+    let mut span = if cellgate_telemetry::enabled() {
+        let tps: Vec<Option<String>> = opened.iter().map(|o| o.traceparent.clone()).collect();
+        let broadcast = opened.iter().any(|o| o.consumer_id.is_some());
+        let ns = &c.tenant()?.namespace;
+        otel::settle(&s.names(ns, broadcast), &inc.parent, &tps, ack)
+    } else {
+        cellgate_telemetry::Span::none()
+    };
     let mut failed = Vec::new();
     let (now, kind) = (super::now_ms(), if ack { "ack" } else { "nack" });
     let mut hops = Vec::new();
@@ -272,6 +301,10 @@ pub async fn settle(
     }
     let verb = if ack { "acked" } else { "nacked" };
     let done = r.receipt_handles.len() - failed.len();
+    if !failed.is_empty() {
+        span.error("settle_failed");
+    }
+    span.end();
     let Some((first, e)) = failed.first() else {
         return Ok(json(StatusCode::OK, &serde_json::json!({ verb: done })));
     };

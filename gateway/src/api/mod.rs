@@ -11,6 +11,7 @@ mod consume;
 mod error;
 mod message;
 mod ops;
+mod otel;
 mod publish;
 mod query;
 mod quota;

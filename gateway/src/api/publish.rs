@@ -15,7 +15,7 @@ use cellgate_rules::names::Resource;
 use cellgate_rules::{CellId, Permission, UnitHeaders};
 
 use super::message::{build, At, Built, Kind, PublishRequest, Target};
-use super::{body, json, now_ms, ApiError, ApiResult, App, Caller, Reply};
+use super::{body, json, now_ms, otel, ApiError, ApiResult, App, Caller, Reply};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,10 +172,11 @@ pub async fn one(
     let tenant = c.tenant()?;
     let max_body = usize::try_from(tenant.quotas.max_message_bytes).unwrap_or(usize::MAX);
     let oneway = oneway(&req);
+    let inc = otel::incoming(req.headers());
     let parsed: PublishRequest =
         body::json(req, request_limit(max_body), app.limits.body_timeout).await?;
     let born = now_ms();
-    let b = build(&t, parsed, At::Single, max_body, born)?;
+    let mut b = build(&t, parsed, At::Single, max_body, born)?;
     if oneway && matches!(b.kind, Kind::Transactional(_)) {
         return Err(ApiError::invalid(
             "transaction",
@@ -185,6 +186,9 @@ pub async fn one(
     let cell_name = t.rules.cell_name(t.cell);
     app.quotas.take(tenant, 1)?;
     let bytes = b.msg.body.len() as u64;
+    let mut send = otel::send(&t, &tenant.namespace, &inc, &b, 1);
+    otel::stamp(&send, &inc, &mut b.msg.properties);
+    let mut store = otel::store(&send, &t);
     if oneway {
         let broker = app.brokers.get(t.rules, t.cell)?;
         let metrics = app.metrics.clone();
@@ -198,12 +202,17 @@ pub async fn one(
             };
             match r {
                 Ok(r) => {
+                    otel::stored(&mut send, &mut store, &r, kind != Kind::Normal);
                     metrics.published(&ns, &cell, 1, bytes);
                     if let Some(actor) = actor {
                         broker.record_trace(hops(&actor, &cell, born, &r, &kind).into());
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "one-way publish failed"),
+                Err(e) => {
+                    store.error("broker");
+                    send.error("broker");
+                    tracing::warn!(error = %e, "one-way publish failed")
+                }
             }
         });
         return Ok(json(
@@ -219,10 +228,16 @@ pub async fn one(
     let broker = combiner.broker();
     let (headers, kind) = (b.headers, b.kind.clone());
     let r = if kind == Kind::Normal {
-        combiner.send(b.msg, b.select).await?
+        combiner.send(b.msg, b.select).await
     } else {
-        send_held(c, &**broker, &t, b).await?
+        send_held(c, &**broker, &t, b).await
     };
+    let r = r.inspect_err(|e| {
+        store.error(e.code);
+        send.error(e.code);
+    })?;
+    otel::stored(&mut send, &mut store, &r, kind != Kind::Normal);
+    store.end();
     app.metrics
         .published(&tenant.namespace, cell_name, 1, bytes);
     if app.trace_messages {
@@ -240,6 +255,7 @@ pub async fn batch(
     let t = target(app, c, topic, &req)?;
     let tenant = c.tenant()?;
     let max_body = usize::try_from(tenant.quotas.max_message_bytes).unwrap_or(usize::MAX);
+    let inc = otel::incoming(req.headers());
     let limit = app.limits.max_batch_request_bytes;
     let parsed: BatchRequest = body::json(req, limit, app.limits.body_timeout).await?;
     let n = parsed.messages.len();
@@ -263,6 +279,16 @@ pub async fn batch(
     }
     let broker = app.brokers.get(t.rules, t.cell)?;
     app.quotas.take(tenant, n as u32)?;
+    // One send span for the request: its context is every message's
+    // creation context.
+    let mut send = match built.first() {
+        Some(first) => otel::send(&t, &tenant.namespace, &inc, first, n),
+        None => cellgate_telemetry::Span::none(),
+    };
+    for b in &mut built {
+        otel::stamp(&send, &inc, &mut b.msg.properties);
+    }
+    let mut store = otel::store(&send, &t);
     let mut headers = Vec::with_capacity(n);
     let mut kinds = Vec::with_capacity(n);
     let results = if built.iter().all(|b| b.kind == Kind::Normal) {
@@ -277,17 +303,37 @@ pub async fn batch(
         broker
             .send_batch(msgs)
             .await
-            .map_err(|e| ApiError::from_broker(&e, "messages"))?
+            .map_err(|e| ApiError::from_broker(&e, "messages"))
     } else {
         // Held messages are stored one by one, in order.
         let mut out = Vec::with_capacity(n);
+        let mut failed = None;
         for b in built {
             headers.push(b.headers);
             kinds.push(b.kind.clone());
-            out.push(send_held(c, &*broker, &t, b).await?);
+            match send_held(c, &*broker, &t, b).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        out
+        failed.map_or(Ok(out), Err)
     };
+    let results = results.inspect_err(|e| {
+        store.error(e.code);
+        send.error(e.code);
+    })?;
+    if let [r] = results.as_slice() {
+        otel::stored(
+            &mut send,
+            &mut store,
+            r,
+            kinds.first() != Some(&Kind::Normal),
+        );
+    }
+    store.end();
     let cell_name = t.rules.cell_name(t.cell);
     app.metrics
         .published(&tenant.namespace, cell_name, n as u64, bytes);

@@ -8,9 +8,11 @@
 //! before the broker sees it. For broadcast consumption the consumer id
 //! rides inside the handle, so ack needs nothing else.
 //!
-//! Handle: `v1.<base64url(receipt '\n' consumer_id '\n' message_id)>.<base64url(mac[..16])>`
+//! Handle: `v1.<base64url(receipt '\n' consumer_id '\n' message_id ['\n' traceparent])>.<base64url(mac[..16])>`
 //! (the message id names the message in its trace; handles issued before
-//! it existed have none).
+//! it existed have none; the `traceparent`, the message's creation
+//! context, is there only while OpenTelemetry tracing is on, for the
+//! settle span's links).
 //!
 //! The key lives in `<data>/gateway.secret` (32 random bytes, mode 0600),
 //! created on first start, so handles stay valid across a restart (the
@@ -47,6 +49,7 @@ pub struct Opened {
     pub receipt: String,
     pub consumer_id: Option<String>,
     pub message_id: Option<uuid::Uuid>,
+    pub traceparent: Option<String>,
 }
 
 // === impl ReceiptKey ===
@@ -107,8 +110,13 @@ impl ReceiptKey {
         receipt: &str,
         consumer_id: Option<&str>,
         message_id: &uuid::Uuid,
+        traceparent: Option<&str>,
     ) -> String {
-        let payload = format!("{receipt}\n{}\n{message_id}", consumer_id.unwrap_or(""));
+        let mut payload = format!("{receipt}\n{}\n{message_id}", consumer_id.unwrap_or(""));
+        if let Some(tp) = traceparent.filter(|t| !t.contains('\n')) {
+            payload.push('\n');
+            payload.push_str(tp);
+        }
         let mac = self
             .mac(group, topic, payload.as_bytes())
             .map(|m| m.finalize().into_bytes())
@@ -136,12 +144,13 @@ impl ReceiptKey {
             .verify_truncated_left(&mac)
             .ok()?;
         let text = String::from_utf8(payload).ok()?;
-        let mut parts = text.splitn(3, '\n');
+        let mut parts = text.splitn(4, '\n');
         let (receipt, consumer) = (parts.next()?, parts.next()?);
         Some(Opened {
             receipt: receipt.to_owned(),
             consumer_id: (!consumer.is_empty()).then(|| consumer.to_owned()),
             message_id: parts.next().and_then(|i| uuid::Uuid::try_parse(i).ok()),
+            traceparent: parts.next().map(str::to_owned),
         })
     }
 }
@@ -155,11 +164,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = ReceiptKey::load_or_create(dir.path()).unwrap();
         let id = uuid::Uuid::from_u128(7);
-        let h = k.seal("ANT|RZ00A%G1", "ANT|RZ00A%T1", "0.5.00ff", None, &id);
+        let h = k.seal("ANT|RZ00A%G1", "ANT|RZ00A%T1", "0.5.00ff", None, &id, None);
         let o = k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &h).unwrap();
         assert_eq!(o.receipt, "0.5.00ff");
         assert_eq!(o.consumer_id, None);
         assert_eq!(o.message_id, Some(id));
+        assert_eq!(o.traceparent, None);
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let t = k.seal("g", "t", "1.2.3", None, &id, Some(tp));
+        assert_eq!(
+            k.open("g", "t", &t).unwrap().traceparent.as_deref(),
+            Some(tp)
+        );
         assert!(k.open("BETA|RZ00A%G1", "BETA|RZ00A%T1", &h).is_none());
         assert!(k.open("ANT|RZ01A%G1", "ANT|RZ00A%T1", &h).is_none());
         assert!(k
@@ -169,7 +185,7 @@ mod tests {
         let mut forged = h.clone();
         forged.pop();
         assert!(k.open("ANT|RZ00A%G1", "ANT|RZ00A%T1", &forged).is_none());
-        let b = k.seal("g", "t", "1.2.3", Some("c-1"), &id);
+        let b = k.seal("g", "t", "1.2.3", Some("c-1"), &id, None);
         assert_eq!(
             k.open("g", "t", &b).unwrap().consumer_id.as_deref(),
             Some("c-1")

@@ -10,6 +10,7 @@
 //! `platform_admin`) may be set in one file only.
 
 mod shards;
+mod telemetry;
 mod tenants;
 mod topology;
 
@@ -145,6 +146,7 @@ pub(crate) fn compile(docs: &[Doc], meta: RulesMeta) -> Result<RuleSet, Diagnost
     let mut probs = Problems::default();
     let topo = topology::compile(&mut probs, docs);
     let ten = tenants::compile(&mut probs, docs, &topo);
+    let telemetry = telemetry::compile(&mut probs, docs);
     if !probs.0.is_empty() {
         let mut d = Diagnostics(probs.0);
         d.sort();
@@ -176,5 +178,6 @@ pub(crate) fn compile(docs: &[Doc], meta: RulesMeta) -> Result<RuleSet, Diagnost
         tenants: ten.tenants,
         tenant_index,
         grants: ten.grants,
+        telemetry,
     })
 }
