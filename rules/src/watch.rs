@@ -97,8 +97,7 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Er
         let _watcher = watcher;
         // A change between loading the rules and arming the watch has made
         // no event: check once now.
-        let h = handle.clone();
-        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+        reload(&handle, "start").await;
         // A file change waits until the directory has been quiet for
         // `debounce` (the sleep restarts on every event); SIGHUP reloads
         // at once.
@@ -122,9 +121,41 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Er
             pending = false;
             tracing::debug!(why, "reloading rules");
             let h = handle.clone();
+            // A span per reload: with OpenTelemetry on, reloads show in
+            // the tracing backend next to the messages they affect.
+            let span = tracing::info_span!(
+                "rules.reload",
+                trigger = why,
+                outcome = tracing::field::Empty
+            );
             // Errors are recorded in the handle's status and logged there.
-            let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+            let outcome = tokio::task::spawn_blocking(move || h.reload()).await;
+            let outcome = match outcome {
+                Ok(Ok(crate::ReloadOutcome::Swapped { .. })) => "swapped",
+                Ok(Ok(crate::ReloadOutcome::Unchanged { .. })) => "unchanged",
+                Ok(Err(crate::Error::NotReloadable(_))) => "not_reloadable",
+                Ok(Err(_)) => "rejected",
+                Err(_) => "panicked",
+            };
+            span.record("outcome", outcome);
         }
     });
     Ok(Watcher { task })
+}
+
+/// One reload, off the runtime, in a `rules.reload` span: with
+/// OpenTelemetry on, reloads show in the tracing backend next to the
+/// messages they affect. Errors are recorded in the handle's status and
+/// logged there.
+async fn reload(handle: &Arc<RulesHandle>, trigger: &'static str) {
+    let span = tracing::info_span!("rules.reload", trigger, outcome = tracing::field::Empty);
+    let h = handle.clone();
+    let outcome = match tokio::task::spawn_blocking(move || h.reload()).await {
+        Ok(Ok(crate::ReloadOutcome::Swapped { .. })) => "swapped",
+        Ok(Ok(crate::ReloadOutcome::Unchanged { .. })) => "unchanged",
+        Ok(Err(crate::Error::NotReloadable(_))) => "not_reloadable",
+        Ok(Err(_)) => "rejected",
+        Err(_) => "panicked",
+    };
+    span.record("outcome", outcome);
 }

@@ -120,6 +120,37 @@ fn broker_change_needs_a_restart() {
     assert_eq!(h.counts().not_reloadable, 1);
 }
 
+#[test]
+fn telemetry_change_needs_a_restart_and_the_last_good_stays() {
+    let (_dir, path, h) = setup();
+    let text = format!(
+        "{}\ntelemetry:\n  endpoint: http://collector:4318\n",
+        example()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let err = h.reload().unwrap_err();
+    assert!(matches!(err, Error::NotReloadable(_)), "{err}");
+    let line = text.lines().position(|l| l == "telemetry:").unwrap() + 2;
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:{line}:", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("telemetry cannot change at run time"),
+        "{err}"
+    );
+    assert_eq!(h.current().version(), 1);
+    assert_eq!(h.current().telemetry().endpoint, None);
+    // A rules file that starts with the section loads with it.
+    let fresh = RulesHandle::open(&path).unwrap();
+    assert_eq!(
+        fresh.current().telemetry().endpoint.as_deref(),
+        Some("http://collector:4318")
+    );
+}
+
 #[tokio::test]
 async fn watcher_reports_a_directory_it_cannot_watch() {
     let (dir, _path, h) = setup();

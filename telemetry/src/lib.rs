@@ -21,7 +21,7 @@
 //! happens to run them), they need explicit kinds, links and start times,
 //! and they are the per-message cost the benchmark limits. The process's
 //! own `tracing` spans reach the same exporter through
-//! `tracing-opentelemetry` ([`Installed::layer`]).
+//! `tracing-opentelemetry` ([`tracing_layer`]).
 
 #![forbid(unsafe_code)]
 

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use serde_json::{json, Value};
 
-use cellgate_tests::{cellgate, example, Api, Server};
+use cellgate_tests::{cellgate, edited_example, example, Api, Server};
 
 const ANT: &str = "ant-demo-token";
 const APP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -447,4 +447,107 @@ fn bad_telemetry_settings_are_refused_with_their_names() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The gRPC side of the receiver: opentelemetry-proto's generated
+/// `TraceService`, served over h2c by hyper.
+struct GrpcTraces(Shared);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcTraces
+{
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut g = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                g.spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+async fn grpc_receiver() -> (String, Shared) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Shared = Arc::default();
+    let svc = TraceServiceServer::new(GrpcTraces(got.clone()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http2_only()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_also_go_over_grpc() {
+    let (endpoint, got) = grpc_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let s = Server::start_env(&example("ldc.yaml"), &dir.path().join("data"), &[], &env).unwrap();
+    let api = Api::new(&s, ANT, "RZ00A");
+    let sent = api
+        .publish("GRPC", &json!({"body": "over grpc", "uid": "12300"}))
+        .await
+        .unwrap();
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    let spans = spans_until(&got, "the publish over gRPC", |spans| {
+        spans.iter().any(|s| s.name == "send GRPC")
+    })
+    .await;
+    let send = spans.iter().find(|s| s.name == "send GRPC").unwrap();
+    assert_eq!(
+        attr(send, "messaging.message.id").as_deref(),
+        Some(id.as_str())
+    );
+    assert!(
+        send.parent_span_id.is_empty(),
+        "no incoming context: a root span"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_reload_is_a_span_too() {
+    let (endpoint, got) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, text) = edited_example(dir.path(), "rules.yaml", &[]);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let _s = Server::start_env(&rules, &dir.path().join("data"), &[], &env).unwrap();
+    // A real change (a comment alone hashes differently too).
+    std::fs::write(&rules, format!("{text}\n# edited\n")).unwrap();
+    // (Whichever reload sees the edit first, the start-up check or the
+    // file event, swaps; the other finds nothing new.)
+    let swapped =
+        |s: &Span| s.name == "rules.reload" && attr(s, "outcome").as_deref() == Some("swapped");
+    let spans = spans_until(&got, "the reload span", |spans| spans.iter().any(swapped)).await;
+    let r = spans.iter().find(|s| swapped(s)).unwrap();
+    assert!(attr(r, "trigger").is_some());
 }

@@ -16,6 +16,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use tracing_subscriber::Registry;
 
 pub use metrics::{bridge, Histogram};
 pub use span::{span, Span, SpanStart};
@@ -35,6 +36,22 @@ static GLOBAL: OnceLock<Global> = OnceLock::new();
 /// "off" is a relaxed load of one byte.
 static TRACING: AtomicBool = AtomicBool::new(false);
 static METER: OnceLock<opentelemetry::metrics::Meter> = OnceLock::new();
+
+/// The subscriber's slot for the `tracing` → OpenTelemetry bridge, empty
+/// until [`install`] turns traces on.
+type Bridge = Option<Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>>;
+static LAYER: OnceLock<tracing_subscriber::reload::Handle<Bridge, Registry>> = OnceLock::new();
+
+/// A layer for the process's `tracing` subscriber (put it first, directly
+/// on the registry): once [`install`] turns traces on, the process's own
+/// `tracing` spans at INFO and above (rules reloads, …) are exported with
+/// the message spans, through `tracing-opentelemetry`. Until then it does
+/// nothing.
+pub fn tracing_layer() -> impl tracing_subscriber::Layer<Registry> {
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(None);
+    let _ = LAYER.set(handle);
+    layer
+}
 
 /// Whether message spans are being made.
 #[inline]
@@ -219,6 +236,13 @@ pub fn install(s: &Settings) -> Result<Installed, Error> {
             .with_batch_exporter(span_exporter(e)?)
             .build();
         let tracer = provider.tracer("cellgate");
+        if let Some(slot) = LAYER.get() {
+            use tracing_subscriber::Layer as _;
+            let bridge = tracing_opentelemetry::layer()
+                .with_tracer(tracer.clone())
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            let _ = slot.modify(|l| *l = Some(Box::new(bridge)));
+        }
         let g = Global {
             tracer,
             propagator: propagator()?,
