@@ -162,10 +162,21 @@ fn endpoint(
     let Some(url) = url else {
         return Ok(None);
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    // No TLS client for OTLP is built in (see docs/observability.md): an
+    // https endpoint would fail at every export, so refuse it at start.
+    if url.starts_with("https://") {
         return Err(Error::Setting {
             name: "OTLP endpoint".to_owned(),
-            why: format!("{url:?} must be an http:// or https:// URL"),
+            why: format!(
+                "{url:?}: this build exports over plain http:// (or h2c gRPC) only; \
+                 send to a local OpenTelemetry Collector and let it forward over TLS"
+            ),
+        });
+    }
+    if !url.starts_with("http://") {
+        return Err(Error::Setting {
+            name: "OTLP endpoint".to_owned(),
+            why: format!("{url:?} must be an http:// URL"),
         });
     }
     Ok(Some(Endpoint { url, protocol }))
@@ -302,5 +313,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("http://"), "{e}");
+        let e = resolve(
+            &FileSettings {
+                endpoint: Some("https://collector:4318".into()),
+                ..FileSettings::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Collector"), "{e}");
     }
 }

@@ -43,8 +43,11 @@ pub(super) fn compile(probs: &mut Problems, docs: &[Doc]) -> Telemetry {
         ("metrics_endpoint", &raw.metrics_endpoint),
     ] {
         if let Some(v) = v {
-            if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 10 {
-                let msg = format!("telemetry.{field} {v:?} must be an http:// or https:// URL");
+            if !v.starts_with("http://") || v.len() < 10 {
+                let msg = format!(
+                    "telemetry.{field} {v:?} must be an http:// URL (OTLP over TLS: send to \
+                     a local OpenTelemetry Collector and let it forward)"
+                );
                 probs.push(at.field(field).error(msg));
             }
         }
