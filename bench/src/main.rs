@@ -8,6 +8,12 @@
 //! repetitions, so a slow drift in the machine's load does not always
 //! favour the same side.
 //!
+//! Optional sides: `compare` (`--compare-bin`, another `cellgate` build)
+//! and `otel` (`--otel-side`, issue 7: the gateway's binary with tracing
+//! on, exporting to an OTLP sink this process runs; see `sink.rs`). With
+//! both, and `compare` built without the `otel` feature, the report
+//! judges the cost of tracing (`report/otel.rs`).
+//!
 //! Build once, then run (see docs/benchmarks.md):
 //! `cargo build --release -p cellgate -p cellgate-bench && target/release/cellgate-bench`
 
@@ -17,6 +23,7 @@ mod cases;
 mod load;
 mod procs;
 mod report;
+mod sink;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +34,7 @@ use clap::Parser;
 use cases::{Case, Kind, Shape};
 use procs::Server;
 use report::{Measurement, Side};
+use sink::Sink;
 
 /// The same allocator as the `cellgate` binary: the load generator shares
 /// the cores with the server under test, so a cheaper client is a fairer
@@ -98,9 +106,43 @@ struct Args {
     /// `perf record -g -p {pid} -o gw.data -- sleep 3`. Awaited after the load.
     #[arg(long)]
     profile: Option<String>,
-    /// Which server `--profile` runs alongside: gateway or baseline.
+    /// Which server `--profile` runs alongside: gateway, baseline,
+    /// compare or otel.
     #[arg(long, default_value = "gateway")]
     profile_side: String,
+    /// Adds a side, `otel`: the gateway side's binary and arguments with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set to an OTLP sink run by this
+    /// process (tracing on, batch export). The other gateway sides then
+    /// run with the `OTEL_*` endpoint variables removed (tracing off).
+    #[arg(long)]
+    otel_side: bool,
+}
+
+/// The `OTEL_*` variables that decide whether and where a gateway
+/// exports: removed from every gateway side when `--otel-side` is given,
+/// so `gateway` and `compare` are off and `otel` exports to the sink only.
+const OTEL_VARS: [&str; 9] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_SDK_DISABLED",
+];
+
+/// The environment a side's server starts with (on top of the inherited).
+fn side_env(side: Side, sink: Option<&Sink>) -> Vec<(&'static str, Option<String>)> {
+    let Some(sink) = sink else {
+        return Vec::new();
+    };
+    let mut env: Vec<_> = OTEL_VARS.iter().map(|k| (*k, None)).collect();
+    if side == Side::Otel {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", Some(sink.endpoint())));
+    }
+    env
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,6 +173,11 @@ fn main() -> anyhow::Result<()> {
         body_bytes: a.body_bytes,
     };
     let cases: Vec<Case> = kinds.iter().map(|k| cases::build(*k, &shape)).collect();
+    let sink = if a.otel_side {
+        Some(Sink::start()?)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.client_threads.max(1))
         .enable_all()
@@ -146,27 +193,31 @@ fn main() -> anyhow::Result<()> {
             if compare.is_some() {
                 order.push(Side::Compare);
             }
+            if sink.is_some() {
+                order.push(Side::Otel);
+            }
             let sides = order.len();
             order.rotate_left(rep % sides);
             for side in order {
                 let data = tmp.path().join(format!("data-{rep}-{ci}"));
                 std::fs::create_dir_all(&data)?;
                 let log = tmp.path().join(format!("{}-{rep}-{ci}.log", side.name()));
+                let sink_start = sink.as_ref().map(Sink::tally);
                 let server = match side {
-                    Side::Baseline => Server::start(&baseline, &[], &log)?,
-                    Side::Gateway | Side::Compare => {
+                    Side::Baseline => Server::start(&baseline, &[], &[], &log)?,
+                    Side::Gateway | Side::Compare | Side::Otel => {
                         let mut args =
                             procs::gateway_args(&config, &data, case.flush, &a.segment_size);
                         let extra = match side {
-                            Side::Gateway => &a.gateway_arg,
-                            _ => &a.compare_arg,
+                            Side::Compare => &a.compare_arg,
+                            _ => &a.gateway_arg,
                         };
                         args.extend(extra.iter().cloned());
                         let bin = match (&compare, side) {
                             (Some(c), Side::Compare) => c,
                             _ => &gateway,
                         };
-                        Server::start(bin, &args, &log)?
+                        Server::start(bin, &args, &side_env(side, sink.as_ref()), &log)?
                     }
                 };
                 let load_avg = report::loadavg();
@@ -190,16 +241,28 @@ fn main() -> anyhow::Result<()> {
                     duration: a.duration,
                 };
                 let pid = server.pid().to_string();
-                let cpu = (procs::cpu_ns(&pid), procs::cpu_ns("self"));
+                // The sink's thread is in this process: its CPU time is
+                // taken out of the load generator's.
+                let sink_cpu = || sink.as_ref().map_or(0, |s| s.tally().cpu_ns);
+                let cpu = (procs::cpu_ns(&pid), procs::cpu_ns("self"), sink_cpu());
                 let outcome = rt.block_on(load::run(&l))?;
+                let sink_cpu = sink_cpu().saturating_sub(cpu.2);
                 let cpu = (
                     procs::cpu_ns(&pid).saturating_sub(cpu.0),
-                    procs::cpu_ns("self").saturating_sub(cpu.1),
+                    procs::cpu_ns("self")
+                        .saturating_sub(cpu.1)
+                        .saturating_sub(sink_cpu),
                 );
                 if let Some(mut p) = profiler {
                     p.wait()?;
                 }
                 drop(server);
+                // What the sink received from this server, start to kill
+                // (spans still queued in the server when killed are lost).
+                let sink_tally = match (&sink, sink_start) {
+                    (Some(s), Some(start)) => Some(s.tally().since(start)),
+                    _ => None,
+                };
                 let _ = std::fs::remove_dir_all(&data);
                 let m = Measurement {
                     case: ci,
@@ -209,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                     server_cpu_ns: cpu.0,
                     client_cpu_ns: cpu.1,
                     outcome,
+                    sink: sink_tally.filter(|_| side == Side::Otel),
                 };
                 eprintln!("{}", m.progress_line(case));
                 results.push(m);
@@ -228,6 +292,7 @@ fn main() -> anyhow::Result<()> {
         duration: a.duration,
         warmup: a.warmup,
         client_threads: a.client_threads,
+        sink: sink.as_ref().map(Sink::endpoint),
     });
     Ok(())
 }

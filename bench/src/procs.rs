@@ -35,14 +35,27 @@ pub struct Server {
 
 impl Server {
     /// Starts `program args…`, stderr to `log`, and waits for its first
-    /// stdout line, `listening on ADDR`.
-    pub fn start(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Server> {
+    /// stdout line, `listening on ADDR`. `env` sets (`Some`) or removes
+    /// (`None`) environment variables of the child; the rest is inherited.
+    pub fn start(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, Option<String>)],
+        log: &Path,
+    ) -> anyhow::Result<Server> {
         let stderr = std::fs::File::create(log)?;
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             // The gateway logs at info by default; a benchmark wants only
             // problems, and no log line on the request path.
-            .env("CELLGATE_LOG", "warn")
+            .env("CELLGATE_LOG", "warn");
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

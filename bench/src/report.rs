@@ -6,13 +6,20 @@ use std::time::Duration;
 
 use crate::cases::{Case, Kind};
 use crate::load::Outcome;
+use crate::sink;
+
+mod otel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Baseline,
     Gateway,
-    /// `--compare-bin`: another gateway build, reported but not judged.
+    /// `--compare-bin`: another gateway build, reported but not judged
+    /// against the baseline.
     Compare,
+    /// `--otel-side`: the gateway's binary with tracing on, exporting to
+    /// the bench's OTLP sink.
+    Otel,
 }
 
 impl Side {
@@ -21,6 +28,7 @@ impl Side {
             Side::Baseline => "baseline",
             Side::Gateway => "gateway",
             Side::Compare => "compare",
+            Side::Otel => "otel",
         }
     }
 }
@@ -38,29 +46,37 @@ pub struct Measurement {
     pub server_cpu_ns: u64,
     pub client_cpu_ns: u64,
     pub outcome: Outcome,
+    /// What the OTLP sink received while this server ran (`otel` only).
+    pub sink: Option<sink::Tally>,
 }
 
 impl Measurement {
-    fn msgs_per_sec(&self, c: &Case) -> f64 {
+    pub(crate) fn msgs_per_sec(&self, c: &Case) -> f64 {
         self.outcome.per_sec() * c.msgs_per_req as f64
     }
 
     /// CPU µs per answered request (warm-up included, like the CPU time).
-    fn cpu_us(&self, ns: u64) -> f64 {
+    pub(crate) fn cpu_us(&self, ns: u64) -> f64 {
         ns as f64 / 1000.0 / self.outcome.answered.max(1) as f64
     }
 
-    fn p50(&self) -> u64 {
+    pub(crate) fn p50(&self) -> u64 {
         self.outcome.latency_us.value_at_quantile(0.5)
     }
 
-    fn p99(&self) -> u64 {
+    pub(crate) fn p99(&self) -> u64 {
         self.outcome.latency_us.value_at_quantile(0.99)
     }
 
     pub fn progress_line(&self, c: &Case) -> String {
+        let sink = self.sink.map_or(String::new(), |t| {
+            format!(
+                "; OTLP sink: {} trace exports, {} bytes, {} other, {} bytes",
+                t.trace_reqs, t.trace_bytes, t.other_reqs, t.other_bytes
+            )
+        });
         format!(
-            "{} rep {} {}: {:.0} req/s, p50 {}, p99 {}, {} errors, CPU/req {:.1} µs server, {:.1} µs client (load avg {})",
+            "{} rep {} {}: {:.0} req/s, p50 {}, p99 {}, {} errors, CPU/req {:.1} µs server, {:.1} µs client (load avg {}){sink}",
             c.label(),
             self.rep + 1,
             self.side.name(),
@@ -88,6 +104,8 @@ pub struct Run<'a> {
     pub duration: Duration,
     pub warmup: Duration,
     pub client_threads: usize,
+    /// The OTLP sink's endpoint, when the `otel` side ran.
+    pub sink: Option<String>,
 }
 
 /// The first three fields of /proc/loadavg.
@@ -97,7 +115,7 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
-fn us(v: u64) -> String {
+pub(crate) fn us(v: u64) -> String {
     if v >= 10_000 {
         format!("{:.1} ms", v as f64 / 1000.0)
     } else {
@@ -105,7 +123,7 @@ fn us(v: u64) -> String {
     }
 }
 
-fn rate(v: f64) -> String {
+pub(crate) fn rate(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.1} k", v / 1000.0)
     } else {
@@ -114,7 +132,7 @@ fn rate(v: f64) -> String {
 }
 
 impl Run<'_> {
-    fn find(&self, case: usize, rep: usize, side: Side) -> Option<&Measurement> {
+    pub(crate) fn find(&self, case: usize, rep: usize, side: Side) -> Option<&Measurement> {
         self.results
             .iter()
             .find(|m| m.case == case && m.rep == rep && m.side == side)
@@ -158,8 +176,9 @@ pub fn print(run: &Run<'_>) {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (ci, c) in run.cases.iter().enumerate() {
         for (b, g) in run.pairs(ci) {
-            let other = run.find(ci, b.rep, Side::Compare);
-            for m in [Some(b), Some(g), other].into_iter().flatten() {
+            let compare = run.find(ci, b.rep, Side::Compare);
+            let otel = run.find(ci, b.rep, Side::Otel);
+            for m in [Some(b), Some(g), compare, otel].into_iter().flatten() {
                 let (tput, p50) = if m.side == Side::Baseline {
                     (String::new(), String::new())
                 } else {
@@ -199,6 +218,10 @@ pub fn print(run: &Run<'_>) {
     }
     println!();
     goals(run);
+    if run.sink.is_some() {
+        println!();
+        otel::print(run);
+    }
 }
 
 fn goals(run: &Run<'_>) {
