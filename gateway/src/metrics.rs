@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use cellgate_rules::RulesHandle;
+use cellgate_telemetry::Val;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -200,7 +201,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
         self.0
             .otel_latency
-            .record(took.as_secs_f64(), &[("endpoint", endpoint)]);
+            .record(took.as_secs_f64(), &[("endpoint", Val::Static(endpoint))]);
     }
 
     fn tc(tenant: &str, cell: &str) -> TenantCell {

@@ -237,16 +237,21 @@ fn count(
                 .inc_by((end - start) as u64);
             let lag = metrics.lag.get_or_create(&l);
             let stored = stored.get(start..).unwrap_or_default();
-            let labels = [
-                ("tenant", tenant.as_str()),
-                ("source", source.as_str()),
-                ("target", target.as_str()),
-            ];
-            for (c, s) in copies[start..end].iter().zip(stored) {
-                let secs = (s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0;
+            let lags = copies[start..end]
+                .iter()
+                .zip(stored)
+                .map(|(c, s)| (s.stored_ms - c.source.stored_ms()).max(0) as f64 / 1000.0);
+            for secs in lags.clone() {
                 lag.observe(secs);
-                metrics.otel_lag.record(secs, &labels);
             }
+            // The OTLP twin: labels built once for the batch.
+            use cellgate_telemetry::Val;
+            let labels = [
+                ("tenant", Val::Str(tenant)),
+                ("source", Val::Str(source)),
+                ("target", Val::Str(target)),
+            ];
+            metrics.otel_lag.record_all(lags, &labels);
         }
         start = end;
     }

@@ -35,13 +35,17 @@ pub(crate) fn route_spans(
     names: &crate::send::Names,
     batch_of: &[usize],
 ) {
-    use cellgate_telemetry::{self as tel, attr, Kind};
+    use cellgate_telemetry::{self as tel, attr, Kind, Val};
     use std::time::{Duration, UNIX_EPOCH};
     if !tel::enabled() {
         return;
     }
     let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    let zone = zone.to_string();
+    let zone = match zone {
+        cellgate_rules::ZoneType::R => "RZone",
+        cellgate_rules::ZoneType::G => "GZone",
+        cellgate_rules::ZoneType::C => "CZone",
+    };
     for ((c, s), b) in copies.iter().zip(stored).zip(batch_of) {
         let parent = tel::extract(|k| c.source.property(k));
         let Some(name) = names.get(*b).and_then(Option::as_ref) else {
@@ -50,23 +54,21 @@ pub(crate) fn route_spans(
         if !parent.is_some() {
             continue;
         }
-        let id = c.source.id().to_string();
+        // Lean on purpose: one span per copy is the router's tracing cost.
+        // The message id, logical topic and namespace are the parent's.
         tel::span(Kind::Internal, || format!("route {}", name.logical))
             .parent(&parent)
             .start_at(at(c.source.stored_ms()))
-            .attr(attr::SYSTEM, tel::SYSTEM)
-            .attr(attr::OPERATION_TYPE, "send")
-            .attr(attr::OPERATION_NAME, "route")
+            .attr(attr::SYSTEM, Val::Static(tel::SYSTEM))
+            .attr(attr::OPERATION_TYPE, Val::Static("send"))
+            .attr(attr::OPERATION_NAME, Val::Static("route"))
             .attr(attr::DESTINATION, c.topic)
-            .attr(attr::TOPIC, name.logical.as_str())
-            .attr(attr::MESSAGE_ID, id.as_str())
             .attr(attr::PARTITION, s.queue)
             .attr(attr::OFFSET, s.queue_offset)
             .attr(attr::SOURCE_CELL, source.as_str())
             .attr(attr::TARGET_CELL, target.as_str())
-            .attr(attr::ZONE_TYPE, zone.as_str())
+            .attr(attr::ZONE_TYPE, Val::Static(zone))
             .attr(attr::TENANT, name.tenant.as_str())
-            .attr(attr::RMQ_NAMESPACE, name.tenant.as_str())
             .start()
             .end_at(at(s.stored_ms));
     }

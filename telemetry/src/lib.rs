@@ -69,6 +69,8 @@ pub enum Kind {
 /// switch costs no allocation).
 #[derive(Debug, Clone, Copy)]
 pub enum Val<'a> {
+    /// A literal: stored without a copy.
+    Static(&'static str),
     Str(&'a str),
     I64(i64),
     Strs(&'a [String]),

@@ -130,7 +130,14 @@ impl Histogram {
         Histogram
     }
     #[inline(always)]
-    pub fn record(&self, _v: f64, _labels: &[(&'static str, &str)]) {}
+    pub fn record(&self, _v: f64, _labels: &[(&'static str, Val<'_>)]) {}
+    #[inline(always)]
+    pub fn record_all(
+        &self,
+        _values: impl IntoIterator<Item = f64>,
+        _labels: &[(&'static str, Val<'_>)],
+    ) {
+    }
 }
 
 /// Nothing to bridge in this build.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use http::HeaderMap;
 
 use cellgate_broker_core::{PutResult, StoredMessage};
-use cellgate_telemetry::{self as tel, attr, Kind, Parent, Span, FIELDS, TRACEPARENT};
+use cellgate_telemetry::{self as tel, attr, Kind, Parent, Span, Val, FIELDS, TRACEPARENT};
 
 use super::message::{Built, Kind as MsgKind, Target};
 
@@ -81,14 +81,17 @@ pub fn send(t: &Target<'_>, ns: &str, inc: &Incoming, first: &Built, count: usiz
     let m = &first.msg;
     let s = tel::span(Kind::Producer, || format!("send {}", t.logical))
         .parent(&inc.parent)
-        .attr(attr::SYSTEM, tel::SYSTEM)
-        .attr(attr::OPERATION_TYPE, "send")
-        .attr(attr::OPERATION_NAME, "send")
+        .attr(attr::SYSTEM, Val::Static(tel::SYSTEM))
+        .attr(attr::OPERATION_TYPE, Val::Static("send"))
+        .attr(attr::OPERATION_NAME, Val::Static("send"))
         .attr(attr::DESTINATION, t.physical.as_str())
         .attr(attr::TOPIC, t.logical)
         .attr(attr::CELL, t.rules.cell_name(t.cell))
         .attr(attr::RMQ_NAMESPACE, ns)
-        .attr(attr::RMQ_MESSAGE_TYPE, message_type(t, &first.kind));
+        .attr(
+            attr::RMQ_MESSAGE_TYPE,
+            Val::Static(message_type(t, &first.kind)),
+        );
     if count > 1 {
         return s.attr(attr::BATCH_COUNT, count).start();
     }
@@ -111,13 +114,15 @@ pub fn send(t: &Target<'_>, ns: &str, inc: &Incoming, first: &Built, count: usiz
     .start()
 }
 
-/// `store {topic}` (INTERNAL): the broker's append, flush included.
+/// `store {topic}` (INTERNAL): the broker's append, flush included. Lean:
+/// the destination, cell and message id are its parent's.
 pub fn store(send: &Span, t: &Target<'_>) -> Span {
+    if !tel::enabled() {
+        return Span::none();
+    }
     tel::span(Kind::Internal, || format!("store {}", t.logical))
         .parent(&send.as_parent())
-        .attr(attr::SYSTEM, tel::SYSTEM)
-        .attr(attr::DESTINATION, t.physical.as_str())
-        .attr(attr::CELL, t.rules.cell_name(t.cell))
+        .attr(attr::SYSTEM, Val::Static(tel::SYSTEM))
         .start()
 }
 
@@ -126,11 +131,9 @@ pub fn stored(send: &mut Span, store: &mut Span, r: &PutResult, held: bool) {
     if !tel::enabled() {
         return;
     }
-    let id = r.id.to_string();
-    for s in [&mut *send, &mut *store] {
-        s.set(attr::MESSAGE_ID, id.as_str());
-        s.set(attr::PARTITION, r.queue);
-    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    send.set(attr::MESSAGE_ID, &*r.id.hyphenated().encode_lower(&mut buf));
+    store.set(attr::PARTITION, r.queue);
     if !held {
         store.set(attr::OFFSET, r.queue_offset);
     }
@@ -163,7 +166,7 @@ pub struct SubNames<'a> {
 }
 
 fn consume_attrs(s: tel::SpanStart, n: &SubNames<'_>) -> tel::SpanStart {
-    s.attr(attr::SYSTEM, tel::SYSTEM)
+    s.attr(attr::SYSTEM, Val::Static(tel::SYSTEM))
         .attr(attr::DESTINATION, n.physical_topic)
         .attr(attr::TOPIC, n.topic)
         .attr(attr::CONSUMER_GROUP, n.group)
@@ -187,8 +190,8 @@ pub fn receive(n: &SubNames<'_>, req: &Parent, got: &[cellgate_broker_core::Deli
     }
     let contexts: Vec<Parent> = got.iter().map(|d| creation(&d.message)).collect();
     let s = consumer_span(format!("receive {}", n.topic), req, &contexts)
-        .attr(attr::OPERATION_TYPE, "receive")
-        .attr(attr::OPERATION_NAME, "receive")
+        .attr(attr::OPERATION_TYPE, Val::Static("receive"))
+        .attr(attr::OPERATION_NAME, Val::Static("receive"))
         .attr(attr::BATCH_COUNT, got.len());
     let s = match got {
         [d] => s
@@ -215,8 +218,8 @@ pub fn settle(n: &SubNames<'_>, req: &Parent, traceparents: &[Option<String>], a
         .collect();
     let op = if ack { "ack" } else { "nack" };
     let s = consumer_span(format!("settle {}", n.topic), req, &contexts)
-        .attr(attr::OPERATION_TYPE, "settle")
-        .attr(attr::OPERATION_NAME, op)
+        .attr(attr::OPERATION_TYPE, Val::Static("settle"))
+        .attr(attr::OPERATION_NAME, Val::Static(op))
         .attr(attr::BATCH_COUNT, traceparents.len());
     consume_attrs(s, n).start()
 }

@@ -181,14 +181,26 @@ impl Histogram {
         }))
     }
 
+    /// Records one value; `labels` values that are literals cost no copy.
     #[inline]
-    pub fn record(&self, v: f64, labels: &[(&'static str, &str)]) {
+    pub fn record(&self, v: f64, labels: &[(&'static str, crate::Val<'_>)]) {
+        self.record_all(std::iter::once(v), labels)
+    }
+
+    /// Records several values under one label set, built once.
+    pub fn record_all(
+        &self,
+        values: impl IntoIterator<Item = f64>,
+        labels: &[(&'static str, crate::Val<'_>)],
+    ) {
         if let Some(h) = &self.0 {
             let a: Vec<KeyValue> = labels
                 .iter()
-                .map(|(k, v)| KeyValue::new(*k, (*v).to_owned()))
+                .map(|(k, v)| KeyValue::new(*k, super::span::value(*v)))
                 .collect();
-            h.record(v, &a);
+            for v in values {
+                h.record(v, &a);
+            }
         }
     }
 }

@@ -9,8 +9,9 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use super::{inject_into, tracer, Parent};
 use crate::{Kind, Val};
 
-fn value(v: Val<'_>) -> Value {
+pub(crate) fn value(v: Val<'_>) -> Value {
     match v {
+        Val::Static(s) => Value::from(s),
         Val::Str(s) => Value::from(s.to_owned()),
         Val::I64(i) => Value::I64(i),
         Val::Strs(s) => Value::Array(Array::String(
