@@ -89,6 +89,7 @@ pub fn cellgate(args: &[&str]) -> anyhow::Result<Run> {
     Ok(out.into())
 }
 
+pub mod otlp;
 pub mod server;
 pub use server::{Api, Server};
 
