@@ -9,6 +9,7 @@
 //! lag. An empty receive with a wait parks on the store's "appended" signal
 //! or the next invisibility deadline, whichever comes first — no polling.
 
+mod commit;
 mod delay;
 mod deliver;
 mod txn;
@@ -97,6 +98,8 @@ pub struct EmbeddedBroker {
     /// the timer's: short sections, never across an await.
     txns: Mutex<crate::txn::Book>,
     txn_cfg: TxnConfig,
+    /// Commits waiting for their shared write (see `commit.rs`).
+    commits: Arc<commit::Commits>,
     /// Wakes the check-back clock when a transaction starts.
     txn_wake: Arc<Notify>,
     /// Wakes every check-back poller when checks are issued (pollers of
@@ -119,6 +122,7 @@ impl EmbeddedBroker {
             timer: Arc::default(),
             txns: Mutex::new(Book::default()),
             txn_cfg: TxnConfig::default(),
+            commits: Arc::default(),
             txn_wake: Arc::default(),
             checks_ready: Notify::new(),
             trace,

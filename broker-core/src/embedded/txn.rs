@@ -198,8 +198,10 @@ impl EmbeddedBroker {
                             .0
                     }
                 };
-                let copy = vec![(msg, QueueSelect::Queue(e.queue), e.info.id)];
-                self.store.put_copies(copy).await?;
+                let select = QueueSelect::Queue(e.queue);
+                self.commits
+                    .commit(&self.store, msg, select, e.info.id)
+                    .await?;
             }
             Decision::Rollback => {
                 let op = Message {
