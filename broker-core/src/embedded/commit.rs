@@ -1,9 +1,9 @@
-//! Commits of concurrent transactions share one store write.
+//! The writes of concurrent transactions share store calls.
 //!
-//! A commit writes the whole message into its topic (see `txn.rs`), and
-//! the store's cost is mostly per call: with many producers committing at
-//! once, one `put_copies` for every commit waiting is far cheaper than one
-//! each. The first committer to find no drain running starts one, as a
+//! A transaction writes its message twice — the half message, then on
+//! commit the message in its topic (see `txn.rs`) — and the store's cost
+//! is mostly per call: with many producers at once, one `put_many` for
+//! every half and commit waiting is far cheaper than one call each. The first committer to find no drain running starts one, as a
 //! task of its own, so a caller that gives up (a dropped request) never
 //! strands the others; the drain takes everything queued, writes it,
 //! answers each waiter, and repeats until the queue is empty.
@@ -16,14 +16,15 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::record::Message;
-use crate::store::{QueueSelect, Store};
+use crate::store::{PutResult, QueueSelect, Store};
 
-/// One commit waiting for the shared write.
+/// One write waiting for the shared call.
 struct Pending {
     msg: Message,
     select: QueueSelect,
-    id: Uuid,
-    done: oneshot::Sender<std::result::Result<(), String>>,
+    /// Kept for a commit (the transaction id); new for a half message.
+    id: Option<Uuid>,
+    done: oneshot::Sender<std::result::Result<PutResult, String>>,
 }
 
 /// The commit queue of one broker.
@@ -47,15 +48,15 @@ impl std::fmt::Debug for Commits {
 // === impl Commits ===
 
 impl Commits {
-    /// Stores `msg` (a transaction's message) under `id`; returns once it
-    /// is durable, written together with every other commit waiting.
-    pub(super) async fn commit(
+    /// Stores `msg` (under `id` if given); returns once it is durable,
+    /// written together with every other write waiting.
+    pub(super) async fn put(
         self: &Arc<Self>,
         store: &Arc<Store>,
         msg: Message,
         select: QueueSelect,
-        id: Uuid,
-    ) -> Result<()> {
+        id: Option<Uuid>,
+    ) -> Result<PutResult> {
         let (done, answer) = oneshot::channel();
         self.queue.lock().map_err(|_| Error::Closed)?.push(Pending {
             msg,
@@ -68,10 +69,10 @@ impl Commits {
             tokio::spawn(async move { me.drain(&store).await });
         }
         match answer.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(r)) => Ok(r),
             Ok(Err(why)) => Err(Error::Io {
                 path: store.dir().to_owned(),
-                source: std::io::Error::other(format!("committing a transaction: {why}")),
+                source: std::io::Error::other(format!("a transaction's write: {why}")),
             }),
             Err(_) => Err(Error::Closed),
         }
@@ -100,13 +101,18 @@ impl Commits {
                 msgs.push((p.msg, p.select, p.id));
                 waiters.push(p.done);
             }
-            let r = store
-                .put_copies(msgs)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            for w in waiters {
-                let _ = w.send(r.clone());
+            match store.put_many(msgs).await {
+                Ok(results) => {
+                    for (w, r) in waiters.into_iter().zip(results) {
+                        let _ = w.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for w in waiters {
+                        let _ = w.send(Err(why.clone()));
+                    }
+                }
             }
         }
     }

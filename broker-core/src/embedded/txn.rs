@@ -60,7 +60,11 @@ impl EmbeddedBroker {
         half.properties.insert(REAL_QUEUE.into(), queue.to_string());
         half.properties
             .insert(PRODUCER_GROUP.into(), producer_group.to_owned());
-        let r = self.store.put(half, QueueSelect::Queue(0)).await?;
+        // Shares a store call with other transactions' writes.
+        let r = self
+            .commits
+            .put(&self.store, half, QueueSelect::Queue(0), None)
+            .await?;
         let next_check = r.stored_ms + self.txn_cfg.first_check.as_millis() as i64;
         let entry = Entry {
             info: TxnInfo {
@@ -200,7 +204,7 @@ impl EmbeddedBroker {
                 };
                 let select = QueueSelect::Queue(e.queue);
                 self.commits
-                    .commit(&self.store, msg, select, e.info.id)
+                    .put(&self.store, msg, select, Some(e.info.id))
                     .await?;
             }
             Decision::Rollback => {

@@ -72,11 +72,26 @@ impl Store {
         &self,
         msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
     ) -> Result<Vec<PutResult>> {
+        let msgs = msgs
+            .into_iter()
+            .map(|(m, s, id)| (m, s, Some(id)))
+            .collect();
+        self.put_many(msgs).await
+    }
+
+    /// Stores messages in order with one write and one durability wait,
+    /// each keeping its id when it has one (a transaction's commit) or
+    /// getting a new one (a half message): `put_batch` and `put_copies`
+    /// in one call.
+    pub async fn put_many(
+        &self,
+        msgs: Vec<(Message, QueueSelect, Option<uuid::Uuid>)>,
+    ) -> Result<Vec<PutResult>> {
         let mut prepared = Vec::with_capacity(msgs.len());
         let mut last = None;
         for (m, sel, id) in msgs {
             let mut p = self.prepare(m, &sel, &mut last)?;
-            p.keep_id = Some(id);
+            p.keep_id = id;
             prepared.push(p);
         }
         let mut results = Vec::with_capacity(prepared.len());
