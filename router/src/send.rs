@@ -206,8 +206,9 @@ async fn send(
     let route = (source, dest.clone());
     count(metrics, &route, names, &copies, &batch_of, &stored);
     crate::trace::route_spans(&copies, &stored, &route, zone, names, &batch_of);
-    let ids: Vec<uuid::Uuid> = copies.iter().map(|c| c.source.id()).collect();
-    broker.record_trace(crate::trace::route_hops(&ids, &stored, &route));
+    // No message-trace hop per copy: the copy is its own record of the
+    // route (the trace endpoint reads it), and a hop each halved the
+    // router's throughput (docs/benchmarks.md, router fifth run).
     Ok(())
 }
 

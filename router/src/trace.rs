@@ -1,26 +1,8 @@
-//! The router's hops in the message trace: one `route` hop per copy,
-//! recorded in the destination cell's broker (where the copy now lives),
-//! naming the source and target cells.
+//! The router's OpenTelemetry spans: one `route` span per copy. (The
+//! message trace needs nothing from the router: a copy is its own record
+//! of the route, which the trace endpoint reads.)
 
-use cellgate_broker_core::{Hop, PutResult};
-
-/// Hops for copies `ids` stored as `stored`, from `labels.0` to `labels.1`.
-pub(crate) fn route_hops(
-    ids: &[uuid::Uuid],
-    stored: &[PutResult],
-    labels: &(String, String),
-) -> Vec<Hop> {
-    let (source, target) = labels;
-    ids.iter()
-        .zip(stored)
-        .map(|(id, r)| {
-            Hop::new(*id, "route", r.stored_ms, target, "router")
-                .with("source_cell", source.as_str())
-                .with("target_cell", target.as_str())
-                .with("queue", r.queue.to_string())
-        })
-        .collect()
-}
+use cellgate_broker_core::PutResult;
 
 /// One OpenTelemetry `route {topic}` span per copy, a child of the
 /// message's creation context (read from the copied properties; a message

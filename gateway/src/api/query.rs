@@ -9,6 +9,7 @@
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 
+use cellgate_broker_core::Hop;
 use cellgate_rules::names::Resource;
 use cellgate_rules::{CellId, Permission};
 
@@ -139,6 +140,21 @@ pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> Ap
     ))
 }
 
+/// A copy is its own record of the route that made it: the router stores
+/// no hop for it (one per copy would halve its throughput), and the trace
+/// shows one read off the copy — when it was stored, where, from where.
+fn route_hop(m: &cellgate_broker_core::StoredMessage, cell: &str) -> Option<Hop> {
+    m.properties.get(cellgate_rules::COPY_FOR)?;
+    let source = m.properties.get(cellgate_rules::ORIUNIT)?;
+    Some(
+        Hop::new(m.id, "route", m.stored_ms, cell, "router")
+            .with("source_cell", source.as_str())
+            .with("target_cell", cell)
+            .with("queue", m.queue.to_string())
+            .with("offset", m.queue_offset.to_string()),
+    )
+}
+
 /// The hops of one message in every cell the tenant may use: a routed
 /// message has hops in its origin and in each target.
 pub fn trace(
@@ -167,10 +183,11 @@ pub fn trace(
         };
         let physical = c.physical(cell, t, Resource::Topic)?;
         let here = broker.get_by_id(&id).ok().flatten();
-        if here.is_some_and(|m| m.topic == physical) {
-            owned = true;
-        }
         let name = c.rules.cell_name(cell);
+        if let Some(m) = here.filter(|m| m.topic == physical) {
+            owned = true;
+            hops.extend(route_hop(&m, name));
+        }
         for mut h in broker.trace_of(&id).unwrap_or_default() {
             if h.place.is_empty() {
                 h.place = name.to_owned();
