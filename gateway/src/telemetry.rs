@@ -3,27 +3,15 @@
 //! see docs/observability.md.
 
 use cellgate_rules::Telemetry;
-use cellgate_telemetry::{FileSettings, Installed, Settings};
+use cellgate_telemetry::{Installed, Settings};
 
 use crate::Error;
-
-fn file_settings(t: &Telemetry) -> FileSettings {
-    FileSettings {
-        endpoint: t.endpoint.clone(),
-        traces_endpoint: t.traces_endpoint.clone(),
-        metrics_endpoint: t.metrics_endpoint.clone(),
-        protocol: t.protocol.clone(),
-        traces_exporter: t.traces_exporter.clone(),
-        metrics_exporter: t.metrics_exporter.clone(),
-        service_name: t.service_name.clone(),
-    }
-}
 
 /// Installs the exporters the settings ask for (none by default). Call
 /// from inside the runtime: the gRPC exporter needs it.
 pub fn install(t: &Telemetry) -> Result<Installed, Error> {
-    let settings = Settings::from_env(&file_settings(t))
-        .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
+    let settings =
+        Settings::from_env(&t.settings).map_err(|e| Error::Config(format!("telemetry: {e}")))?;
     let installed = cellgate_telemetry::install(&settings)
         .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
     let url = |e: &Option<cellgate_telemetry::settings::Endpoint>| {

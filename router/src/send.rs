@@ -21,8 +21,6 @@ pub(crate) struct Name {
     pub topic: String,
     /// The tenant's namespace (the metric label).
     pub tenant: String,
-    /// The logical topic (the route span's name).
-    pub logical: String,
 }
 
 /// Per batch of a pass; `None` for a name that does not map.
@@ -68,7 +66,6 @@ pub(crate) fn spawn(
                 Some(Name {
                     topic: plan::dest_topic(rules, &s, dest_id)?,
                     tenant: s.namespace.to_owned(),
-                    logical: s.name.to_owned(),
                 })
             })
             .collect();

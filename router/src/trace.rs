@@ -3,6 +3,7 @@
 //! of the route, which the trace endpoint reads.)
 
 use cellgate_broker_core::PutResult;
+use cellgate_rules::names::Resource;
 
 /// One OpenTelemetry `route {topic}` span per copy, a child of the
 /// message's creation context (read from the copied properties; a message
@@ -33,12 +34,17 @@ pub(crate) fn route_spans(
         let Some(name) = names.get(*b).and_then(Option::as_ref) else {
             continue;
         };
+        // The logical name, read off the copy's topic (only here, with
+        // tracing on: the copy path itself never needs it).
+        let logical = cellgate_rules::names::parse_physical(c.topic, Resource::Topic)
+            .map(|p| p.name)
+            .unwrap_or(c.topic);
         if !parent.is_some() {
             continue;
         }
         // Lean on purpose: one span per copy is the router's tracing cost.
         // The message id, logical topic and namespace are the parent's.
-        tel::span(Kind::Internal, || format!("route {}", name.logical))
+        tel::span(Kind::Internal, || format!("route {logical}"))
             .parent(&parent)
             .start_at(at(c.source.stored_ms()))
             .attr(attr::SYSTEM, Val::Static(tel::SYSTEM))

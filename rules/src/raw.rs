@@ -28,21 +28,8 @@ pub(crate) struct RawRules {
     #[serde(default)]
     pub takeover: Vec<RawTakeover>,
     #[serde(default)]
-    pub telemetry: Option<RawTelemetry>,
-}
-
-/// OpenTelemetry export, the file's counterpart of the standard `OTEL_*`
-/// environment variables (which win where both are set).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawTelemetry {
-    pub endpoint: Option<String>,
-    pub traces_endpoint: Option<String>,
-    pub metrics_endpoint: Option<String>,
-    pub protocol: Option<String>,
-    pub traces_exporter: Option<String>,
-    pub metrics_exporter: Option<String>,
-    pub service_name: Option<String>,
+    /// Its schema and checks are the telemetry crate's.
+    pub telemetry: Option<cellgate_telemetry::FileSettings>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -198,32 +198,9 @@ pub struct RuleSet {
 /// with the `OTEL_*` environment, which wins). Read at start only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Telemetry {
-    /// Base URL, like `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub endpoint: Option<String>,
-    /// Full URL for traces, like `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
-    pub traces_endpoint: Option<String>,
-    /// Full URL for metrics, like `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`.
-    pub metrics_endpoint: Option<String>,
-    /// `http/protobuf` or `grpc`.
-    pub protocol: Option<String>,
-    /// `otlp` or `none`.
-    pub traces_exporter: Option<String>,
-    /// `otlp` or `none`.
-    pub metrics_exporter: Option<String>,
-    pub service_name: Option<String>,
+    pub settings: cellgate_telemetry::FileSettings,
     /// Where the section is (None when absent).
     pub declared_at: Option<Location>,
-}
-
-impl Telemetry {
-    /// The settings, ignoring where they were written.
-    fn settings_eq(&self, other: &Telemetry) -> bool {
-        let strip = |t: &Telemetry| Telemetry {
-            declared_at: None,
-            ..t.clone()
-        };
-        strip(self) == strip(other)
-    }
 }
 
 // === impl RuleSet ===
@@ -252,7 +229,7 @@ impl RuleSet {
 
     /// Whether `other`'s telemetry settings differ from these.
     pub fn telemetry_changed(&self, other: &RuleSet) -> bool {
-        !self.telemetry.settings_eq(&other.telemetry)
+        self.telemetry.settings != other.telemetry.settings
     }
 
     pub fn cell_name(&self, id: CellId) -> &str {

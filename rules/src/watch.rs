@@ -120,24 +120,7 @@ pub fn spawn(handle: Arc<RulesHandle>, opts: WatchOptions) -> Result<Watcher, Er
             };
             pending = false;
             tracing::debug!(why, "reloading rules");
-            let h = handle.clone();
-            // A span per reload: with OpenTelemetry on, reloads show in
-            // the tracing backend next to the messages they affect.
-            let span = tracing::info_span!(
-                "rules.reload",
-                trigger = why,
-                outcome = tracing::field::Empty
-            );
-            // Errors are recorded in the handle's status and logged there.
-            let outcome = tokio::task::spawn_blocking(move || h.reload()).await;
-            let outcome = match outcome {
-                Ok(Ok(crate::ReloadOutcome::Swapped { .. })) => "swapped",
-                Ok(Ok(crate::ReloadOutcome::Unchanged { .. })) => "unchanged",
-                Ok(Err(crate::Error::NotReloadable(_))) => "not_reloadable",
-                Ok(Err(_)) => "rejected",
-                Err(_) => "panicked",
-            };
-            span.record("outcome", outcome);
+            reload(&handle, why).await;
         }
     });
     Ok(Watcher { task })

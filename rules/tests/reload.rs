@@ -142,11 +142,11 @@ fn telemetry_change_needs_a_restart_and_the_last_good_stays() {
         "{err}"
     );
     assert_eq!(h.current().version(), 1);
-    assert_eq!(h.current().telemetry().endpoint, None);
+    assert_eq!(h.current().telemetry().settings.endpoint, None);
     // A rules file that starts with the section loads with it.
     let fresh = RulesHandle::open(&path).unwrap();
     assert_eq!(
-        fresh.current().telemetry().endpoint.as_deref(),
+        fresh.current().telemetry().settings.endpoint.as_deref(),
         Some("http://collector:4318")
     );
 }

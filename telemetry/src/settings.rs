@@ -19,8 +19,11 @@ pub enum Protocol {
     Grpc,
 }
 
-/// The rules file's `telemetry` section (every field optional).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The rules file's `telemetry` section (every field optional). Its
+/// schema lives here, with its checks ([`FileSettings::problems`]); the
+/// rules crate parses it and locates the problems in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileSettings {
     pub endpoint: Option<String>,
     pub traces_endpoint: Option<String>,
@@ -68,6 +71,75 @@ const METRICS: Signal = Signal {
     protocol_env: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
     path: "/v1/metrics",
 };
+
+/// `http/protobuf` or `grpc`.
+fn parse_protocol(v: &str) -> Result<Protocol, String> {
+    match v.trim() {
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "grpc" => Ok(Protocol::Grpc),
+        other => Err(format!(
+            "{other:?} is not supported: use `http/protobuf` or `grpc`"
+        )),
+    }
+}
+
+/// `otlp` (on) or `none` (off).
+fn parse_exporter(v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "otlp" => Ok(true),
+        "none" => Ok(false),
+        other => Err(format!("{other:?} is not supported: use `otlp` or `none`")),
+    }
+}
+
+/// An OTLP endpoint this build can export to.
+fn check_url(url: &str) -> Result<(), String> {
+    // No TLS client for OTLP is built in (see docs/observability.md): an
+    // https endpoint would fail at every export, so it is refused up front.
+    if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: this build exports over plain http:// (or h2c gRPC) only; \
+             send to a local OpenTelemetry Collector and let it forward over TLS"
+        ));
+    }
+    if !url.starts_with("http://") || url.len() <= "http://".len() {
+        return Err(format!("{url:?} must be an http:// URL"));
+    }
+    Ok(())
+}
+
+// === impl FileSettings ===
+
+impl FileSettings {
+    /// Every problem of the section, as (field, reason): the same checks
+    /// the environment's values get at start.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut check = |field, v: &Option<String>, f: &dyn Fn(&str) -> Result<(), String>| {
+            if let Some(Err(why)) = v.as_deref().map(f) {
+                out.push((field, why));
+            }
+        };
+        check("protocol", &self.protocol, &|v| parse_protocol(v).map(drop));
+        check("traces_exporter", &self.traces_exporter, &|v| {
+            parse_exporter(v).map(drop)
+        });
+        check("metrics_exporter", &self.metrics_exporter, &|v| {
+            parse_exporter(v).map(drop)
+        });
+        check("endpoint", &self.endpoint, &check_url);
+        check("traces_endpoint", &self.traces_endpoint, &check_url);
+        check("metrics_endpoint", &self.metrics_endpoint, &check_url);
+        check("service_name", &self.service_name, &|v| {
+            if v.trim().is_empty() {
+                Err("is empty".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        out
+    }
+}
 
 // === impl Settings ===
 
@@ -139,14 +211,13 @@ fn endpoint(
         Some(v) => (Some(v), s.exporter_env.to_owned()),
         None => (file_exporter.clone(), "telemetry.*_exporter".to_owned()),
     };
-    match exporter.as_deref().map(str::trim) {
-        None | Some("otlp") => {}
-        Some("none") => return Ok(None),
-        Some(other) => {
-            return Err(Error::Setting {
-                name: exporter_from,
-                why: format!("{other:?} is not supported: use `otlp` or `none`"),
-            })
+    if let Some(v) = &exporter {
+        let on = parse_exporter(v).map_err(|why| Error::Setting {
+            name: exporter_from,
+            why,
+        })?;
+        if !on {
+            return Ok(None);
         }
     }
     let protocol = protocol(s, file, env)?;
@@ -162,23 +233,10 @@ fn endpoint(
     let Some(url) = url else {
         return Ok(None);
     };
-    // No TLS client for OTLP is built in (see docs/observability.md): an
-    // https endpoint would fail at every export, so refuse it at start.
-    if url.starts_with("https://") {
-        return Err(Error::Setting {
-            name: "OTLP endpoint".to_owned(),
-            why: format!(
-                "{url:?}: this build exports over plain http:// (or h2c gRPC) only; \
-                 send to a local OpenTelemetry Collector and let it forward over TLS"
-            ),
-        });
-    }
-    if !url.starts_with("http://") {
-        return Err(Error::Setting {
-            name: "OTLP endpoint".to_owned(),
-            why: format!("{url:?} must be an http:// URL"),
-        });
-    }
+    check_url(&url).map_err(|why| Error::Setting {
+        name: "OTLP endpoint".to_owned(),
+        why,
+    })?;
     Ok(Some(Endpoint { url, protocol }))
 }
 
@@ -196,14 +254,10 @@ fn protocol(
     } else {
         return Ok(Protocol::HttpProtobuf);
     };
-    match v.trim() {
-        "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        "grpc" => Ok(Protocol::Grpc),
-        other => Err(Error::Setting {
-            name: from.to_owned(),
-            why: format!("{other:?} is not supported: use `http/protobuf` or `grpc`"),
-        }),
-    }
+    parse_protocol(&v).map_err(|why| Error::Setting {
+        name: from.to_owned(),
+        why,
+    })
 }
 
 #[cfg(test)]
@@ -322,5 +376,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("Collector"), "{e}");
+    }
+
+    #[test]
+    fn the_file_section_gets_the_same_checks() {
+        let f = FileSettings {
+            protocol: Some("thrift".into()),
+            endpoint: Some("https://c:4318".into()),
+            traces_exporter: Some("otlp".into()),
+            service_name: Some(" ".into()),
+            ..FileSettings::default()
+        };
+        let fields: Vec<&str> = f.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["protocol", "endpoint", "service_name"]);
+        assert!(FileSettings::default().problems().is_empty());
     }
 }

@@ -66,13 +66,14 @@ async fn one_trace_follows_a_message_across_cells() {
                 .bearer_auth(ANT)
                 .header("X-Cell", "RZ00A")
                 .header("traceparent", &traceparent)
+                .header("tracestate", "vendor=abc")
+                .header("baggage", "team=payments")
                 .json(&json!({"body": "traced", "tag": "TagT", "keys": ["k-1"], "uid": "12300"})),
         )
         .await
         .unwrap();
     assert_eq!(st, 200, "{sent}");
     let id = sent["message_id"].as_str().unwrap().to_owned();
-    let mut consumed = Vec::new();
     for (cell, kind) in [("GZ00A", "gzone"), ("CZSH0", "czone"), ("RZ00A", "local")] {
         let m = consume_one(&api.cell(cell), &format!("G_{kind}"), kind).await;
         assert_eq!(m["message_id"], id.as_str());
@@ -81,7 +82,9 @@ async fn one_trace_follows_a_message_across_cells() {
             tp.contains(APP_TRACE),
             "{cell}: {tp} continues the app's trace"
         );
-        consumed.push(cell);
+        // The propagator carries the rest of the context along.
+        assert_eq!(m["properties"]["tracestate"], "vendor=abc", "{cell}");
+        assert_eq!(m["properties"]["baggage"], "team=payments", "{cell}");
     }
     let in_trace = |s: &Span| hex(&s.trace_id) == APP_TRACE;
     let spans = spans_until(&got, "the whole trace", |spans| {
@@ -200,7 +203,6 @@ async fn one_trace_follows_a_message_across_cells() {
         assert!(Instant::now() < deadline, "metrics not exported: {m:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(consumed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

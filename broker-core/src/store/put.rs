@@ -72,10 +72,7 @@ impl Store {
         &self,
         msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
     ) -> Result<Vec<PutResult>> {
-        let msgs = msgs
-            .into_iter()
-            .map(|(m, s, id)| (m, s, Some(id)))
-            .collect();
+        let msgs = msgs.into_iter().map(|(m, s, id)| (m, s, Some(id)));
         self.put_many(msgs).await
     }
 
@@ -85,9 +82,10 @@ impl Store {
     /// in one call.
     pub async fn put_many(
         &self,
-        msgs: Vec<(Message, QueueSelect, Option<uuid::Uuid>)>,
+        msgs: impl IntoIterator<Item = (Message, QueueSelect, Option<uuid::Uuid>)>,
     ) -> Result<Vec<PutResult>> {
-        let mut prepared = Vec::with_capacity(msgs.len());
+        let msgs = msgs.into_iter();
+        let mut prepared = Vec::with_capacity(msgs.size_hint().0);
         let mut last = None;
         for (m, sel, id) in msgs {
             let mut p = self.prepare(m, &sel, &mut last)?;

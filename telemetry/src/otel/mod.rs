@@ -198,30 +198,22 @@ fn propagator() -> Result<TextMapCompositePropagator, Error> {
     Ok(TextMapCompositePropagator::new(out))
 }
 
-fn span_exporter(e: &Endpoint) -> Result<opentelemetry_otlp::SpanExporter, Error> {
-    let b = opentelemetry_otlp::SpanExporter::builder();
-    let r = match e.protocol {
-        Protocol::HttpProtobuf => b
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(e.url.clone())
-            .build(),
-        Protocol::Grpc => b.with_tonic().with_endpoint(e.url.clone()).build(),
-    };
-    r.map_err(|err| Error::Exporter(format!("traces to {}: {err}", e.url)))
-}
-
-fn metric_exporter(e: &Endpoint) -> Result<opentelemetry_otlp::MetricExporter, Error> {
-    let b = opentelemetry_otlp::MetricExporter::builder();
-    let r = match e.protocol {
-        Protocol::HttpProtobuf => b
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(e.url.clone())
-            .build(),
-        Protocol::Grpc => b.with_tonic().with_endpoint(e.url.clone()).build(),
-    };
-    r.map_err(|err| Error::Exporter(format!("metrics to {}: {err}", e.url)))
+/// Builds an OTLP exporter (`SpanExporter` or `MetricExporter`: their
+/// builders have the same methods, on different types) for `e`.
+macro_rules! exporter {
+    ($kind:ident, $e:expr, $what:literal) => {{
+        let e: &Endpoint = $e;
+        let b = opentelemetry_otlp::$kind::builder();
+        let r = match e.protocol {
+            Protocol::HttpProtobuf => b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(e.url.clone())
+                .build(),
+            Protocol::Grpc => b.with_tonic().with_endpoint(e.url.clone()).build(),
+        };
+        r.map_err(|err| Error::Exporter(format!("{} to {}: {err}", $what, e.url)))
+    }};
 }
 
 /// Sets up export as `s` says. Call once, from inside the Tokio runtime
@@ -233,7 +225,7 @@ pub fn install(s: &Settings) -> Result<Installed, Error> {
     if let Some(e) = &s.traces {
         let provider = SdkTracerProvider::builder()
             .with_resource(resource(s))
-            .with_batch_exporter(span_exporter(e)?)
+            .with_batch_exporter(exporter!(SpanExporter, e, "traces")?)
             .build();
         let tracer = provider.tracer("cellgate");
         if let Some(slot) = LAYER.get() {
@@ -255,7 +247,7 @@ pub fn install(s: &Settings) -> Result<Installed, Error> {
     if let Some(e) = &s.metrics {
         let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
             .with_resource(resource(s))
-            .with_periodic_exporter(metric_exporter(e)?)
+            .with_periodic_exporter(exporter!(MetricExporter, e, "metrics")?)
             .build();
         use opentelemetry::metrics::MeterProvider as _;
         let _ = METER.set(provider.meter("cellgate"));
