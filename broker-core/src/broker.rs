@@ -118,9 +118,14 @@ pub const ORIGIN_MESSAGE_ID: &str = "__ORIGIN_MESSAGE_ID";
 pub const DELIVERY_ATTEMPTS: &str = "__DELIVERY_ATTEMPTS";
 
 /// What every broker backend offers the gateway and the router.
+///
+/// Every call that may touch a remote broker returns a future: a backend
+/// such as RocketMQ answers over the network, and the gateway must not
+/// block a runtime thread on it. The embedded broker answers most of them
+/// at once (its inherent methods of the same names are synchronous).
 pub trait Broker: Send + Sync {
     /// Creates a topic with `queues` queues (a no-op if it exists alike).
-    fn create_topic(&self, topic: &str, queues: u16) -> Result<()>;
+    fn create_topic<'a>(&'a self, topic: &'a str, queues: u16) -> BoxFuture<'a, Result<()>>;
     /// Stores a message; resolves once it is durable under the policy.
     fn send(&self, msg: Message, select: QueueSelect) -> BoxFuture<'_, Result<PutResult>>;
     /// Stores messages in order, as one write.
@@ -135,15 +140,49 @@ pub trait Broker: Send + Sync {
         topic: &'a str,
         opts: ReceiveOptions,
     ) -> BoxFuture<'a, Result<Vec<Delivery>>>;
-    fn ack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()>;
+    fn ack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Makes the message visible again after the back-off of its attempt.
-    fn nack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()>;
+    fn nack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Moves the group's progress on every queue to the first message
     /// stored at or after `ms`.
-    fn reset_to_time(&self, group: &str, topic: &str, mode: &ConsumeMode, ms: i64) -> Result<()>;
-    fn lag(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Vec<QueueLag>>;
-    fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>>;
-    fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>>;
+    fn reset_to_time<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        ms: i64,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+    ) -> BoxFuture<'a, Result<Vec<QueueLag>>>;
+    /// A message by id. `topic` is where it was published: a backend that
+    /// indexes ids per topic (RocketMQ) looks there; one with a global id
+    /// index may ignore it.
+    fn get_by_id<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<StoredMessage>>>;
+    fn get_by_key<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
     /// Moves up to `max` messages from `%DLQ%<group>` back to their topics.
     fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>>;
     /// Stores copies of messages stored elsewhere, each keeping the given id.
@@ -154,12 +193,20 @@ pub trait Broker: Send + Sync {
     /// [`Broker::read`], the messages kept encoded as [`Records`]: a router
     /// that only copies them allocates nothing per message. The default
     /// encodes what `read` returns.
-    fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
-        let mut out = Records::new();
-        for m in self.read(topic, queue, from, max)? {
-            out.push_stored(m)?;
-        }
-        Ok(out)
+    fn read_records<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Records>> {
+        Box::pin(async move {
+            let mut out = Records::new();
+            for m in self.read(topic, queue, from, max).await? {
+                out.push_stored(m)?;
+            }
+            Ok(out)
+        })
     }
     /// [`Broker::send_copies`] of records read with
     /// [`Broker::read_records`] (from this broker or another), each copy
@@ -175,10 +222,16 @@ pub trait Broker: Send + Sync {
         self.send_copies(msgs)
     }
     /// Every topic with its queue count.
-    fn topics(&self) -> Result<Vec<(String, u16)>>;
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<(String, u16)>>>;
     /// Up to `max` messages of a queue from offset `from` on, in order,
     /// outside any consumer group (the router's read).
-    fn read(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<StoredMessage>>;
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
     /// Changes whenever new messages become readable.
     fn appended(&self) -> tokio::sync::watch::Receiver<u64>;
 
@@ -206,7 +259,7 @@ pub trait Broker: Send + Sync {
         decision: Decision,
     ) -> BoxFuture<'a, Result<TxnInfo>>;
     /// What is known of a transaction.
-    fn transaction(&self, id: &Uuid) -> Result<Option<TxnInfo>>;
+    fn transaction<'a>(&'a self, id: &'a Uuid) -> BoxFuture<'a, Result<Option<TxnInfo>>>;
     /// Long-polls up to `max` check-backs for a producer group.
     fn transaction_checks<'a>(
         &'a self,
@@ -215,15 +268,15 @@ pub trait Broker: Send + Sync {
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<TxnCheck>>>;
     /// The oldest `max` messages of a topic stored in `[from_ms, to_ms)`.
-    fn query_by_time(
-        &self,
-        topic: &str,
+    fn query_by_time<'a>(
+        &'a self,
+        topic: &'a str,
         from_ms: i64,
         to_ms: i64,
         max: usize,
-    ) -> Result<Vec<StoredMessage>>;
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
     /// Records trace hops (fire-and-forget).
     fn record_trace(&self, hops: Vec<Hop>);
     /// The hops recorded here for a message, in time order.
-    fn trace_of(&self, id: &Uuid) -> Result<Vec<Hop>>;
+    fn trace_of<'a>(&'a self, topic: &'a str, id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>>;
 }

@@ -73,6 +73,13 @@ pub enum Error {
     /// State is still being recovered after a restart; retry shortly.
     #[error("the broker is recovering its state; retry shortly")]
     Recovering,
+    /// A remote broker (a backend such as RocketMQ) failed the call or could
+    /// not be reached; the call may be retried.
+    #[error("remote broker: {op} failed: {detail}")]
+    Remote { op: &'static str, detail: String },
+    /// The backend does not offer this operation.
+    #[error("{0} is not supported by this broker backend")]
+    Unsupported(&'static str),
 }
 
 /// Why bytes do not decode to a record. Cheap: the decoder is on the read

@@ -30,8 +30,9 @@ fn seed() -> &'static Seed {
     })
 }
 
-/// A fresh message id stamped with `ms`.
-pub(crate) fn message_id(ms: i64) -> Uuid {
+/// A fresh message id stamped with `ms`: globally unique, time-sortable
+/// (UUIDv7). Public for other backends, which assign ids the same way.
+pub fn message_id(ms: i64) -> Uuid {
     let s = seed();
     let c = s.counter.fetch_add(1, Ordering::Relaxed);
     let mut bytes = [0u8; 10];
@@ -41,7 +42,7 @@ pub(crate) fn message_id(ms: i64) -> Uuid {
 }
 
 /// A nonce for a receipt handle: never the same twice in a process.
-pub(crate) fn nonce() -> u64 {
+pub fn nonce() -> u64 {
     let s = seed();
     s.counter.fetch_add(1, Ordering::Relaxed).rotate_left(17)
         ^ u64::from(u16::from_be_bytes(s.prefix))

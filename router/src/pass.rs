@@ -78,7 +78,7 @@ impl Work {
 
 /// Reads the next batch of every tenant queue of the source cell from the
 /// end of what is planned, and plans it.
-pub(crate) fn read(
+pub(crate) async fn read(
     rules: &RuleSet,
     origin: CellId,
     src: &dyn Broker,
@@ -94,7 +94,7 @@ pub(crate) fn read(
         full: false,
         oldest_ms: None,
     };
-    for (topic, queues) in src.topics()? {
+    for (topic, queues) in src.topics().await? {
         // Other cells' copies, DLQs, unknown tenants: never read.
         let Ok(source) = plan::source_topic(rules, origin, &topic) else {
             continue;
@@ -102,7 +102,7 @@ pub(crate) fn read(
         for q in 0..queues {
             let prog = journal.queue_mut(&topic, q);
             let from = prog.planned_end();
-            let records = src.read_records(&topic, q, from, BATCH)?;
+            let records = src.read_records(&topic, q, from, BATCH).await?;
             let Some(last) = records.get(records.len().wrapping_sub(1)) else {
                 continue;
             };

@@ -255,7 +255,7 @@ impl Router {
         let mut appended = src.appended();
         appended.borrow_and_update();
         let dedupe = (replay.dedupe(), replay.until_ms);
-        let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe)?;
+        let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe).await?;
         // Copies of a queue reach each destination in source order: the
         // previous step's first.
         flight.finish(journal).await?;

@@ -12,8 +12,9 @@ use crate::metrics::{RouteLabels, RouterMetrics};
 use crate::pass::{Dedupe, Work};
 use crate::{plan, BrokerDirectory, Error};
 
-/// Every cell's broker, for [`Dedupe::AnyCell`].
-type AllCells = Arc<Vec<Arc<dyn Broker>>>;
+/// Every cell's broker with the batches' names there, for
+/// [`Dedupe::AnyCell`] (a backend may index ids per topic).
+type AllCells = Arc<Vec<(Arc<dyn Broker>, Names)>>;
 
 /// One batch's names in one destination.
 pub(crate) struct Name {
@@ -44,7 +45,7 @@ pub(crate) fn spawn(
             let b = brokers
                 .broker(rules, id)
                 .ok_or_else(|| Error::Unavailable(cell.name.to_string()))?;
-            all.push(b);
+            all.push((b, names_in(rules, origin, work, id)));
         }
     }
     let all: AllCells = Arc::new(all);
@@ -58,17 +59,7 @@ pub(crate) fn spawn(
             metrics.error("destination_unavailable");
             return Err(Error::Unavailable(dest.clone()));
         };
-        let names: Names = work
-            .batches
-            .iter()
-            .map(|b| {
-                let s = plan::source_topic(rules, origin, &b.topic).ok()?;
-                Some(Name {
-                    topic: plan::dest_topic(rules, &s, dest_id)?,
-                    tenant: s.namespace.to_owned(),
-                })
-            })
-            .collect();
+        let names = names_in(rules, origin, work, dest_id);
         sends.push((i, broker, names, rules.cell(dest_id).zone));
     }
     let source = rules.cell_name(origin).to_owned();
@@ -91,27 +82,46 @@ pub(crate) fn spawn(
     Ok(())
 }
 
+/// The physical names of `work`'s batches in cell `to`.
+fn names_in(rules: &RuleSet, origin: CellId, work: &Work, to: CellId) -> Names {
+    work.batches
+        .iter()
+        .map(|b| {
+            let s = plan::source_topic(rules, origin, &b.topic).ok()?;
+            Some(Name {
+                topic: plan::dest_topic(rules, &s, to)?,
+                tenant: s.namespace.to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// One destination of a pass.
 struct Dest<'a> {
     /// Its index in `Work::dests`.
     i: usize,
     broker: &'a dyn Broker,
     names: &'a Names,
-    all: &'a [Arc<dyn Broker>],
+    all: &'a [(Arc<dyn Broker>, Names)],
     /// The destination's zone type (a route span attribute).
     zone: ZoneType,
 }
 
-/// The kinds of `kinds` no cell holds a copy of `id` for yet.
-fn not_placed(
-    all: &[Arc<dyn Broker>],
+/// The kinds of `kinds` no cell holds a copy of `id` (of batch `batch`)
+/// for yet.
+async fn not_placed(
+    all: &[(Arc<dyn Broker>, Names)],
+    batch: usize,
     id: &uuid::Uuid,
     kinds: &'static str,
 ) -> Result<Option<&'static str>, Error> {
     let mut placed = TargetMask::default();
-    for b in all {
+    for (b, names) in all {
+        let Some(Name { topic, .. }) = names.get(batch).and_then(Option::as_ref) else {
+            continue;
+        };
         // The origin holds the original, without `COPY_FOR`.
-        if let Some(m) = b.get_by_id(id)? {
+        if let Some(m) = b.get_by_id(topic, id).await? {
             if let Some(k) = m
                 .properties
                 .get(COPY_FOR)
@@ -179,10 +189,10 @@ async fn send(
             // A copy carries `COPY_FOR`; what lacks it is the original
             // (a destination that is the origin, by takeover): not a copy.
             Dedupe::Planned => {
-                let held = broker.get_by_id(&r.id())?;
+                let held = broker.get_by_id(topic, &r.id()).await?;
                 (!held.is_some_and(|m| m.properties.contains_key(COPY_FOR))).then_some(it.kinds)
             }
-            Dedupe::AnyCell => not_placed(all, &r.id(), it.kinds)?,
+            Dedupe::AnyCell => not_placed(all, it.batch as usize, &r.id(), it.kinds).await?,
         };
         let Some(kinds) = kinds else {
             metrics.dedupe_hits.inc();

@@ -9,11 +9,13 @@
 //! lag. An empty receive with a wait parks on the store's "appended" signal
 //! or the next invisibility deadline, whichever comes first — no polling.
 
+mod calls;
 mod commit;
 mod delay;
 mod deliver;
 mod txn;
 
+use std::future::ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -216,9 +218,120 @@ impl EmbeddedBroker {
     }
 }
 
+// === impl Broker for EmbeddedBroker ===
+
 impl Broker for EmbeddedBroker {
-    fn create_topic(&self, topic: &str, queues: u16) -> Result<()> {
-        self.store.create_topic(topic, queues)
+    fn create_topic<'a>(&'a self, topic: &'a str, queues: u16) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ready(EmbeddedBroker::create_topic(self, topic, queues)))
+    }
+
+    fn ack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ready(EmbeddedBroker::ack(
+            self, group, topic, mode, receipt,
+        )))
+    }
+
+    fn nack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ready(EmbeddedBroker::nack(
+            self, group, topic, mode, receipt,
+        )))
+    }
+
+    fn reset_to_time<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        ms: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ready(EmbeddedBroker::reset_to_time(
+            self, group, topic, mode, ms,
+        )))
+    }
+
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+    ) -> BoxFuture<'a, Result<Vec<QueueLag>>> {
+        Box::pin(ready(EmbeddedBroker::lag(self, group, topic, mode)))
+    }
+
+    /// The id index is global here: `topic` is not needed.
+    fn get_by_id<'a>(
+        &'a self,
+        _topic: &'a str,
+        id: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<StoredMessage>>> {
+        Box::pin(ready(EmbeddedBroker::get_by_id(self, id)))
+    }
+
+    fn get_by_key<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(ready(EmbeddedBroker::get_by_key(self, topic, key)))
+    }
+
+    fn read_records<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Records>> {
+        Box::pin(ready(EmbeddedBroker::read_records(
+            self, topic, queue, from, max,
+        )))
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<(String, u16)>>> {
+        Box::pin(ready(EmbeddedBroker::topics(self)))
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(ready(EmbeddedBroker::read(self, topic, queue, from, max)))
+    }
+
+    fn transaction<'a>(&'a self, id: &'a Uuid) -> BoxFuture<'a, Result<Option<TxnInfo>>> {
+        Box::pin(ready(EmbeddedBroker::transaction(self, id)))
+    }
+
+    fn query_by_time<'a>(
+        &'a self,
+        topic: &'a str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(ready(EmbeddedBroker::query_by_time(
+            self, topic, from_ms, to_ms, max,
+        )))
+    }
+
+    /// The trace index is global here: `topic` is not needed.
+    fn trace_of<'a>(&'a self, _topic: &'a str, id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>> {
+        Box::pin(ready(EmbeddedBroker::trace_of(self, id)))
     }
 
     fn send(&self, msg: Message, select: QueueSelect) -> BoxFuture<'_, Result<PutResult>> {
@@ -239,87 +352,6 @@ impl Broker for EmbeddedBroker {
         opts: ReceiveOptions,
     ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
         Box::pin(self.receive_impl(group, topic, opts))
-    }
-
-    fn ack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()> {
-        self.settle(group, topic, mode, receipt, true)
-    }
-
-    fn nack(&self, group: &str, topic: &str, mode: &ConsumeMode, receipt: &str) -> Result<()> {
-        self.settle(group, topic, mode, receipt, false)
-    }
-
-    fn reset_to_time(&self, group: &str, topic: &str, mode: &ConsumeMode, ms: i64) -> Result<()> {
-        let queues = self
-            .store
-            .queues(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        let offsets = (0..queues)
-            .map(|q| self.store.offset_at_time(topic, q, ms))
-            .collect::<Result<Vec<_>>>()?;
-        self.groups
-            .with(&group_key(group, mode), topic, queues, |s| {
-                for (st, off) in s.iter_mut().zip(offsets) {
-                    st.jump_to(off);
-                }
-            })
-    }
-
-    fn lag(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Vec<QueueLag>> {
-        let queues = self
-            .store
-            .queues(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        let ranges = (0..queues)
-            .map(|q| self.store.queue_range(topic, q))
-            .collect::<Result<Vec<_>>>()?;
-        self.groups
-            .with(&group_key(group, mode), topic, queues, |s| {
-                s.iter()
-                    .zip(ranges)
-                    .enumerate()
-                    .map(|(q, (st, (min, max)))| {
-                        let committed = st.committed.max(min);
-                        let done = st.done.range(committed..).count() as u64;
-                        QueueLag {
-                            queue: q as u16,
-                            committed,
-                            max,
-                            lag: max.saturating_sub(committed).saturating_sub(done),
-                            inflight: st.inflight.len(),
-                        }
-                    })
-                    .collect()
-            })
-    }
-
-    /// The message as consumers see it; one still held (delayed, or a half
-    /// message) is shown under its destination topic with `__STATE`
-    /// `scheduled` or `transaction_half`.
-    fn get_by_id(&self, id: &Uuid) -> Result<Option<StoredMessage>> {
-        let mut all = self.store.get_all_by_id(id)?;
-        if let Some(i) = all.iter().rposition(|m| !m.topic.starts_with('%')) {
-            return Ok(Some(all.swap_remove(i)));
-        }
-        let Some(mut m) = all.into_iter().next() else {
-            return Ok(None);
-        };
-        let state = match m.topic.as_str() {
-            crate::timer::SCHEDULE_TOPIC => "scheduled",
-            crate::txn::HALF_TOPIC => "transaction_half",
-            _ => return Ok(Some(m)),
-        };
-        if let Some(real) = m.properties.remove(crate::timer::REAL_TOPIC) {
-            m.topic = real;
-        }
-        m.properties.remove(crate::timer::REAL_QUEUE);
-        m.properties.remove(crate::txn::PRODUCER_GROUP);
-        m.properties.insert("__STATE".into(), state.into());
-        Ok(Some(m))
-    }
-
-    fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
-        self.store.get_by_key(topic, key)
     }
 
     fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>> {
@@ -363,23 +395,11 @@ impl Broker for EmbeddedBroker {
         Box::pin(self.store.put_copies(msgs))
     }
 
-    fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
-        self.store.read_records(topic, queue, from, max)
-    }
-
     fn send_record_copies<'a>(
         &'a self,
         copies: &'a [CopyOf<'a>],
     ) -> BoxFuture<'a, Result<Vec<PutResult>>> {
         Box::pin(self.store.put_record_copies(copies))
-    }
-
-    fn topics(&self) -> Result<Vec<(String, u16)>> {
-        self.store.topic_list()
-    }
-
-    fn read(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Vec<StoredMessage>> {
-        self.store.read_from(topic, queue, from, max)
     }
 
     fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -415,10 +435,6 @@ impl Broker for EmbeddedBroker {
         Box::pin(self.decide(id, decision, "rolled back by the producer"))
     }
 
-    fn transaction(&self, id: &Uuid) -> Result<Option<TxnInfo>> {
-        self.transaction_info(id)
-    }
-
     fn transaction_checks<'a>(
         &'a self,
         producer_group: &'a str,
@@ -428,31 +444,7 @@ impl Broker for EmbeddedBroker {
         Box::pin(self.checks(producer_group, max, wait))
     }
 
-    fn query_by_time(
-        &self,
-        topic: &str,
-        from_ms: i64,
-        to_ms: i64,
-        max: usize,
-    ) -> Result<Vec<StoredMessage>> {
-        self.store.query_by_time(topic, from_ms, to_ms, max)
-    }
-
     fn record_trace(&self, hops: Vec<Hop>) {
         self.trace.record(hops);
-    }
-
-    fn trace_of(&self, id: &Uuid) -> Result<Vec<Hop>> {
-        if self.store.queues(TRACE_TOPIC).is_none() {
-            return Ok(Vec::new());
-        }
-        let mut hops: Vec<Hop> = self
-            .store
-            .get_by_key(TRACE_TOPIC, &id.to_string())?
-            .iter()
-            .flat_map(|r| trace::hops_of(&r.body, id))
-            .collect();
-        hops.sort_by_key(|h| h.at_ms);
-        Ok(hops)
     }
 }

@@ -133,8 +133,12 @@ fn consume_mode(mode: Mode, consumer_id: Option<String>) -> ApiResult<ConsumeMod
 
 /// Creates the topic with the default queue count if it does not exist, so
 /// consumers may start before the first publish.
-fn ensure_topic(app: &App, s: &Sub<'_>) -> ApiResult<()> {
-    match s.broker.create_topic(&s.topic, app.limits.default_queues) {
+async fn ensure_topic(app: &App, s: &Sub<'_>) -> ApiResult<()> {
+    match s
+        .broker
+        .create_topic(&s.topic, app.limits.default_queues)
+        .await
+    {
         Ok(()) | Err(BrokerError::TopicExists { .. }) => Ok(()),
         Err(e) => Err(ApiError::from_broker(&e, "topic")),
     }
@@ -191,7 +195,7 @@ pub async fn receive(
     // topic map for writing, which every publish reads.
     let got = match s.broker.receive(&s.group, &s.topic, opts.clone()).await {
         Err(BrokerError::UnknownTopic(_)) => {
-            ensure_topic(app, &s)?;
+            ensure_topic(app, &s).await?;
             s.broker.receive(&s.group, &s.topic, opts).await
         }
         other => other,
@@ -286,9 +290,9 @@ pub async fn settle(
             None => ConsumeMode::Clustering,
         };
         let res = if ack {
-            s.broker.ack(&s.group, &s.topic, &mode, &o.receipt)
+            s.broker.ack(&s.group, &s.topic, &mode, &o.receipt).await
         } else {
-            s.broker.nack(&s.group, &s.topic, &mode, &o.receipt)
+            s.broker.nack(&s.group, &s.topic, &mode, &o.receipt).await
         };
         match (res, o.message_id) {
             (Err(e), _) => failed.push((i, ApiError::from_broker(&e, "receipt_handles"))),
@@ -330,9 +334,10 @@ pub async fn reset(
         Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
         None => ConsumeMode::Clustering,
     };
-    ensure_topic(app, &s)?;
+    ensure_topic(app, &s).await?;
     s.broker
         .reset_to_time(&s.group, &s.topic, &mode, r.timestamp_ms)
+        .await
         .map_err(|e| ApiError::from_broker(&e, "timestamp_ms"))?;
     Ok(json(
         StatusCode::OK,
@@ -343,7 +348,7 @@ pub async fn reset(
     ))
 }
 
-pub fn lag(
+pub async fn lag(
     app: &App,
     c: &Caller<'_>,
     g: &str,
@@ -356,7 +361,7 @@ pub fn lag(
         Some(id) => consume_mode(Mode::Broadcast, Some(id))?,
         None => ConsumeMode::Clustering,
     };
-    let queues = match s.broker.lag(&s.group, &s.topic, &mode) {
+    let queues = match s.broker.lag(&s.group, &s.topic, &mode).await {
         Ok(q) => q,
         Err(BrokerError::UnknownTopic(_)) => Vec::new(),
         Err(e) => return Err(ApiError::from_broker(&e, "topic")),

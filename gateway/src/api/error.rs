@@ -152,6 +152,15 @@ impl ApiError {
                 Self::not_found("transaction_id", "no transaction with this id in this cell")
             }
             B::TransactionConflict { .. } => Self::conflict("transaction_id", e.to_string()),
+            B::Remote { .. } => {
+                tracing::warn!(error = %e, "remote broker failure");
+                Self::unavailable("the cell's broker did not answer; the error is in the gateway log")
+                    .retry(std::time::Duration::from_secs(1))
+            }
+            B::Unsupported(what) => Self::unavailable(format!(
+                "{what} is not supported by this cell's broker backend"
+            ))
+            .field(field),
             B::Io { .. } | B::Corrupt { .. } | B::OutOfRange { .. } | B::Config(_) => {
                 tracing::error!(error = %e, "broker failure");
                 Self::unavailable("the cell's broker failed; the error is in the gateway log")

@@ -302,9 +302,15 @@ impl App {
             match r {
                 Route::Publish(t) => publish::one(self, &caller, t, req).await,
                 Route::PublishBatch(t) => publish::batch(self, &caller, t, req).await,
-                Route::GetById(t, id) => query::by_id(self, &caller, t, id, req.headers()),
-                Route::GetByKey(t) => query::by_key(self, &caller, t, &req),
-                Route::Trace(t, id) => query::trace(self, &caller, t, id, req.headers()),
+                // Boxed: the rarer routes' futures would otherwise size
+                // every request's future.
+                Route::GetById(t, id) => {
+                    Box::pin(query::by_id(self, &caller, t, id, req.headers())).await
+                }
+                Route::GetByKey(t) => Box::pin(query::by_key(self, &caller, t, &req)).await,
+                Route::Trace(t, id) => {
+                    Box::pin(query::trace(self, &caller, t, id, req.headers())).await
+                }
                 Route::Commit(id) => txn::decide(self, &caller, id, req, true).await,
                 Route::Rollback(id) => txn::decide(self, &caller, id, req, false).await,
                 Route::TxnChecks(g) => txn::checks(self, &caller, g, req).await,
@@ -312,7 +318,7 @@ impl App {
                 Route::Ack(g, t) => consume::settle(self, &caller, g, t, req, true).await,
                 Route::Nack(g, t) => consume::settle(self, &caller, g, t, req, false).await,
                 Route::Reset(g, t) => consume::reset(self, &caller, g, t, req).await,
-                Route::Lag(g, t) => consume::lag(self, &caller, g, t, &req),
+                Route::Lag(g, t) => Box::pin(consume::lag(self, &caller, g, t, &req)).await,
                 Route::Rules => Ok(ops::rules(self, caller.is_admin())),
                 Route::Topology => Ok(ops::topology(self, &rules)),
                 Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::no_route()),

@@ -31,7 +31,7 @@ fn parse_id(id: &str) -> ApiResult<uuid::Uuid> {
         .map_err(|_| ApiError::invalid("message_id", "is not a message id (a UUID)"))
 }
 
-pub fn by_id(
+pub async fn by_id(
     app: &App,
     c: &Caller<'_>,
     t: &str,
@@ -42,7 +42,8 @@ pub fn by_id(
     let id = parse_id(id)?;
     let broker = app.brokers.get(c.rules, cell)?;
     let found = broker
-        .get_by_id(&id)
+        .get_by_id(&topic, &id)
+        .await
         .map_err(|e| ApiError::from_broker(&e, "message_id"))?
         .filter(|m| m.topic == topic)
         .ok_or_else(|| {
@@ -69,7 +70,7 @@ fn time_param(req: &Request<Incoming>, name: &'static str) -> ApiResult<Option<i
 
 /// `?start_ms=A&end_ms=B[&limit=N]`: messages stored in `[A, B)`, oldest
 /// first.
-fn by_time(
+async fn by_time(
     app: &App,
     c: &Caller<'_>,
     t: &str,
@@ -92,7 +93,7 @@ fn by_time(
             })?,
     };
     let broker = app.brokers.get(c.rules, cell)?;
-    let found = match broker.query_by_time(&topic, start, end, limit) {
+    let found = match broker.query_by_time(&topic, start, end, limit).await {
         Ok(f) => f,
         Err(cellgate_broker_core::Error::UnknownTopic(_)) => Vec::new(),
         Err(e) => return Err(ApiError::from_broker(&e, "start_ms")),
@@ -108,9 +109,14 @@ fn by_time(
     ))
 }
 
-pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> ApiResult<Reply> {
+pub async fn by_key(
+    app: &App,
+    c: &Caller<'_>,
+    t: &str,
+    req: &Request<Incoming>,
+) -> ApiResult<Reply> {
     if let Some(start) = time_param(req, "start_ms")? {
-        return by_time(app, c, t, req, start);
+        return by_time(app, c, t, req, start).await;
     }
     let (cell, topic) = resolve(app, c, t, req.headers())?;
     let key = super::query_param(req, "key")
@@ -126,6 +132,7 @@ pub fn by_key(app: &App, c: &Caller<'_>, t: &str, req: &Request<Incoming>) -> Ap
     let broker = app.brokers.get(c.rules, cell)?;
     let found = broker
         .get_by_key(&topic, &key)
+        .await
         .map_err(|e| ApiError::from_broker(&e, "key"))?;
     let cell_name = c.rules.cell_name(cell);
     let views: Vec<MessageView<'_>> = found
@@ -157,7 +164,7 @@ fn route_hop(m: &cellgate_broker_core::StoredMessage, cell: &str) -> Option<Hop>
 
 /// The hops of one message in every cell the tenant may use: a routed
 /// message has hops in its origin and in each target.
-pub fn trace(
+pub async fn trace(
     app: &App,
     c: &Caller<'_>,
     t: &str,
@@ -182,13 +189,13 @@ pub fn trace(
             continue;
         };
         let physical = c.physical(cell, t, Resource::Topic)?;
-        let here = broker.get_by_id(&id).ok().flatten();
+        let here = broker.get_by_id(&physical, &id).await.ok().flatten();
         let name = c.rules.cell_name(cell);
         if let Some(m) = here.filter(|m| m.topic == physical) {
             owned = true;
             hops.extend(route_hop(&m, name));
         }
-        for mut h in broker.trace_of(&id).unwrap_or_default() {
+        for mut h in broker.trace_of(&physical, &id).await.unwrap_or_default() {
             if h.place.is_empty() {
                 h.place = name.to_owned();
             }

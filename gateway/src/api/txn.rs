@@ -64,6 +64,7 @@ pub async fn decide(
         || ApiError::not_found("transaction_id", "no transaction with this id in this cell");
     let info = broker
         .transaction(&id)
+        .await
         .map_err(|e| ApiError::from_broker(&e, "transaction_id"))?
         .ok_or_else(unknown)?;
     let logical = own_topic(c, &info.topic).ok_or_else(unknown)?.to_owned();
