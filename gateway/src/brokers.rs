@@ -3,8 +3,13 @@
 //!
 //! A cell added by a rules reload gets its broker on first use. A cell's
 //! broker reference cannot change by reload (rules refuses it), so a broker,
-//! once open, serves its cell until shutdown. RocketMQ-backed cells arrive
-//! with the RocketMQ backend; until then a request to one answers 503.
+//! once open, serves its cell until shutdown.
+//!
+//! A cell whose rules say `broker: rocketmq://…` is served by a
+//! [`RocketMqBroker`] connected to those name servers; cells that name the
+//! same name servers share one. Clusters named at start are connected
+//! before the gateway listens; one first named by a reload is connected in
+//! the background, and its cells answer 503 until it is.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,8 @@ use std::time::Duration;
 use cellgate_broker_core::{
     Broker, DeliveryConfig, EmbeddedBroker, FlushPolicy, LogConfig, Store, StoreConfig, TxnConfig,
 };
+#[cfg(feature = "rocketmq")]
+use cellgate_broker_rocketmq::RocketMqBroker;
 use cellgate_rules::{BrokerRef, CellId, RuleSet};
 
 use crate::api::ApiError;
@@ -56,22 +63,102 @@ pub struct Brokers {
     opts: BrokerOptions,
     /// RwLock: every request reads; only opening a new cell's broker writes.
     open: RwLock<HashMap<Box<str>, Arc<EmbeddedBroker>>>,
+    /// RocketMQ clusters by their reference (`rocketmq://a,b`); `None`
+    /// while connecting. RwLock: read per request, written on connect.
+    #[cfg(feature = "rocketmq")]
+    remote: Arc<RwLock<HashMap<String, Option<Arc<RocketMqBroker>>>>>,
 }
 
 impl Brokers {
-    /// Opens the embedded broker of every embedded cell (recovering each).
-    pub fn open_all(data: &Path, opts: BrokerOptions, rules: &RuleSet) -> Result<Brokers, Error> {
+    /// Opens the embedded broker of every embedded cell (recovering each)
+    /// and connects to every RocketMQ cluster the rules name.
+    pub async fn open_all(
+        data: &Path,
+        opts: BrokerOptions,
+        rules: &RuleSet,
+    ) -> Result<Brokers, Error> {
         let b = Brokers {
             data: data.to_owned(),
             opts,
             open: RwLock::new(HashMap::new()),
+            #[cfg(feature = "rocketmq")]
+            remote: Arc::default(),
         };
         for (id, cell) in rules.cells() {
-            if cell.broker == BrokerRef::Embedded {
-                b.open_cell(rules, id)?;
+            match &cell.broker {
+                BrokerRef::Embedded => {
+                    b.open_cell(rules, id)?;
+                }
+                #[cfg(feature = "rocketmq")]
+                BrokerRef::RocketMq { name_servers } => {
+                    let key = cell.broker.to_string();
+                    if b.remote_get(&key).is_none() {
+                        let broker = connect(&b.opts, name_servers.clone()).await.map_err(|e| {
+                            Error::Broker {
+                                cell: cell.name.to_string(),
+                                source: e.into(),
+                            }
+                        })?;
+                        b.remote_put(key, Some(Arc::new(broker)));
+                    }
+                }
+                #[cfg(not(feature = "rocketmq"))]
+                BrokerRef::RocketMq { .. } => {}
             }
         }
         Ok(b)
+    }
+
+    #[cfg(feature = "rocketmq")]
+    fn remote_get(&self, key: &str) -> Option<Option<Arc<RocketMqBroker>>> {
+        self.remote.read().ok()?.get(key).cloned()
+    }
+
+    #[cfg(feature = "rocketmq")]
+    fn remote_put(&self, key: String, b: Option<Arc<RocketMqBroker>>) {
+        let mut m = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        m.insert(key, b);
+    }
+
+    /// The RocketMQ broker of a cluster, connecting in the background on
+    /// first use (503 until connected; a failed attempt is retried by the
+    /// next request).
+    #[cfg(feature = "rocketmq")]
+    fn remote_broker(
+        &self,
+        r: &BrokerRef,
+        name_servers: &[String],
+    ) -> Result<Arc<dyn Broker>, ApiError> {
+        let key = r.to_string();
+        match self.remote_get(&key) {
+            Some(Some(b)) => return Ok(b),
+            Some(None) => {}
+            None => {
+                self.remote_put(key.clone(), None);
+                let (remote, opts, ns) = (
+                    self.remote.clone(),
+                    self.opts.clone(),
+                    name_servers.to_vec(),
+                );
+                tokio::spawn(async move {
+                    let got = connect(&opts, ns).await;
+                    let mut m = remote.write().unwrap_or_else(|p| p.into_inner());
+                    match got {
+                        Ok(b) => {
+                            m.insert(key, Some(Arc::new(b)));
+                        }
+                        Err(e) => {
+                            tracing::error!(cluster = %key, error = %e, "cannot connect to RocketMQ");
+                            m.remove(&key);
+                        }
+                    }
+                });
+            }
+        }
+        Err(
+            ApiError::unavailable("connecting to the cell's RocketMQ cluster")
+                .retry(Duration::from_secs(1)),
+        )
     }
 
     fn open_cell(&self, rules: &RuleSet, id: CellId) -> Result<Arc<EmbeddedBroker>, Error> {
@@ -125,8 +212,11 @@ impl Brokers {
                         "the cell's broker could not be opened; the error is in the gateway log",
                     )
                 }),
+            #[cfg(feature = "rocketmq")]
+            r @ BrokerRef::RocketMq { name_servers } => self.remote_broker(r, name_servers),
+            #[cfg(not(feature = "rocketmq"))]
             BrokerRef::RocketMq { .. } => Err(ApiError::unavailable(
-                "the cell is backed by RocketMQ, which this gateway version does not support yet",
+                "the cell is backed by RocketMQ, and this gateway was built without it",
             )
             .field("X-Cell")),
         }
@@ -152,6 +242,21 @@ impl Brokers {
         }
         first.map_or(Ok(()), Err)
     }
+}
+
+/// A RocketMQ backend for `name_servers`, with the gateway's delivery
+/// settings.
+#[cfg(feature = "rocketmq")]
+async fn connect(
+    opts: &BrokerOptions,
+    name_servers: Vec<String>,
+) -> Result<RocketMqBroker, cellgate_broker_rocketmq::Error> {
+    let mut cfg = cellgate_broker_rocketmq::Config::new(name_servers);
+    cfg.delivery = opts.delivery.clone();
+    cfg.default_queues = opts.default_queues;
+    let b = RocketMqBroker::connect(cfg).await?;
+    tracing::info!("connected to a RocketMQ cluster");
+    Ok(b)
 }
 
 impl cellgate_router::BrokerDirectory for Brokers {

@@ -5,6 +5,9 @@
 //! as well as through the real binary.
 
 #![forbid(unsafe_code)]
+// The RocketMQ client's futures nest deeply: proving a request's future
+// `Send` needs more than the default 128 levels.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod brokers;

@@ -153,7 +153,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
     }
     let _lock = lock_data_dir(&a.data)?;
     let otel = crate::telemetry::install(current.telemetry())?;
-    let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current)?);
+    let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current).await?);
     drop(current);
     let limits = ApiLimits {
         ops_only: a.router_only,

@@ -90,6 +90,7 @@ pub fn cellgate(args: &[&str]) -> anyhow::Result<Run> {
 }
 
 pub mod otlp;
+pub mod rocketmq;
 pub mod server;
 pub use server::{Api, Server};
 

@@ -1,12 +1,14 @@
 //! Cross-cell replication, end to end over HTTP on the example topology:
 //! SPEC §4's worked example, a failover drill under load, and kill -9 of
-//! the process mid-stream.
+//! the process mid-stream; each on the embedded brokers and on two RocketMQ
+//! clusters (the SH cells on one, the HZ cells on the other).
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use cellgate_tests::rocketmq::{Backend, Bed};
 use cellgate_tests::server::ANT;
 use cellgate_tests::{edited_example, example, Api, Server};
 use serde_json::{json, Value};
@@ -34,8 +36,18 @@ async fn drain(api: &Api, group: &str, topic: &str, kind: &str, quiet: Duration)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_worked_example_end_to_end() {
+    worked_example(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_worked_example_end_to_end_on_rocketmq() {
+    worked_example(Backend::RocketMq).await;
+}
+
+async fn worked_example(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), &[]).unwrap();
+    let bed = Bed::new(backend, dir.path(), &[]).unwrap();
+    let s = Server::start(&bed.config, &dir.path().join("data"), &[]).unwrap();
     let api = Api::new(&s, ANT, "RZ00A");
     let sent = api
         .publish(
@@ -142,8 +154,19 @@ fn owner(uid: u32) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_drill_loses_duplicates_and_misroutes_nothing() {
+    failover_drill(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: about a third of the messages never reach an rzone consumer (issue 8, open)"]
+async fn failover_drill_on_rocketmq() {
+    failover_drill(Backend::RocketMq).await;
+}
+
+async fn failover_drill(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (path, text) = edited_example(dir.path(), "ldc.yaml", &[]);
+    let bed = Bed::new(backend, dir.path(), &[]).unwrap();
+    let (path, text) = (bed.config.clone(), bed.text.clone());
     let s = Server::start(&path, &dir.path().join("data"), &[]).unwrap();
     let api = Api::new(&s, ANT, "RZ00A");
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -192,13 +215,25 @@ async fn failover_drill_loses_duplicates_and_misroutes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
+    kill_9_mid_stream(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: a consumer sees a message id no publish returned (issue 8, open)"]
+async fn kill_9_mid_stream_on_rocketmq() {
+    kill_9_mid_stream(Backend::RocketMq).await;
+}
+
+async fn kill_9_mid_stream(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // Batches outrun ANT's 5000/s publish quota in a release build.
-    let (rules, _) = edited_example(
+    let bed = Bed::new(
+        backend,
         dir.path(),
-        "ldc.yaml",
         &[("publish_rate: 5000", "publish_rate: 1000000")],
-    );
+    )
+    .unwrap();
+    let rules = bed.config.clone();
     let mut s = Server::start(&rules, &dir.path().join("data"), &[]).unwrap();
     let api = Api::new(&s, ANT, "RZ00A");
     let mut sent: BTreeMap<String, u32> = BTreeMap::new();

@@ -1,0 +1,284 @@
+//! Consumer groups over pull: RocketMQ's POP is broken in the Rust port
+//! (spike, §4), so the backend pulls, and tracks what it delivered itself.
+//!
+//! Durable, in RocketMQ:
+//! - a group's progress: the committed offset of each queue, the offset
+//!   below which every message is done (acked, dead-lettered or filtered
+//!   out), written with `updateConsumerOffset` whenever it moves;
+//! - retries: a nacked message is sent again, with the same id, to the
+//!   group's retry topic for that topic, [`retry_topic`], delayed by the
+//!   back-off of its attempt (the broker's timer); the original is done;
+//! - dead letters: after the last attempt, a copy goes to `%DLQ%<group>`
+//!   with `__ORIGIN_TOPIC`, `__ORIGIN_MESSAGE_ID`, `__DELIVERY_ATTEMPTS`.
+//!
+//! In this process only: which delivered messages are invisible until
+//! when, and which are done above the committed offset. If the process
+//! dies, everything from the committed offset on is delivered again: at
+//! least once, never lost. So one group's receives must reach one gateway
+//! at a time (docs/deployment.md, "Consumption affinity").
+//!
+//! Ordered topics: at most one message of a queue in flight; a nacked one
+//! stays at the head of its queue, invisible for its back-off, until it is
+//! acked or dead-lettered (RocketMQ's orderly semantics).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cellgate_broker_core::{
+    broker::{dlq_topic, DELIVERY_ATTEMPTS, ORIGIN_MESSAGE_ID, ORIGIN_TOPIC},
+    nonce, ConsumeMode, Error, Message, QueueSelect, Result, StoredMessage,
+};
+use tokio::time::Instant;
+
+use crate::send::Outgoing;
+
+/// The retry topic of a group for one topic. Per topic, so that a receive
+/// for one topic never has to hold another topic's retries. Not RocketMQ's
+/// `%RETRY%<group>`: the broker gives topics with that prefix its own
+/// retry semantics, and delayed messages sent there never appeared.
+pub fn retry_topic(group: &str, topic: &str) -> String {
+    format!("{group}%RETRY%{topic}")
+}
+
+/// On a retry copy: the topic it was published to, and its attempts so far.
+pub(crate) const RETRY_OF: &str = "__RETRY_OF";
+
+/// The group a mode's progress is kept under in RocketMQ: broadcast
+/// consumers each keep their own.
+pub(crate) fn offset_group(group: &str, mode: &ConsumeMode) -> String {
+    match mode {
+        ConsumeMode::Clustering => group.to_owned(),
+        ConsumeMode::Broadcast { consumer_id } => format!("{group}%{consumer_id}"),
+    }
+}
+
+/// A message delivered and not yet settled.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub msg: StoredMessage,
+    /// Delivered again (attempt + 1) from this instant on.
+    pub visible_at: Instant,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    /// In the receipt; a redelivery changes it, voiding older receipts.
+    pub nonce: u64,
+}
+
+/// One queue of one pulled topic, for one group.
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    /// Everything below is done, as committed to the broker.
+    pub committed: u64,
+    /// The next offset to pull.
+    pub next: u64,
+    /// Done at or above `committed`.
+    pub done: BTreeSet<u64>,
+    pub inflight: BTreeMap<u64, Held>,
+}
+
+impl QueueState {
+    pub fn at(offset: u64) -> QueueState {
+        QueueState {
+            committed: offset,
+            next: offset,
+            ..QueueState::default()
+        }
+    }
+
+    /// Marks `offset` done; returns the new committed offset if it moved.
+    pub fn finish(&mut self, offset: u64) -> Option<u64> {
+        self.inflight.remove(&offset);
+        if offset < self.committed {
+            return None;
+        }
+        self.done.insert(offset);
+        let before = self.committed;
+        while self.done.remove(&self.committed) {
+            self.committed += 1;
+        }
+        (self.committed != before).then_some(self.committed)
+    }
+
+    /// Moves to `offset`, forgetting what was in flight.
+    pub fn jump_to(&mut self, offset: u64) {
+        *self = QueueState::at(offset);
+    }
+}
+
+/// Which of a receive's two topics a queue belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Main,
+    Retry,
+}
+
+impl Source {
+    fn tag(self) -> char {
+        match self {
+            Source::Main => 'm',
+            Source::Retry => 'r',
+        }
+    }
+}
+
+/// A receipt handle: `<m|r>:<queue>:<offset>:<nonce>`.
+pub(crate) fn receipt(source: Source, queue: usize, offset: u64, nonce: u64) -> String {
+    format!("{}:{queue}:{offset}:{nonce:x}", source.tag())
+}
+
+pub(crate) fn parse_receipt(r: &str) -> Result<(Source, usize, u64, u64)> {
+    let mut it = r.split(':');
+    let source = match it.next() {
+        Some("m") => Source::Main,
+        Some("r") => Source::Retry,
+        _ => return Err(Error::BadReceipt),
+    };
+    let queue = it
+        .next()
+        .and_then(|q| q.parse().ok())
+        .ok_or(Error::BadReceipt)?;
+    let offset = it
+        .next()
+        .and_then(|o| o.parse().ok())
+        .ok_or(Error::BadReceipt)?;
+    let nonce = it
+        .next()
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
+        .ok_or(Error::BadReceipt)?;
+    if it.next().is_some() {
+        return Err(Error::BadReceipt);
+    }
+    Ok((source, queue, offset, nonce))
+}
+
+/// A group's state for one topic: its queues and its retry topic's.
+#[derive(Debug)]
+pub(crate) struct Sub {
+    pub group: String,
+    pub topic: String,
+    pub main: Vec<QueueState>,
+    /// Empty for broadcast consumers (they never retry through the broker).
+    pub retry: Vec<QueueState>,
+    /// As the last receive said: a nacked message then retries in place.
+    pub ordered: bool,
+}
+
+impl Sub {
+    pub fn queues_mut(&mut self, s: Source) -> &mut Vec<QueueState> {
+        match s {
+            Source::Main => &mut self.main,
+            Source::Retry => &mut self.retry,
+        }
+    }
+
+    /// The pulled topic of a source.
+    pub fn topic_of(&self, s: Source) -> String {
+        match s {
+            Source::Main => self.topic.clone(),
+            Source::Retry => retry_topic(&self.group, &self.topic),
+        }
+    }
+
+    /// Registers a delivery and returns its receipt.
+    pub fn hold(
+        &mut self,
+        s: Source,
+        q: usize,
+        msg: StoredMessage,
+        attempt: u32,
+        invisible: std::time::Duration,
+    ) -> Option<String> {
+        let offset = msg.queue_offset;
+        let n = nonce();
+        let st = self.queues_mut(s).get_mut(q)?;
+        st.inflight.insert(
+            offset,
+            Held {
+                msg,
+                visible_at: Instant::now() + invisible,
+                attempt,
+                nonce: n,
+            },
+        );
+        Some(receipt(s, q, offset, n))
+    }
+}
+
+/// A retried or dead-lettered message as it is sent again.
+pub(crate) fn resend(held: &Held, group: &str, topic: &str, dead: bool, due_ms: i64) -> Outgoing {
+    let m = &held.msg;
+    let mut properties = m.properties.clone();
+    properties.remove(RETRY_OF);
+    properties.insert(DELIVERY_ATTEMPTS.into(), held.attempt.to_string());
+    let target = if dead {
+        properties.insert(ORIGIN_TOPIC.into(), topic.to_owned());
+        properties.insert(ORIGIN_MESSAGE_ID.into(), m.id.to_string());
+        dlq_topic(group)
+    } else {
+        properties.insert(RETRY_OF.into(), topic.to_owned());
+        retry_topic(group, topic)
+    };
+    Outgoing {
+        msg: Message {
+            topic: target,
+            body: m.body.clone(),
+            tag: m.tag.clone(),
+            keys: m.keys.clone(),
+            properties,
+            born_ms: m.born_ms,
+        },
+        select: QueueSelect::RoundRobin,
+        id: m.id,
+        deliver_at_ms: (!dead).then_some(due_ms),
+    }
+}
+
+/// A retry copy as its consumer sees it: under its topic, with its
+/// attempt number (the attempts before it, plus this one).
+pub(crate) fn unwrap_retry(mut m: StoredMessage) -> (StoredMessage, u32) {
+    let attempts = m
+        .properties
+        .remove(DELIVERY_ATTEMPTS)
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(0);
+    if let Some(t) = m.properties.remove(RETRY_OF) {
+        m.topic = t;
+    }
+    (m, attempts + 1)
+}
+
+/// Subscriptions by (offset group, topic). Each has its own async mutex,
+/// held across the broker calls of one receive or settle: two receives of
+/// one group must not pull the same offsets.
+pub(crate) type Subs = std::sync::Mutex<
+    std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<Option<Sub>>>>,
+>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_round_trip_and_garbage_is_refused() {
+        let r = receipt(Source::Retry, 3, 42, 0xdead);
+        let (s, q, o, n) = parse_receipt(&r).unwrap();
+        assert_eq!((s, q, o, n), (Source::Retry, 3, 42, 0xdead));
+        for bad in ["", "x:1:2:3", "m:1:2", "m:a:2:3", "m:1:2:3:4", "m:1:2:zz"] {
+            assert!(
+                matches!(parse_receipt(bad), Err(Error::BadReceipt)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_committed_offset_moves_over_contiguous_done_offsets_only() {
+        let mut q = QueueState::at(10);
+        assert_eq!(q.finish(11), None);
+        assert_eq!(q.finish(12), None);
+        assert_eq!(q.finish(10), Some(13));
+        assert_eq!(q.finish(5), None);
+        assert_eq!(q.committed, 13);
+        assert!(q.done.is_empty());
+    }
+}

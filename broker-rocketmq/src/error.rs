@@ -1,0 +1,55 @@
+//! The RocketMQ backend's error. Calls through the [`Broker`] interface
+//! return broker-core's error; this enum says what went wrong with the
+//! client or the cluster, and converts into broker-core's `Remote`.
+//!
+//! The client's errors are opaque by design: `Display` gives only a catalog
+//! message, and the broker's own remark cannot be read (spike, "Errors").
+//! So every error here names the call that failed, plus the broker's
+//! response code and address when the client knows them.
+//!
+//! [`Broker`]: cellgate_broker_core::Broker
+
+use rocketmq_client_rust::ClientError;
+
+/// RocketMQ's response code for a topic that does not exist.
+pub(crate) const TOPIC_NOT_EXIST: i32 = 17;
+/// RocketMQ's response code for "nothing found" (no committed offset yet,
+/// no message with this id).
+pub(crate) const QUERY_NOT_FOUND: i32 = 22;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker reference is not `rocketmq://host:port[,host:port]`.
+    #[error("broker reference {reference:?}: {why}")]
+    BadReference {
+        reference: String,
+        why: &'static str,
+    },
+    /// The client's own runtime could not start.
+    #[error("cannot start the RocketMQ client runtime: {0}")]
+    Runtime(String),
+    /// A call to the cluster failed.
+    #[error("{op}: {detail}")]
+    Client { op: &'static str, detail: String },
+}
+
+/// An error of call `op`, with what the client tells of it.
+pub(crate) fn remote(op: &'static str, e: &ClientError) -> Error {
+    let mut detail = e.to_string();
+    if let Some(code) = e.broker_response_code() {
+        detail.push_str(&format!(" (broker code {code})"));
+    }
+    if let Some(addr) = e.broker_addr() {
+        detail.push_str(&format!(" (broker {addr})"));
+    }
+    Error::Client { op, detail }
+}
+
+impl From<Error> for cellgate_broker_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Client { op, detail } => cellgate_broker_core::Error::Remote { op, detail },
+            other => cellgate_broker_core::Error::Config(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The group calls of the Broker interface (receive, ack, nack, lag,
+//! reset) over the state of `consume.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cellgate_broker_core::{
+    ConsumeMode, Delivery, Error, QueueLag, ReceiveOptions, Result, TagFilter,
+};
+use rocketmq_protocol::protocol::header::query_consumer_offset_request_header::QueryConsumerOffsetRequestHeader;
+use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateConsumerOffsetRequestHeader;
+use tokio::time::Instant;
+
+use crate::client::QueueRef;
+use crate::consume::{offset_group, parse_receipt, resend, unwrap_retry, QueueState, Source, Sub};
+use crate::error::{remote, QUERY_NOT_FOUND};
+use crate::{now_ms, RocketMqBroker};
+
+type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
+
+fn tag_expression(t: &TagFilter) -> String {
+    match t {
+        TagFilter::All => "*".into(),
+        TagFilter::Any(tags) => tags
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>()
+            .join("||"),
+    }
+}
+
+// === impl RocketMqBroker: consumer groups ===
+
+impl RocketMqBroker {
+    fn slot(&self, group: &str, topic: &str) -> Slot {
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.entry((group.to_owned(), topic.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The committed offsets of `topic` for `group`, or each queue's oldest
+    /// offset for a group that has none yet (a new group reads what is
+    /// retained, as the embedded broker does).
+    async fn load_queues(&self, group: &str, topic: &str) -> Result<Vec<QueueState>> {
+        let route = match self.client.route(topic).await {
+            Ok(r) => r,
+            Err(Error::UnknownTopic(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(route.queues.len());
+        for q in &route.queues {
+            let req = QueryConsumerOffsetRequestHeader {
+                consumer_group: group.into(),
+                topic: topic.into(),
+                queue_id: q.queue_id,
+                set_zero_if_not_found: Some(false),
+                topic_request_header: q.topic_header(),
+            };
+            let h = self.client.handle();
+            let off = match h
+                .query_consumer_offset(q.addr.as_str(), req, self.client.cfg.timeout_ms)
+                .await
+            {
+                Ok(o) => o.max(0) as u64,
+                Err(e) if e.broker_response_code() == Some(QUERY_NOT_FOUND) => {
+                    h.min_offset(q.addr.as_str(), &q.mq(topic), self.client.cfg.timeout_ms)
+                        .await
+                        .map_err(|e| remote("read a queue's oldest offset", &e))?
+                        .max(0) as u64
+                }
+                Err(e) => return Err(remote("read a committed offset", &e).into()),
+            };
+            out.push(QueueState::at(off));
+        }
+        Ok(out)
+    }
+
+    async fn load(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Sub> {
+        let og = offset_group(group, mode);
+        let main = self.load_queues(&og, topic).await?;
+        let retry = match mode {
+            ConsumeMode::Clustering => {
+                self.load_queues(&og, &crate::consume::retry_topic(group, topic))
+                    .await?
+            }
+            ConsumeMode::Broadcast { .. } => Vec::new(),
+        };
+        Ok(Sub {
+            group: og,
+            topic: topic.to_owned(),
+            main,
+            retry,
+            ordered: false,
+        })
+    }
+
+    /// Writes a queue's committed offset to the broker.
+    async fn commit(&self, sub: &Sub, s: Source, q: usize, offset: u64) -> Result<()> {
+        let topic = sub.topic_of(s);
+        let route = self.client.route(&topic).await?;
+        let Some(qr) = route.queues.get(q) else {
+            return Ok(());
+        };
+        let req = UpdateConsumerOffsetRequestHeader {
+            consumer_group: sub.group.as_str().into(),
+            topic: topic.as_str().into(),
+            queue_id: qr.queue_id,
+            commit_offset: offset as i64,
+            topic_request_header: qr.topic_header(),
+        };
+        self.client
+            .handle()
+            .update_consumer_offset(&qr.addr, req, self.client.cfg.timeout_ms)
+            .await
+            .map_err(|e| remote("commit an offset", &e).into())
+    }
+
+    pub(crate) async fn receive_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        opts: ReceiveOptions,
+    ) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + opts.wait;
+        let mut appended = self.appended.subscribe();
+        loop {
+            appended.borrow_and_update();
+            let got = self.receive_once(group, topic, &opts).await?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            // Woken by a send through this process, or by the poll tick
+            // (sends through other processes are seen at the next tick).
+            let _ = tokio::time::timeout_at(deadline, appended.changed()).await;
+        }
+    }
+
+    async fn receive_once(
+        &self,
+        group: &str,
+        topic: &str,
+        opts: &ReceiveOptions,
+    ) -> Result<Vec<Delivery>> {
+        let slot = self.slot(&offset_group(group, &opts.mode), topic);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(group, topic, &opts.mode).await?);
+        }
+        let Some(sub) = guard.as_mut() else {
+            return Ok(Vec::new());
+        };
+        sub.ordered = opts.ordered;
+        let mut out = Vec::new();
+        self.redeliver_expired(sub, opts, &mut out).await?;
+        let tags = tag_expression(&opts.tags);
+        for s in [Source::Main, Source::Retry] {
+            let pulled_topic = sub.topic_of(s);
+            let route = match self.client.route(&pulled_topic).await {
+                Ok(r) => r,
+                Err(Error::UnknownTopic(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for (q, qr) in route.queues.iter().enumerate() {
+                if out.len() >= opts.max_messages {
+                    return Ok(out);
+                }
+                self.pull_into(sub, s, (q, qr), &tags, opts, &mut out)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pulls one queue and holds what the group should see.
+    async fn pull_into(
+        &self,
+        sub: &mut Sub,
+        s: Source,
+        (q, qr): (usize, &QueueRef),
+        tags: &str,
+        opts: &ReceiveOptions,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let pulled_topic = sub.topic_of(s);
+        if sub.queues_mut(s).len() <= q {
+            sub.queues_mut(s).resize_with(q + 1, QueueState::default);
+        }
+        let st = &sub.queues_mut(s)[q];
+        if opts.ordered && !st.inflight.is_empty() {
+            return Ok(());
+        }
+        let want = if opts.ordered {
+            1
+        } else {
+            opts.max_messages - out.len()
+        };
+        let from = st.next;
+        let p = self
+            .pull(&sub.group, &pulled_topic, (q, qr), from, want, tags)
+            .await?;
+        let mut commit = None;
+        {
+            let st = &mut sub.queues_mut(s)[q];
+            if p.messages.is_empty()
+                && p.next > st.next
+                && st.inflight.is_empty()
+                && st.done.is_empty()
+            {
+                // Skipped by the tag filter, or below the retained range.
+                st.committed = st.committed.max(p.next);
+                commit = Some(st.committed);
+            }
+            st.next = st.next.max(p.next);
+        }
+        for m in p.messages.into_iter().take(want) {
+            let offset = m.queue_offset;
+            let (m, attempt) = match s {
+                Source::Main => (m, 1),
+                Source::Retry => unwrap_retry(m),
+            };
+            let visible = opts.tags.matches(m.tag.as_deref())
+                && opts.predicate.as_ref().is_none_or(|p| (p.0)(&m));
+            if !visible {
+                let st = &mut sub.queues_mut(s)[q];
+                st.next = st.next.max(offset + 1);
+                if let Some(c) = st.finish(offset) {
+                    commit = Some(c);
+                }
+                continue;
+            }
+            let st = &mut sub.queues_mut(s)[q];
+            st.next = st.next.max(offset + 1);
+            if let Some(receipt) = sub.hold(s, q, m.clone(), attempt, opts.invisible) {
+                out.push(Delivery {
+                    message: m,
+                    receipt,
+                    attempt,
+                });
+            }
+        }
+        if let Some(c) = commit {
+            self.commit(sub, s, q, c).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers again what was not settled within its invisibility time
+    /// (dead-lettering what has had its last attempt).
+    async fn redeliver_expired(
+        &self,
+        sub: &mut Sub,
+        opts: &ReceiveOptions,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let max_attempts = self.delivery.max_attempts;
+        let mut dead = Vec::new();
+        for s in [Source::Main, Source::Retry] {
+            for (q, st) in sub.queues_mut(s).iter_mut().enumerate() {
+                for (offset, h) in st.inflight.iter_mut() {
+                    if out.len() >= opts.max_messages || h.visible_at > now {
+                        continue;
+                    }
+                    if h.attempt >= max_attempts {
+                        dead.push((s, q, *offset));
+                        continue;
+                    }
+                    h.attempt += 1;
+                    h.nonce = cellgate_broker_core::nonce();
+                    h.visible_at = now + opts.invisible;
+                    out.push(Delivery {
+                        message: h.msg.clone(),
+                        receipt: crate::consume::receipt(s, q, *offset, h.nonce),
+                        attempt: h.attempt,
+                    });
+                }
+            }
+        }
+        for (s, q, offset) in dead {
+            self.settle_one(sub, (s, q, offset), Settle::DeadLetter)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Acks or nacks one receipt.
+    pub(crate) async fn settle_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+        receipt: &str,
+        ack: bool,
+    ) -> Result<()> {
+        let (s, q, offset, n) = parse_receipt(receipt)?;
+        let slot = self.slot(&offset_group(group, mode), topic);
+        let mut guard = slot.lock().await;
+        let sub = guard.as_mut().ok_or(Error::BadReceipt)?;
+        let held = sub
+            .queues_mut(s)
+            .get(q)
+            .and_then(|st| st.inflight.get(&offset))
+            .filter(|h| h.nonce == n)
+            .ok_or(Error::BadReceipt)?;
+        let how = if ack {
+            Settle::Done
+        } else if held.attempt >= self.delivery.max_attempts {
+            Settle::DeadLetter
+        } else if matches!(mode, ConsumeMode::Broadcast { .. }) || sub.ordered {
+            Settle::Later
+        } else {
+            Settle::Retry
+        };
+        self.settle_one(sub, (s, q, offset), how).await
+    }
+
+    async fn settle_one(
+        &self,
+        sub: &mut Sub,
+        (s, q, offset): (Source, usize, u64),
+        how: Settle,
+    ) -> Result<()> {
+        let (group, topic) = (sub.group.clone(), sub.topic.clone());
+        let Some(st) = sub.queues_mut(s).get_mut(q) else {
+            return Err(Error::BadReceipt);
+        };
+        let Some(h) = st.inflight.get_mut(&offset) else {
+            return Err(Error::BadReceipt);
+        };
+        let backoff = self.backoff(h.attempt);
+        match how {
+            Settle::Later => {
+                h.visible_at = Instant::now() + backoff;
+                h.nonce = cellgate_broker_core::nonce();
+                return Ok(());
+            }
+            Settle::Retry | Settle::DeadLetter => {
+                let due = now_ms() + backoff.as_millis() as i64;
+                let out = resend(h, &group, &topic, how == Settle::DeadLetter, due);
+                self.send_all(vec![out]).await?;
+            }
+            Settle::Done => {}
+        }
+        let moved = sub
+            .queues_mut(s)
+            .get_mut(q)
+            .and_then(|st| st.finish(offset));
+        if let Some(c) = moved {
+            self.commit(sub, s, q, c).await?;
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let levels = &self.delivery.retry_levels;
+        let i = (attempt.max(1) as usize - 1).min(levels.len().saturating_sub(1));
+        levels.get(i).copied().unwrap_or(Duration::from_secs(10))
+    }
+
+    pub(crate) async fn lag_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+    ) -> Result<Vec<QueueLag>> {
+        let route = self.client.route(topic).await?;
+        let slot = self.slot(&offset_group(group, mode), topic);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(group, topic, mode).await?);
+        }
+        let Some(sub) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (q, qr) in route.queues.iter().enumerate() {
+            let max = self
+                .client
+                .handle()
+                .max_offset(qr.addr.as_str(), &qr.mq(topic), self.client.cfg.timeout_ms)
+                .await
+                .map_err(|e| remote("read a queue's newest offset", &e))?
+                .max(0) as u64;
+            let (committed, done, inflight) = sub.main.get(q).map_or((0, 0, 0), |st| {
+                (st.committed, st.done.len() as u64, st.inflight.len())
+            });
+            out.push(QueueLag {
+                queue: q as u16,
+                committed,
+                max,
+                lag: max.saturating_sub(committed).saturating_sub(done),
+                inflight,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn reset_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+        ms: i64,
+    ) -> Result<()> {
+        let route = self.client.route(topic).await?;
+        let offsets = self.offsets_at(topic, &route, ms).await?;
+        let slot = self.slot(&offset_group(group, mode), topic);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(group, topic, mode).await?);
+        }
+        let Some(sub) = guard.as_mut() else {
+            return Ok(());
+        };
+        sub.main.resize_with(offsets.len(), QueueState::default);
+        for (q, off) in offsets.into_iter().enumerate() {
+            sub.main[q].jump_to(off);
+            self.commit(sub, Source::Main, q, off).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Acked.
+    Done,
+    /// Sent to the retry topic, due after its back-off.
+    Retry,
+    /// Kept in flight, visible again after its back-off (ordered queues,
+    /// broadcast consumers).
+    Later,
+    /// Sent to the group's dead-letter topic.
+    DeadLetter,
+}

@@ -1,0 +1,382 @@
+//! cellgate's RocketMQ backend: broker-core's [`Broker`] over RocketMQ's
+//! remoting protocol, through rocketmq-client-rust 1.0 (why this crate, and
+//! what it lacks: docs/rocketmq.md).
+//!
+//! A cell whose rules say `broker: rocketmq://host:9876[,host:9876]` gets
+//! one [`RocketMqBroker`] connected to those name servers. Names are used
+//! as given (`NS|CELL%NAME`; RocketMQ accepts `|` and `%`).
+//!
+//! - Sends: single and batched (a RocketMQ batch per run of one topic and
+//!   queue), sharding keys mapped to queues by CRC32C, delays by the
+//!   broker's timer (`TIMER_DELIVER_MS`), copies keeping their ids.
+//! - Consumption: pull, with invisibility tracked here (`consume.rs`).
+//! - Reads: by offset, time, id and key through the broker's indexes.
+//! - Not yet: transactions, DLQ re-drive and the message trace
+//!   ([`Error::Unsupported`]).
+
+#![forbid(unsafe_code)]
+// rocketmq-client-rust's futures nest deeply (spike, "Engineering facts").
+#![recursion_limit = "256"]
+
+mod client;
+pub mod consume;
+mod convert;
+mod error;
+mod group;
+mod read;
+mod send;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cellgate_broker_core::broker::BoxFuture;
+use cellgate_broker_core::{
+    Broker, ConsumeMode, Decision, Delivery, DeliveryConfig, Error as CoreError, Hop, Message,
+    PutResult, QueueLag, QueueSelect, ReceiveOptions, Result, StoredMessage, TxnCheck, TxnInfo,
+};
+use uuid::Uuid;
+
+pub use convert::BORN_MS;
+pub use error::Error;
+
+use client::{Client, Route};
+use send::Outgoing;
+
+/// How to reach a cluster, and how the backend behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of each name server.
+    pub name_servers: Vec<String>,
+    /// Per call to the cluster.
+    pub timeout_ms: u64,
+    /// Worker threads of the client's own runtime.
+    pub client_threads: usize,
+    /// Client handles for pulls and offsets (each serialises its calls).
+    pub handles: usize,
+    /// Queues of a topic created on first use.
+    pub default_queues: u16,
+    /// Retry back-off and attempts before the dead-letter topic.
+    pub delivery: DeliveryConfig,
+    /// How often a waiting receive (and the router) looks for messages
+    /// sent through other processes.
+    pub poll_interval: Duration,
+    /// Distinguishes this broker's clients from others in the process.
+    pub instance: u64,
+}
+
+impl Config {
+    pub fn new(name_servers: Vec<String>) -> Config {
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        Config {
+            name_servers,
+            timeout_ms: 3000,
+            client_threads: 2,
+            handles: 4,
+            default_queues: 8,
+            delivery: DeliveryConfig::default(),
+            poll_interval: Duration::from_millis(100),
+            instance: INSTANCE.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A [`Broker`] backed by one RocketMQ cluster.
+#[derive(Debug)]
+pub struct RocketMqBroker {
+    client: Client,
+    delivery: DeliveryConfig,
+    /// The round-robin queue counter of sends.
+    rr: AtomicUsize,
+    /// Bumped by every send through this process and by the poll tick.
+    appended: Arc<tokio::sync::watch::Sender<u64>>,
+    subs: consume::Subs,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+// === impl RocketMqBroker ===
+
+impl RocketMqBroker {
+    /// Connects to the cluster. The poll tick runs on the caller's runtime
+    /// until the broker is dropped.
+    pub async fn connect(cfg: Config) -> std::result::Result<RocketMqBroker, Error> {
+        if cfg.name_servers.is_empty() {
+            return Err(Error::BadReference {
+                reference: String::new(),
+                why: "no name server given",
+            });
+        }
+        let delivery = cfg.delivery.clone();
+        let poll = cfg.poll_interval;
+        let client = Client::connect(cfg).await?;
+        let appended = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let weak = Arc::downgrade(&appended);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(poll);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { return };
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        Ok(RocketMqBroker {
+            client,
+            delivery,
+            rr: AtomicUsize::new(0),
+            appended,
+            subs: consume::Subs::default(),
+        })
+    }
+
+    /// Shuts the client down (its runtime, connections and tasks).
+    pub async fn shutdown(mut self) {
+        self.client.shutdown().await;
+    }
+
+    fn bump(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The topic's route; a topic that does not exist yet is created with
+    /// the default queue count (as the embedded broker auto-creates).
+    async fn route_or_create(&self, topic: &str) -> Result<Arc<Route>> {
+        match self.client.route(topic).await {
+            Err(CoreError::UnknownTopic(_)) => {}
+            other => return other,
+        }
+        self.create(topic, self.client.cfg.default_queues).await?;
+        self.client.route(topic).await
+    }
+
+    async fn create(&self, topic: &str, queues: u16) -> Result<()> {
+        self.client
+            .admin
+            .lock()
+            .await
+            .create_topic("TBW102", topic, i32::from(queues), Default::default())
+            .await
+            .map_err(|e| error::remote("create a topic", &e))?;
+        // The name server learns of the topic from the broker: wait for it.
+        let mut last = None;
+        for _ in 0..50 {
+            match self.client.refresh_route(topic).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or(CoreError::UnknownTopic(topic.to_owned())))
+    }
+}
+
+// === impl Broker for RocketMqBroker ===
+
+impl Broker for RocketMqBroker {
+    fn create_topic<'a>(&'a self, topic: &'a str, queues: u16) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self.client.route(topic).await {
+                Ok(_) => Ok(()),
+                Err(CoreError::UnknownTopic(_)) => self.create(topic, queues).await,
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn send(&self, msg: Message, select: QueueSelect) -> BoxFuture<'_, Result<PutResult>> {
+        Box::pin(async move {
+            let mut r = self.send_all(vec![Outgoing::new(msg, select)]).await?;
+            r.pop().ok_or(CoreError::Closed)
+        })
+    }
+
+    fn send_batch(
+        &self,
+        msgs: Vec<(Message, QueueSelect)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
+        Box::pin(self.send_all(msgs.into_iter().map(|(m, s)| Outgoing::new(m, s)).collect()))
+    }
+
+    fn receive<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        opts: ReceiveOptions,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
+        Box::pin(self.receive_impl(group, topic, opts))
+    }
+
+    fn ack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.settle_impl(group, topic, mode, receipt, true))
+    }
+
+    fn nack<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.settle_impl(group, topic, mode, receipt, false))
+    }
+
+    fn reset_to_time<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+        ms: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.reset_impl(group, topic, mode, ms))
+    }
+
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        mode: &'a ConsumeMode,
+    ) -> BoxFuture<'a, Result<Vec<QueueLag>>> {
+        Box::pin(self.lag_impl(group, topic, mode))
+    }
+
+    fn get_by_id<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<StoredMessage>>> {
+        Box::pin(self.by_id(topic, id))
+    }
+
+    fn get_by_key<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(self.by_key(topic, key))
+    }
+
+    fn redrive<'a>(&'a self, _group: &'a str, _max: usize) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(std::future::ready(Err(CoreError::Unsupported(
+            "re-driving dead letters",
+        ))))
+    }
+
+    fn send_copies(
+        &self,
+        msgs: Vec<(Message, QueueSelect, Uuid)>,
+    ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
+        let out = msgs
+            .into_iter()
+            .map(|(msg, select, id)| Outgoing {
+                msg,
+                select,
+                id,
+                deliver_at_ms: None,
+            })
+            .collect();
+        Box::pin(self.send_all(out))
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<(String, u16)>>> {
+        Box::pin(self.topic_list())
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(self.read_queue(topic, queue, from, max))
+    }
+
+    fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    fn schedule(
+        &self,
+        msg: Message,
+        select: QueueSelect,
+        deliver_at_ms: i64,
+    ) -> BoxFuture<'_, Result<PutResult>> {
+        Box::pin(async move {
+            let max_ms = now_ms() + cellgate_broker_core::timer::MAX_DELAY.as_millis() as i64;
+            if deliver_at_ms > max_ms {
+                return Err(CoreError::DelayTooLong {
+                    deliver_at_ms,
+                    max_ms,
+                });
+            }
+            let mut o = Outgoing::new(msg, select);
+            o.deliver_at_ms = Some(deliver_at_ms);
+            let mut r = self.send_all(vec![o]).await?;
+            r.pop().ok_or(CoreError::Closed)
+        })
+    }
+
+    fn send_transactional<'a>(
+        &'a self,
+        _msg: Message,
+        _select: QueueSelect,
+        _group: &'a str,
+    ) -> BoxFuture<'a, Result<PutResult>> {
+        Box::pin(std::future::ready(Err(CoreError::Unsupported(
+            "transactional messages",
+        ))))
+    }
+
+    fn end_transaction<'a>(
+        &'a self,
+        _id: &'a Uuid,
+        _decision: Decision,
+    ) -> BoxFuture<'a, Result<TxnInfo>> {
+        Box::pin(std::future::ready(Err(CoreError::Unsupported(
+            "transactional messages",
+        ))))
+    }
+
+    fn transaction<'a>(&'a self, _id: &'a Uuid) -> BoxFuture<'a, Result<Option<TxnInfo>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn transaction_checks<'a>(
+        &'a self,
+        _group: &'a str,
+        _max: usize,
+        _wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<TxnCheck>>> {
+        Box::pin(std::future::ready(Err(CoreError::Unsupported(
+            "transactional messages",
+        ))))
+    }
+
+    fn query_by_time<'a>(
+        &'a self,
+        topic: &'a str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(self.by_time(topic, from_ms, to_ms, max))
+    }
+
+    /// Not kept on RocketMQ yet: the trace endpoint shows the hops a
+    /// message's copies carry (route), not publish/deliver/ack hops.
+    fn record_trace(&self, _hops: Vec<Hop>) {}
+
+    fn trace_of<'a>(&'a self, _topic: &'a str, _id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}

@@ -1,0 +1,176 @@
+//! The RocketMQ backend against a real name server and broker (Apache
+//! RocketMQ's Rust port), through broker-core's interface: what the gateway
+//! and the router rely on, checked below HTTP.
+
+#![allow(clippy::unwrap_used)]
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use cellgate_broker_core::{Broker, ConsumeMode, Message, QueueSelect, ReceiveOptions};
+use cellgate_broker_rocketmq::{Config, RocketMqBroker};
+use cellgate_tests::rocketmq::Cluster;
+
+fn msg(topic: &str, body: &str, key: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        body: body.as_bytes().to_vec(),
+        tag: Some("TagA".into()),
+        keys: vec![key.into()],
+        properties: [("__UNIT.ORIUNIT".to_string(), "RZ00A".to_string())]
+            .into_iter()
+            .collect(),
+        born_ms: 1_700_000_000_000,
+    }
+}
+
+async fn connect(c: &Cluster) -> RocketMqBroker {
+    let mut cfg = Config::new(vec![format!("127.0.0.1:{}", c.namesrv_port)]);
+    cfg.delivery.retry_levels = vec![Duration::from_millis(500)];
+    cfg.delivery.max_attempts = 3;
+    RocketMqBroker::connect(cfg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_keep_ids_fields_and_order_and_read_back() {
+    let c = Cluster::start("t1").unwrap();
+    let b = connect(&c).await;
+    let topic = "ANT|RZ00A%T1";
+    let one = b
+        .send(msg(topic, "m0", "k0"), QueueSelect::Queue(1))
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..5)
+        .map(|i| {
+            (
+                msg(topic, &format!("m{i}"), &format!("k{i}")),
+                QueueSelect::Queue(1),
+            )
+        })
+        .collect();
+    let many = b.send_batch(batch).await.unwrap();
+    let got = b.read(topic, 1, 0, 100).await.unwrap();
+    assert_eq!(got.len(), 5, "{got:?}");
+    let sent: Vec<_> = std::iter::once(one).chain(many).collect();
+    for (i, (m, r)) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(m.id, r.id, "message {i}: the id the send returned");
+        assert_eq!(m.queue_offset, r.queue_offset);
+        assert_eq!(m.body, format!("m{i}").into_bytes());
+        assert_eq!(m.tag.as_deref(), Some("TagA"));
+        assert_eq!(m.keys, vec![format!("k{i}")]);
+        assert_eq!(
+            m.properties.get("__UNIT.ORIUNIT").map(String::as_str),
+            Some("RZ00A")
+        );
+        assert_eq!(
+            m.properties.len(),
+            1,
+            "no RocketMQ system property leaks: {:?}",
+            m.properties
+        );
+        assert_eq!(m.born_ms, 1_700_000_000_000);
+    }
+    let by_id = b.get_by_id(topic, &sent[2].id).await.unwrap().unwrap();
+    assert_eq!(by_id.body, b"m2");
+    assert!(b
+        .topics()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(t, q)| t == topic && *q == 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
+    let c = Cluster::start("t2").unwrap();
+    let b = connect(&c).await;
+    let (topic, group) = ("ANT|RZ00A%T2", "ANT|RZ00A%G2");
+    for i in 0..3 {
+        b.send(msg(topic, &format!("m{i}"), "k"), QueueSelect::RoundRobin)
+            .await
+            .unwrap();
+    }
+    let opts = || ReceiveOptions {
+        max_messages: 16,
+        wait: Duration::from_secs(3),
+        invisible: Duration::from_secs(30),
+        ..ReceiveOptions::default()
+    };
+    let first = b.receive(group, topic, opts()).await.unwrap();
+    assert_eq!(first.len(), 3, "{first:?}");
+    let mode = ConsumeMode::Clustering;
+    // Nothing more while they are in flight.
+    let none = b
+        .receive(
+            group,
+            topic,
+            ReceiveOptions {
+                wait: Duration::from_millis(300),
+                ..opts()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    b.ack(group, topic, &mode, &first[0].receipt).await.unwrap();
+    b.ack(group, topic, &mode, &first[1].receipt).await.unwrap();
+    assert!(
+        b.ack(group, topic, &mode, &first[1].receipt).await.is_err(),
+        "a receipt acks once"
+    );
+    // The third is nacked until it is dead-lettered (3 attempts).
+    let id = first[2].message.id;
+    b.nack(group, topic, &mode, &first[2].receipt)
+        .await
+        .unwrap();
+    for attempt in 2..=3 {
+        let again = b
+            .receive(
+                group,
+                topic,
+                ReceiveOptions {
+                    wait: Duration::from_secs(10),
+                    ..opts()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1, "attempt {attempt}: {again:?}");
+        assert_eq!(again[0].message.id, id);
+        assert_eq!(again[0].message.topic, topic);
+        assert_eq!(again[0].attempt, attempt);
+        b.nack(group, topic, &mode, &again[0].receipt)
+            .await
+            .unwrap();
+    }
+    let dlq = format!("%DLQ%{group}");
+    let dead = b
+        .receive(
+            "CELLGATE_DLQ_READER",
+            &dlq,
+            ReceiveOptions {
+                wait: Duration::from_secs(10),
+                ..opts()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(
+        dead[0]
+            .message
+            .properties
+            .get("__ORIGIN_TOPIC")
+            .map(String::as_str),
+        Some(topic)
+    );
+    let lag: u64 = b
+        .lag(group, topic, &mode)
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.lag)
+        .sum();
+    assert_eq!(lag, 0);
+}
