@@ -1,19 +1,15 @@
-//! The group calls of the Broker interface (receive, ack, nack, lag,
-//! reset) over the state of `consume.rs`.
+//! The delivery calls of the Broker interface (receive, ack, nack) over
+//! the state of `consume.rs`; progress (load, commit, lag, reset) is in
+//! `offsets.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::{
-    ConsumeMode, Delivery, Error, QueueLag, ReceiveOptions, Result, TagFilter,
-};
-use rocketmq_protocol::protocol::header::query_consumer_offset_request_header::QueryConsumerOffsetRequestHeader;
-use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateConsumerOffsetRequestHeader;
+use cellgate_broker_core::{ConsumeMode, Delivery, Error, ReceiveOptions, Result, TagFilter};
 use tokio::time::Instant;
 
 use crate::client::QueueRef;
 use crate::consume::{offset_group, parse_receipt, resend, unwrap_retry, QueueState, Source, Sub};
-use crate::error::{remote, QUERY_NOT_FOUND};
 use crate::{now_ms, RocketMqBroker};
 
 type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
@@ -32,88 +28,11 @@ fn tag_expression(t: &TagFilter) -> String {
 // === impl RocketMqBroker: consumer groups ===
 
 impl RocketMqBroker {
-    fn slot(&self, group: &str, topic: &str) -> Slot {
+    pub(crate) fn slot(&self, group: &str, topic: &str) -> Slot {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.entry((group.to_owned(), topic.to_owned()))
             .or_default()
             .clone()
-    }
-
-    /// The committed offsets of `topic` for `group`, or each queue's oldest
-    /// offset for a group that has none yet (a new group reads what is
-    /// retained, as the embedded broker does).
-    async fn load_queues(&self, group: &str, topic: &str) -> Result<Vec<QueueState>> {
-        let route = match self.client.route(topic).await {
-            Ok(r) => r,
-            Err(Error::UnknownTopic(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::with_capacity(route.queues.len());
-        for q in &route.queues {
-            let req = QueryConsumerOffsetRequestHeader {
-                consumer_group: group.into(),
-                topic: topic.into(),
-                queue_id: q.queue_id,
-                set_zero_if_not_found: Some(false),
-                topic_request_header: q.topic_header(),
-            };
-            let h = self.client.handle();
-            let off = match h
-                .query_consumer_offset(q.addr.as_str(), req, self.client.cfg.timeout_ms)
-                .await
-            {
-                Ok(o) => o.max(0) as u64,
-                Err(e) if e.broker_response_code() == Some(QUERY_NOT_FOUND) => {
-                    h.min_offset(q.addr.as_str(), &q.mq(topic), self.client.cfg.timeout_ms)
-                        .await
-                        .map_err(|e| remote("read a queue's oldest offset", &e))?
-                        .max(0) as u64
-                }
-                Err(e) => return Err(remote("read a committed offset", &e).into()),
-            };
-            out.push(QueueState::at(off));
-        }
-        Ok(out)
-    }
-
-    async fn load(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Sub> {
-        let og = offset_group(group, mode);
-        let main = self.load_queues(&og, topic).await?;
-        let retry = match mode {
-            ConsumeMode::Clustering => {
-                self.load_queues(&og, &crate::consume::retry_topic(group, topic))
-                    .await?
-            }
-            ConsumeMode::Broadcast { .. } => Vec::new(),
-        };
-        Ok(Sub {
-            group: og,
-            topic: topic.to_owned(),
-            main,
-            retry,
-            ordered: false,
-        })
-    }
-
-    /// Writes a queue's committed offset to the broker.
-    async fn commit(&self, sub: &Sub, s: Source, q: usize, offset: u64) -> Result<()> {
-        let topic = sub.topic_of(s);
-        let route = self.client.route(&topic).await?;
-        let Some(qr) = route.queues.get(q) else {
-            return Ok(());
-        };
-        let req = UpdateConsumerOffsetRequestHeader {
-            consumer_group: sub.group.as_str().into(),
-            topic: topic.as_str().into(),
-            queue_id: qr.queue_id,
-            commit_offset: offset as i64,
-            topic_request_header: qr.topic_header(),
-        };
-        self.client
-            .handle()
-            .update_consumer_offset(&qr.addr, req, self.client.cfg.timeout_ms)
-            .await
-            .map_err(|e| remote("commit an offset", &e).into())
     }
 
     pub(crate) async fn receive_impl(
@@ -356,69 +275,6 @@ impl RocketMqBroker {
         let levels = &self.delivery.retry_levels;
         let i = (attempt.max(1) as usize - 1).min(levels.len().saturating_sub(1));
         levels.get(i).copied().unwrap_or(Duration::from_secs(10))
-    }
-
-    pub(crate) async fn lag_impl(
-        &self,
-        group: &str,
-        topic: &str,
-        mode: &ConsumeMode,
-    ) -> Result<Vec<QueueLag>> {
-        let route = self.client.route(topic).await?;
-        let slot = self.slot(&offset_group(group, mode), topic);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(group, topic, mode).await?);
-        }
-        let Some(sub) = guard.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for (q, qr) in route.queues.iter().enumerate() {
-            let max = self
-                .client
-                .handle()
-                .max_offset(qr.addr.as_str(), &qr.mq(topic), self.client.cfg.timeout_ms)
-                .await
-                .map_err(|e| remote("read a queue's newest offset", &e))?
-                .max(0) as u64;
-            let (committed, done, inflight) = sub.main.get(q).map_or((0, 0, 0), |st| {
-                (st.committed, st.done.len() as u64, st.inflight.len())
-            });
-            out.push(QueueLag {
-                queue: q as u16,
-                committed,
-                max,
-                lag: max.saturating_sub(committed).saturating_sub(done),
-                inflight,
-            });
-        }
-        Ok(out)
-    }
-
-    pub(crate) async fn reset_impl(
-        &self,
-        group: &str,
-        topic: &str,
-        mode: &ConsumeMode,
-        ms: i64,
-    ) -> Result<()> {
-        let route = self.client.route(topic).await?;
-        let offsets = self.offsets_at(topic, &route, ms).await?;
-        let slot = self.slot(&offset_group(group, mode), topic);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(group, topic, mode).await?);
-        }
-        let Some(sub) = guard.as_mut() else {
-            return Ok(());
-        };
-        sub.main.resize_with(offsets.len(), QueueState::default);
-        for (q, off) in offsets.into_iter().enumerate() {
-            sub.main[q].jump_to(off);
-            self.commit(sub, Source::Main, q, off).await?;
-        }
-        Ok(())
     }
 }
 

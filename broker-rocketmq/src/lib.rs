@@ -23,6 +23,7 @@ pub mod consume;
 mod convert;
 mod error;
 mod group;
+mod offsets;
 mod read;
 mod send;
 

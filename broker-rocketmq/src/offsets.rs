@@ -1,0 +1,154 @@
+//! A group's progress in the broker: loading committed offsets, writing
+//! them, and the calls that read or move them (lag, reset).
+
+use cellgate_broker_core::{ConsumeMode, Error, QueueLag, Result};
+use rocketmq_protocol::protocol::header::query_consumer_offset_request_header::QueryConsumerOffsetRequestHeader;
+use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateConsumerOffsetRequestHeader;
+
+use crate::consume::{offset_group, QueueState, Source, Sub};
+use crate::error::{remote, QUERY_NOT_FOUND};
+use crate::RocketMqBroker;
+
+// === impl RocketMqBroker: group progress ===
+
+impl RocketMqBroker {
+    /// The committed offsets of `topic` for `group`, or each queue's oldest
+    /// offset for a group that has none yet (a new group reads what is
+    /// retained, as the embedded broker does).
+    pub(crate) async fn load_queues(&self, group: &str, topic: &str) -> Result<Vec<QueueState>> {
+        let route = match self.client.route(topic).await {
+            Ok(r) => r,
+            Err(Error::UnknownTopic(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(route.queues.len());
+        for q in &route.queues {
+            let req = QueryConsumerOffsetRequestHeader {
+                consumer_group: group.into(),
+                topic: topic.into(),
+                queue_id: q.queue_id,
+                set_zero_if_not_found: Some(false),
+                topic_request_header: q.topic_header(),
+            };
+            let h = self.client.handle();
+            let off = match h
+                .query_consumer_offset(q.addr.as_str(), req, self.client.cfg.timeout_ms)
+                .await
+            {
+                Ok(o) => o.max(0) as u64,
+                Err(e) if e.broker_response_code() == Some(QUERY_NOT_FOUND) => {
+                    h.min_offset(q.addr.as_str(), &q.mq(topic), self.client.cfg.timeout_ms)
+                        .await
+                        .map_err(|e| remote("read a queue's oldest offset", &e))?
+                        .max(0) as u64
+                }
+                Err(e) => return Err(remote("read a committed offset", &e).into()),
+            };
+            out.push(QueueState::at(off));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn load(&self, group: &str, topic: &str, mode: &ConsumeMode) -> Result<Sub> {
+        let og = offset_group(group, mode);
+        let main = self.load_queues(&og, topic).await?;
+        let retry = match mode {
+            ConsumeMode::Clustering => {
+                self.load_queues(&og, &crate::consume::retry_topic(group, topic))
+                    .await?
+            }
+            ConsumeMode::Broadcast { .. } => Vec::new(),
+        };
+        Ok(Sub {
+            group: og,
+            topic: topic.to_owned(),
+            main,
+            retry,
+            ordered: false,
+        })
+    }
+
+    /// Writes a queue's committed offset to the broker.
+    pub(crate) async fn commit(&self, sub: &Sub, s: Source, q: usize, offset: u64) -> Result<()> {
+        let topic = sub.topic_of(s);
+        let route = self.client.route(&topic).await?;
+        let Some(qr) = route.queues.get(q) else {
+            return Ok(());
+        };
+        let req = UpdateConsumerOffsetRequestHeader {
+            consumer_group: sub.group.as_str().into(),
+            topic: topic.as_str().into(),
+            queue_id: qr.queue_id,
+            commit_offset: offset as i64,
+            topic_request_header: qr.topic_header(),
+        };
+        self.client
+            .handle()
+            .update_consumer_offset(&qr.addr, req, self.client.cfg.timeout_ms)
+            .await
+            .map_err(|e| remote("commit an offset", &e).into())
+    }
+
+    pub(crate) async fn lag_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+    ) -> Result<Vec<QueueLag>> {
+        let route = self.client.route(topic).await?;
+        let slot = self.slot(&offset_group(group, mode), topic);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(group, topic, mode).await?);
+        }
+        let Some(sub) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (q, qr) in route.queues.iter().enumerate() {
+            let max = self
+                .client
+                .handle()
+                .max_offset(qr.addr.as_str(), &qr.mq(topic), self.client.cfg.timeout_ms)
+                .await
+                .map_err(|e| remote("read a queue's newest offset", &e))?
+                .max(0) as u64;
+            let (committed, done, inflight) = sub.main.get(q).map_or((0, 0, 0), |st| {
+                (st.committed, st.done.len() as u64, st.inflight.len())
+            });
+            out.push(QueueLag {
+                queue: q as u16,
+                committed,
+                max,
+                lag: max.saturating_sub(committed).saturating_sub(done),
+                inflight,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn reset_impl(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+        ms: i64,
+    ) -> Result<()> {
+        let route = self.client.route(topic).await?;
+        let offsets = self.offsets_at(topic, &route, ms).await?;
+        let slot = self.slot(&offset_group(group, mode), topic);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(group, topic, mode).await?);
+        }
+        let Some(sub) = guard.as_mut() else {
+            return Ok(());
+        };
+        sub.main.resize_with(offsets.len(), QueueState::default);
+        for (q, off) in offsets.into_iter().enumerate() {
+            sub.main[q].jump_to(off);
+            self.commit(sub, Source::Main, q, off).await?;
+        }
+        Ok(())
+    }
+}
