@@ -30,6 +30,13 @@ fn seed() -> &'static Seed {
     })
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A fresh message id stamped with `ms`: globally unique, time-sortable
 /// (UUIDv7). Public for other backends, which assign ids the same way.
 pub fn message_id(ms: i64) -> Uuid {

@@ -30,7 +30,7 @@ pub use broker::{Broker, ConsumeMode, Delivery, DeliveryConfig, QueueLag, Receiv
 pub use embedded::EmbeddedBroker;
 pub use error::{DecodeError, Error, Result};
 pub use filter::{Predicate, TagFilter};
-pub use ids::{message_id, nonce};
+pub use ids::{message_id, nonce, now_ms};
 pub use record::{CopyOf, Message, RecordRef, Records, StoredMessage};
 pub use store::{PutResult, QueueSelect, Store, StoreConfig};
 pub use trace::Hop;

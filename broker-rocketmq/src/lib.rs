@@ -12,7 +12,7 @@
 //! - Consumption: pull, with invisibility tracked here (`consume.rs`).
 //! - Reads: by offset, time, id and key through the broker's indexes.
 //! - Not yet: transactions, DLQ re-drive and the message trace
-//!   ([`Error::Unsupported`]).
+//!   ([`cellgate_broker_core::Error::Unsupported`]).
 
 #![forbid(unsafe_code)]
 // rocketmq-client-rust's futures nest deeply (spike, "Engineering facts").
@@ -27,7 +27,7 @@ mod offsets;
 mod read;
 mod send;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,17 +88,13 @@ pub struct RocketMqBroker {
     client: Client,
     delivery: DeliveryConfig,
     /// The round-robin queue counter of sends.
-    rr: AtomicUsize,
+    rr: AtomicU32,
     /// Bumped by every send through this process and by the poll tick.
     appended: Arc<tokio::sync::watch::Sender<u64>>,
     subs: consume::Subs,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use cellgate_broker_core::now_ms;
 
 // === impl RocketMqBroker ===
 
@@ -128,7 +124,7 @@ impl RocketMqBroker {
         Ok(RocketMqBroker {
             client,
             delivery,
-            rr: AtomicUsize::new(0),
+            rr: AtomicU32::new(0),
             appended,
             subs: consume::Subs::default(),
         })

@@ -18,7 +18,7 @@ mod txn;
 use std::future::ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -36,12 +36,7 @@ use crate::timer::Timer;
 use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
 use crate::txn::{Book, Decision, TxnCheck, TxnConfig, TxnInfo};
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::ids::now_ms;
 
 /// The progress key: broadcast consumers each have their own.
 fn group_key(group: &str, mode: &ConsumeMode) -> String {

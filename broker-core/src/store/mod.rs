@@ -25,7 +25,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -76,6 +76,26 @@ pub enum QueueSelect {
     /// Same key, same queue: FIFO per sharding key.
     ShardingKey(String),
     Queue(u16),
+}
+
+impl QueueSelect {
+    /// The queue of `topic` (with `queues` queues) this selects; `rr` is the
+    /// topic's round-robin counter. Every backend picks this way, so a key
+    /// maps to the same queue number on each (a copy keeps its original's
+    /// queue), and across versions: CRC32C, not the std hasher.
+    pub fn pick(&self, topic: &str, queues: u16, rr: &AtomicU32) -> Result<u16> {
+        let n = u32::from(queues.max(1));
+        match self {
+            QueueSelect::RoundRobin => Ok((rr.fetch_add(1, Ordering::Relaxed) % n) as u16),
+            QueueSelect::ShardingKey(k) => Ok((crc32c::crc32c(k.as_bytes()) % n) as u16),
+            QueueSelect::Queue(q) if *q < queues => Ok(*q),
+            QueueSelect::Queue(q) => Err(Error::UnknownQueue {
+                topic: topic.to_owned(),
+                queue: *q,
+                queues,
+            }),
+        }
+    }
 }
 
 /// Where a message was stored.
@@ -158,12 +178,7 @@ pub struct Store {
     dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::ids::now_ms;
 
 /// `%`-encodes a topic name for use as a directory name.
 pub(crate) fn dir_name(topic: &str) -> String {
@@ -340,4 +355,39 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     std::io::Write::write_all(&mut &f, &bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharding_keys_spread_over_every_queue_and_stay_put() {
+        let rr = AtomicU32::new(0);
+        let mut hit = [0u32; 8];
+        for i in 0..1000 {
+            let sel = QueueSelect::ShardingKey(format!("user-{i}"));
+            let q = sel.pick("T", 8, &rr).unwrap();
+            assert_eq!(sel.pick("T", 8, &rr).unwrap(), q);
+            hit[usize::from(q)] += 1;
+        }
+        assert!(hit.iter().all(|&n| n > 60), "{hit:?}");
+        assert_eq!(
+            rr.load(Ordering::Relaxed),
+            0,
+            "a key does not advance round robin"
+        );
+    }
+
+    #[test]
+    fn round_robin_cycles_and_an_absent_queue_is_refused() {
+        let rr = AtomicU32::new(0);
+        let got: Vec<u16> = (0..5)
+            .map(|_| QueueSelect::RoundRobin.pick("T", 3, &rr).unwrap())
+            .collect();
+        assert_eq!(got, [0, 1, 2, 0, 1]);
+        assert_eq!(QueueSelect::Queue(2).pick("T", 3, &rr).unwrap(), 2);
+        let e = QueueSelect::Queue(3).pick("T", 3, &rr).unwrap_err();
+        assert_eq!(e.to_string(), "topic T has 3 queues, there is no queue 3");
+    }
 }

@@ -242,15 +242,5 @@ impl Store {
 }
 
 fn select_queue(topic: &Topic, name: &str, sel: &QueueSelect) -> Result<u16> {
-    let n = topic.queues.len() as u32;
-    match sel {
-        QueueSelect::RoundRobin => Ok((topic.rr.fetch_add(1, Ordering::Relaxed) % n) as u16),
-        QueueSelect::ShardingKey(k) => Ok((crc32c::crc32c(k.as_bytes()) % n) as u16),
-        QueueSelect::Queue(q) if u32::from(*q) < n => Ok(*q),
-        QueueSelect::Queue(q) => Err(Error::UnknownQueue {
-            topic: name.to_owned(),
-            queue: *q,
-            queues: n as u16,
-        }),
-    }
+    sel.pick(name, topic.queues.len() as u16, &topic.rr)
 }
