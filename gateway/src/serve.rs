@@ -151,6 +151,21 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
             )));
         }
     }
+    // Every startup option is checked before the data directory is touched:
+    // opening the brokers pre-allocates a segment per cell (1 GiB each by
+    // default), which a typo in a TLS path should not cost.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsSetup::load(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+            require_client_cert: a.tls_require_client_cert,
+        })?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", a.listen)))?;
     let _lock = lock_data_dir(&a.data)?;
     let otel = crate::telemetry::install(current.telemetry())?;
     let brokers = Arc::new(Brokers::open_all(&a.data, broker_options(&a), &current).await?);
@@ -168,18 +183,6 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         limits,
         &a.data,
     )?);
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsSetup::load(&TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: a.tls_client_ca.clone(),
-            require_client_cert: a.tls_require_client_cert,
-        })?),
-        _ => None,
-    };
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("listener address: {e}")))?;

@@ -286,4 +286,10 @@ fn serve_refuses_bad_startup_options_clearly() {
     ]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("TLS: /nonexistent/cert.pem: "), "{r:?}");
+    // Refused before the data directory is touched: opening the brokers
+    // would pre-allocate a 1 GiB segment per cell.
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused start created the data directory"
+    );
 }
