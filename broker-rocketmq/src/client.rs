@@ -180,7 +180,7 @@ impl Client {
             .topic_route(topic, self.cfg.timeout_ms)
             .await
             .map_err(|e| {
-                if e.broker_response_code() == Some(crate::error::TOPIC_NOT_EXIST) {
+                if crate::error::response_code(&e) == Some(crate::error::TOPIC_NOT_EXIST) {
                     cellgate_broker_core::Error::UnknownTopic(topic.to_owned())
                 } else {
                     remote("look up a topic route", &e).into()

@@ -9,13 +9,27 @@
 //!
 //! [`Broker`]: cellgate_broker_core::Broker
 
-use rocketmq_client_rust::ClientError;
+use rocketmq_client_rust::{ClientError, MQClientException};
 
 /// RocketMQ's response code for a topic that does not exist.
 pub(crate) const TOPIC_NOT_EXIST: i32 = 17;
 /// RocketMQ's response code for "nothing found" (no committed offset yet,
 /// no message with this id).
 pub(crate) const QUERY_NOT_FOUND: i32 = 22;
+/// RocketMQ's response code for "no message": what the client's query by
+/// key answers when the index holds nothing for the key.
+pub(crate) const NO_MESSAGE: i32 = 208;
+
+/// The response code of a failed call: the broker's, or the one the client
+/// attached to its own exception (a query that found nothing). The client
+/// wraps the latter as an "invalid argument" whose `Display` hides it.
+pub(crate) fn response_code(e: &ClientError) -> Option<i32> {
+    e.broker_response_code().or_else(|| {
+        e.source_ref::<MQClientException>()
+            .map(MQClientException::response_code)
+            .filter(|c| *c >= 0)
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,8 +50,14 @@ pub enum Error {
 /// An error of call `op`, with what the client tells of it.
 pub(crate) fn remote(op: &'static str, e: &ClientError) -> Error {
     let mut detail = e.to_string();
-    if let Some(code) = e.broker_response_code() {
-        detail.push_str(&format!(" (broker code {code})"));
+    if let Some(m) = e
+        .source_ref::<MQClientException>()
+        .and_then(MQClientException::error_message)
+    {
+        detail.push_str(&format!(": {m}"));
+    }
+    if let Some(code) = response_code(e) {
+        detail.push_str(&format!(" (code {code})"));
     }
     if let Some(addr) = e.broker_addr() {
         detail.push_str(&format!(" (broker {addr})"));

@@ -142,11 +142,18 @@ impl RocketMqBroker {
     /// The topic's route; a topic that does not exist yet is created with
     /// the default queue count (as the embedded broker auto-creates).
     async fn route_or_create(&self, topic: &str) -> Result<Arc<Route>> {
+        self.ensure_topic(topic, self.client.cfg.default_queues)
+            .await
+    }
+
+    /// The topic's route, creating the topic with `queues` queues first if
+    /// it does not exist.
+    async fn ensure_topic(&self, topic: &str, queues: u16) -> Result<Arc<Route>> {
         match self.client.route(topic).await {
             Err(CoreError::UnknownTopic(_)) => {}
             other => return other,
         }
-        self.create(topic, self.client.cfg.default_queues).await?;
+        self.create(topic, queues).await?;
         self.client.route(topic).await
     }
 

@@ -6,8 +6,11 @@ use rocketmq_protocol::protocol::header::query_consumer_offset_request_header::Q
 use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateConsumerOffsetRequestHeader;
 
 use crate::consume::{offset_group, QueueState, Source, Sub};
-use crate::error::{remote, QUERY_NOT_FOUND};
+use crate::error::{remote, response_code, QUERY_NOT_FOUND};
 use crate::RocketMqBroker;
+
+/// Queues of a retry topic: RocketMQ gives `%RETRY%` topics one.
+const RETRY_QUEUES: u16 = 1;
 
 // === impl RocketMqBroker: group progress ===
 
@@ -36,7 +39,7 @@ impl RocketMqBroker {
                 .await
             {
                 Ok(o) => o.max(0) as u64,
-                Err(e) if e.broker_response_code() == Some(QUERY_NOT_FOUND) => {
+                Err(e) if response_code(&e) == Some(QUERY_NOT_FOUND) => {
                     h.min_offset(q.addr.as_str(), &q.mq(topic), self.client.cfg.timeout_ms)
                         .await
                         .map_err(|e| remote("read a queue's oldest offset", &e))?
@@ -54,8 +57,12 @@ impl RocketMqBroker {
         let main = self.load_queues(&og, topic).await?;
         let retry = match mode {
             ConsumeMode::Clustering => {
-                self.load_queues(&og, &crate::consume::retry_topic(group, topic))
-                    .await?
+                // The retry topic exists from the group's first receive on,
+                // as RocketMQ creates `%RETRY%<group>` when a consumer
+                // registers: a receive then never looks up a missing route.
+                let retry = crate::consume::retry_topic(group, topic);
+                self.ensure_topic(&retry, RETRY_QUEUES).await?;
+                self.load_queues(&og, &retry).await?
             }
             ConsumeMode::Broadcast { .. } => Vec::new(),
         };

@@ -8,7 +8,7 @@ use rocketmq_protocol::protocol::header::pull_message_request_header::PullMessag
 
 use crate::client::{QueueRef, Route};
 use crate::convert::{from_rocketmq, id_string};
-use crate::error::remote;
+use crate::error::{remote, response_code, NO_MESSAGE, QUERY_NOT_FOUND, TOPIC_NOT_EXIST};
 use crate::{now_ms, RocketMqBroker};
 
 /// Pull's `sysFlag`: the request carries its subscription expression.
@@ -244,7 +244,15 @@ impl RocketMqBroker {
             .await;
         let res = match res {
             Ok(r) => r,
-            Err(e) if e.broker_response_code().is_some() => return Ok(Vec::new()),
+            // Nothing under the key, or no such topic (yet): not found.
+            Err(e)
+                if matches!(
+                    response_code(&e),
+                    Some(NO_MESSAGE | TOPIC_NOT_EXIST | QUERY_NOT_FOUND)
+                ) =>
+            {
+                return Ok(Vec::new())
+            }
             Err(e) => return Err(remote("query by key", &e).into()),
         };
         let mut out = Vec::new();

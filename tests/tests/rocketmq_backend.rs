@@ -72,6 +72,15 @@ async fn sends_keep_ids_fields_and_order_and_read_back() {
     }
     let by_id = b.get_by_id(topic, &sent[2].id).await.unwrap().unwrap();
     assert_eq!(by_id.body, b"m2");
+    // Not found is an answer, not a failure: the router's dedupe asks
+    // targets for copies they may not have, on topics they may not have.
+    let unknown = cellgate_broker_core::message_id(1_700_000_000_000);
+    assert!(b.get_by_id(topic, &unknown).await.unwrap().is_none());
+    assert!(b
+        .get_by_id("ANT|RZ00A%NOPE", &sent[2].id)
+        .await
+        .unwrap()
+        .is_none());
     assert!(b
         .topics()
         .await
