@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
     ClientConfig, ClientInstanceHandle, ClientRuntime, ClientRuntimeConfig, DefaultMQAdminExt,
-    DefaultMQProducer, MQAdminReadExt, TelemetryHandle,
+    DefaultMQProducer, MQAdminReadExt, TelemetryHandle, TransactionListener, TransactionMQProducer,
 };
 use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_protocol::protocol::header::namesrv::topic_operation_header::TopicRequestHeader;
@@ -54,6 +54,9 @@ pub(crate) struct Route {
     pub queues: Vec<QueueRef>,
 }
 
+/// Routes by topic, as looked up so far.
+pub(crate) type RouteCache = Arc<RwLock<HashMap<String, Arc<Route>>>>;
+
 /// The client side of one cluster.
 pub(crate) struct Client {
     pub cfg: Config,
@@ -69,8 +72,9 @@ pub(crate) struct Client {
     handles: Vec<ClientInstanceHandle>,
     next: AtomicUsize,
     /// Topic → route. RwLock: read on every call, written when a route is
-    /// first looked up or refreshed after a failure.
-    routes: RwLock<HashMap<String, Arc<Route>>>,
+    /// first looked up or refreshed after a failure. Shared with the
+    /// transaction listener, which cannot await a lookup.
+    routes: RouteCache,
     client: Arc<ClientRuntime>,
     /// The client's runtime; shut down last.
     owner: Option<RuntimeOwner>,
@@ -98,8 +102,15 @@ fn client_config(cfg: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::default();
     c.set_namesrv_addr(cfg.name_servers.join(";").into());
     c.set_instance_name(instance_name(cfg, role));
+    // A transaction producer's group reaches the brokers with the next
+    // heartbeat; until then the broker has nobody to check back with.
+    c.set_heartbeat_broker_interval(HEARTBEAT_MS);
     c
 }
+
+/// Between heartbeats to the brokers: the client's minimum (RocketMQ's
+/// default is 30 s).
+const HEARTBEAT_MS: u32 = 10_000;
 
 // === impl Client ===
 
@@ -150,7 +161,7 @@ impl Client {
             lister: tokio::sync::Mutex::new(lister),
             handles,
             next: AtomicUsize::new(0),
-            routes: RwLock::new(HashMap::new()),
+            routes: RouteCache::default(),
             client,
             owner: Some(owner),
         })
@@ -216,6 +227,35 @@ impl Client {
             m.insert(topic.to_owned(), route.clone());
         }
         Ok(route)
+    }
+
+    /// The route cache, for the transaction listener (called synchronously
+    /// by the client: it reads routes looked up before).
+    pub fn route_cache(&self) -> RouteCache {
+        self.routes.clone()
+    }
+
+    /// A started producer of `group` whose listener answers the broker's
+    /// check-backs. It shares the send producer's client instance: that
+    /// instance knows every broker cellgate sends to, so its heartbeats
+    /// register the group with each (a producer of its own would know no
+    /// broker until it sent something itself).
+    pub async fn start_txn_producer(
+        &self,
+        group: &str,
+        listener: impl TransactionListener,
+    ) -> Result<TransactionMQProducer, Error> {
+        let mut p = TransactionMQProducer::builder(self.client.clone())
+            .producer_group(group)
+            .name_server_addr(self.cfg.name_servers.join(";"))
+            .client_config(client_config(&self.cfg, "send"))
+            .send_msg_timeout(self.cfg.timeout_ms as u32)
+            .transaction_listener(listener)
+            .build();
+        p.start()
+            .await
+            .map_err(|e| remote("start a transaction producer", &e))?;
+        Ok(p)
     }
 
     /// Every topic the name server knows.

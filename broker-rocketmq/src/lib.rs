@@ -11,7 +11,9 @@
 //!   broker's timer (`TIMER_DELIVER_MS`), copies keeping their ids.
 //! - Consumption: pull, with invisibility tracked here (`consume.rs`).
 //! - Reads: by offset, time, id and key through the broker's indexes.
-//! - Not yet: transactions, DLQ re-drive and the message trace
+//! - Transactions: half messages, check-backs answered from a book in
+//!   this process (`txn.rs`).
+//! - Not yet: DLQ re-drive and the message trace
 //!   ([`cellgate_broker_core::Error::Unsupported`]).
 
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ mod group;
 mod offsets;
 mod read;
 mod send;
+mod txn;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +67,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Distinguishes this broker's clients from others in the process.
     pub instance: u64,
+    /// Unanswered check-backs before a transaction is rolled back (the
+    /// broker's own `transactionCheckMax` should not be lower).
+    pub max_checks: u32,
 }
 
 impl Config {
@@ -78,6 +84,7 @@ impl Config {
             delivery: DeliveryConfig::default(),
             poll_interval: Duration::from_millis(100),
             instance: INSTANCE.fetch_add(1, Ordering::Relaxed),
+            max_checks: 15,
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct RocketMqBroker {
     /// Bumped by every send through this process and by the poll tick.
     appended: Arc<tokio::sync::watch::Sender<u64>>,
     subs: consume::Subs,
+    /// The transaction book, shared (weakly) with the check listeners.
+    txn: Arc<txn::Shared>,
+    txn_producers: txn::Producers,
 }
 
 pub(crate) use cellgate_broker_core::now_ms;
@@ -110,6 +120,7 @@ impl RocketMqBroker {
         }
         let delivery = cfg.delivery.clone();
         let poll = cfg.poll_interval;
+        let max_checks = cfg.max_checks;
         let client = Client::connect(cfg).await?;
         let appended = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let weak = Arc::downgrade(&appended);
@@ -121,17 +132,27 @@ impl RocketMqBroker {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
+        let txn = Arc::new(txn::Shared {
+            book: txn::Book::default(),
+            routes: client.route_cache(),
+            max_checks,
+        });
         Ok(RocketMqBroker {
             client,
             delivery,
             rr: AtomicU32::new(0),
             appended,
             subs: consume::Subs::default(),
+            txn,
+            txn_producers: Default::default(),
         })
     }
 
     /// Shuts the client down (its runtime, connections and tasks).
     pub async fn shutdown(mut self) {
+        for (_, mut p) in self.txn_producers.0.lock().await.drain() {
+            p.shutdown().await;
+        }
         self.client.shutdown().await;
     }
 
@@ -332,38 +353,32 @@ impl Broker for RocketMqBroker {
 
     fn send_transactional<'a>(
         &'a self,
-        _msg: Message,
-        _select: QueueSelect,
-        _group: &'a str,
+        msg: Message,
+        select: QueueSelect,
+        group: &'a str,
     ) -> BoxFuture<'a, Result<PutResult>> {
-        Box::pin(std::future::ready(Err(CoreError::Unsupported(
-            "transactional messages",
-        ))))
+        Box::pin(self.send_half(msg, select, group))
     }
 
     fn end_transaction<'a>(
         &'a self,
-        _id: &'a Uuid,
-        _decision: Decision,
+        id: &'a Uuid,
+        decision: Decision,
     ) -> BoxFuture<'a, Result<TxnInfo>> {
-        Box::pin(std::future::ready(Err(CoreError::Unsupported(
-            "transactional messages",
-        ))))
+        Box::pin(self.end_txn(id, decision))
     }
 
-    fn transaction<'a>(&'a self, _id: &'a Uuid) -> BoxFuture<'a, Result<Option<TxnInfo>>> {
-        Box::pin(std::future::ready(Ok(None)))
+    fn transaction<'a>(&'a self, id: &'a Uuid) -> BoxFuture<'a, Result<Option<TxnInfo>>> {
+        Box::pin(std::future::ready(Ok(self.txn_info(id))))
     }
 
     fn transaction_checks<'a>(
         &'a self,
-        _group: &'a str,
-        _max: usize,
-        _wait: Duration,
+        group: &'a str,
+        max: usize,
+        wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<TxnCheck>>> {
-        Box::pin(std::future::ready(Err(CoreError::Unsupported(
-            "transactional messages",
-        ))))
+        Box::pin(self.txn_checks(group, max, wait))
     }
 
     fn query_by_time<'a>(

@@ -254,6 +254,8 @@ async fn connect(
     let mut cfg = cellgate_broker_rocketmq::Config::new(name_servers);
     cfg.delivery = opts.delivery.clone();
     cfg.default_queues = opts.default_queues;
+    // The broker times its own check-backs; the count is the gateway's.
+    cfg.max_checks = opts.transactions.max_checks;
     let b = RocketMqBroker::connect(cfg).await?;
     tracing::info!("connected to a RocketMQ cluster");
     Ok(b)

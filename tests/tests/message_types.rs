@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use cellgate_tests::rocketmq::{Backend, Bed};
 use cellgate_tests::server::{ANT, BETA};
-use cellgate_tests::{now_ms, start_example as start, Api};
+use cellgate_tests::{now_ms, start_example as start, Api, Server};
 use serde_json::{json, Value};
 
 /// Receives (local subscription) until `n` messages came or `within`
@@ -121,9 +122,27 @@ async fn txn(api: &Api, topic: &str, body: &str) -> String {
     r["transaction_id"].as_str().unwrap().to_owned()
 }
 
+/// `cellgate serve` on the example topology with its cells on `backend`;
+/// the bed keeps the RocketMQ clusters (if any) running.
+fn start_on(backend: Backend, extra: &[&str]) -> (tempfile::TempDir, Bed, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new(backend, dir.path(), &[]).unwrap();
+    let s = Server::start(&bed.config, &dir.path().join("data"), extra).unwrap();
+    (dir, bed, s)
+}
+
 #[tokio::test]
 async fn transactions_commit_roll_back_and_conflict() {
-    let (_d, s) = start(&[]);
+    transactions(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_roll_back_and_conflict_on_rocketmq() {
+    transactions(Backend::RocketMq).await;
+}
+
+async fn transactions(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &["--no-router"]);
     let api = Api::new(&s, ANT, "RZ00A");
     let a = txn(&api, "TX", "a").await;
     let b = txn(&api, "TX", "b").await;
@@ -141,9 +160,17 @@ async fn transactions_commit_roll_back_and_conflict() {
         "{v}"
     );
 
+    let state = |id: &str| format!("/v1/transactions/{id}");
+    let (st, v) = api.get(&state(&a)).await.unwrap();
+    assert_eq!((st, v["state"].as_str()), (200, Some("pending")), "{v}");
+    let (st, _) = beta.get(&state(&a)).await.unwrap();
+    assert_eq!(st, 404);
+
     let (st, v) = api.post(&commit(&a), &json!({})).await.unwrap();
     assert_eq!((st, v["state"].as_str()), (200, Some("committed")), "{v}");
     assert_eq!(v["topic"], "TX");
+    let (st, v) = api.get(&state(&a)).await.unwrap();
+    assert_eq!((st, v["state"].as_str()), (200, Some("committed")), "{v}");
     let (st, _) = api.post(&commit(&a), &json!({})).await.unwrap();
     assert_eq!(st, 200, "committing twice is idempotent");
     let (st, v) = api.post(&rollback(&a), &json!({})).await.unwrap();
@@ -208,6 +235,77 @@ async fn undecided_transactions_are_checked_back_then_rolled_back() {
     let why = v["error"]["message"].as_str().unwrap();
     assert!(why.contains("no decision after 3 check-backs"), "{v}");
     assert!(drain(&api, "G1", "TXC", 1, Duration::from_millis(500))
+        .await
+        .is_empty());
+}
+
+/// RocketMQ's broker times the check-backs (the test bed: the first after
+/// about 3 s, then every 2 s); the gateway answers them from the app's
+/// decisions, queues the undecided for the long poll, and rolls back after
+/// `--txn-max-checks` unanswered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_on_rocketmq_are_checked_back_then_decided() {
+    let (_d, _bed, s) = start_on(Backend::RocketMq, &["--no-router", "--txn-max-checks", "1"]);
+    let api = Api::new(&s, ANT, "RZ00A");
+    let answered = txn(&api, "TXC", "answered").await;
+    let ignored = txn(&api, "TXC", "ignored").await;
+    let mut asked = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while asked.len() < 2 && Instant::now() < deadline {
+        let (st, v) = api
+            .post(
+                "/v1/producer-groups/PG1/transaction-checks",
+                &json!({"wait_ms": 5000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        for c in v["checks"].as_array().unwrap() {
+            assert_eq!(c["topic"], "TXC", "{c}");
+            asked.insert(
+                c["transaction_id"].as_str().unwrap().to_owned(),
+                c["message"]["body"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    assert_eq!(asked.get(&answered).map(String::as_str), Some("answered"));
+    assert_eq!(asked.get(&ignored).map(String::as_str), Some("ignored"));
+    // Decided after its check-back: END goes to the renewed half.
+    let (st, v) = api
+        .post(&format!("/v1/transactions/{answered}/commit"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!((st, v["state"].as_str()), (200, Some("committed")), "{v}");
+    let got = drain(&api, "G1", "TXC", 1, Duration::from_secs(10)).await;
+    let bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["answered"]);
+    assert_eq!(got[0]["message_id"].as_str(), Some(answered.as_str()));
+    // The other one's next check-back rolls it back, and says why.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let state = loop {
+        let (st, v) = api
+            .get(&format!("/v1/transactions/{ignored}"))
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        if v["state"] != "pending" || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(state["state"], "rolled_back", "{state}");
+    assert_eq!(
+        state["reason"], "no decision after 1 check-backs",
+        "{state}"
+    );
+    let (st, why) = api
+        .post(&format!("/v1/transactions/{ignored}/commit"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(st, 409, "{why}");
+    let msg = why["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no decision after 1 check-backs"), "{why}");
+    assert!(drain(&api, "G1", "TXC", 1, Duration::from_secs(3))
         .await
         .is_empty());
 }

@@ -111,6 +111,7 @@ enum Route<'p> {
     GetById(&'p str, &'p str),
     GetByKey(&'p str),
     Trace(&'p str, &'p str),
+    TxnState(&'p str),
     Commit(&'p str),
     Rollback(&'p str),
     TxnChecks(&'p str),
@@ -134,6 +135,7 @@ impl Route<'_> {
             Route::GetById(..) => "get_message",
             Route::GetByKey(_) => "query_by_key",
             Route::Trace(..) => "trace",
+            Route::TxnState(_) => "transaction",
             Route::Commit(_) => "commit",
             Route::Rollback(_) => "rollback",
             Route::TxnChecks(_) => "transaction_checks",
@@ -171,6 +173,7 @@ fn route<'p>(method: &Method, path: &'p str) -> Result<Route<'p>, ApiError> {
         ["v1", "topics", t, "messages:batch"] => post(method, Route::PublishBatch(t))?,
         ["v1", "topics", t, "messages", id] => get(method, Route::GetById(t, id))?,
         ["v1", "topics", t, "messages", id, "trace"] => get(method, Route::Trace(t, id))?,
+        ["v1", "transactions", id] => get(method, Route::TxnState(id))?,
         ["v1", "transactions", id, "commit"] => post(method, Route::Commit(id))?,
         ["v1", "transactions", id, "rollback"] => post(method, Route::Rollback(id))?,
         ["v1", "producer-groups", g, "transaction-checks"] => post(method, Route::TxnChecks(g))?,
@@ -311,6 +314,7 @@ impl App {
                 Route::Trace(t, id) => {
                     Box::pin(query::trace(self, &caller, t, id, req.headers())).await
                 }
+                Route::TxnState(id) => txn::state(self, &caller, id, req.headers()).await,
                 Route::Commit(id) => txn::decide(self, &caller, id, req, true).await,
                 Route::Rollback(id) => txn::decide(self, &caller, id, req, false).await,
                 Route::TxnChecks(g) => txn::checks(self, &caller, g, req).await,

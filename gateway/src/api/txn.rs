@@ -47,16 +47,15 @@ fn own_topic<'a>(c: &Caller<'_>, physical: &'a str) -> Option<&'a str> {
     (p.namespace == &*c.tenant().ok()?.namespace).then_some(p.name)
 }
 
-/// Commit (`commit = true`) or roll back.
-pub async fn decide(
+/// A transaction and its logical topic, if it is the caller's: another
+/// tenant's answers the same 404 as an unknown one.
+async fn find(
     app: &App,
     c: &Caller<'_>,
     id: &str,
-    req: Request<Incoming>,
-    commit: bool,
-) -> ApiResult<Reply> {
-    c.require(Permission::Publish)?;
-    let cell = c.cell(req.headers(), app.default_cell.as_deref())?;
+    headers: &http::HeaderMap,
+) -> ApiResult<(TxnInfo, String, cellgate_rules::CellId)> {
+    let cell = c.cell(headers, app.default_cell.as_deref())?;
     let id = uuid::Uuid::try_parse(id)
         .map_err(|_| ApiError::invalid("transaction_id", "is not a transaction id (a UUID)"))?;
     let broker = app.brokers.get(c.rules, cell)?;
@@ -69,6 +68,33 @@ pub async fn decide(
         .ok_or_else(unknown)?;
     let logical = own_topic(c, &info.topic).ok_or_else(unknown)?.to_owned();
     c.topic(&logical)?;
+    Ok((info, logical, cell))
+}
+
+/// `GET /v1/transactions/{id}`: where a transaction stands.
+pub async fn state(
+    app: &App,
+    c: &Caller<'_>,
+    id: &str,
+    headers: &http::HeaderMap,
+) -> ApiResult<Reply> {
+    c.require(Permission::Publish)?;
+    let (info, logical, _) = find(app, c, id, headers).await?;
+    Ok(json(StatusCode::OK, &state_view(&info, &logical)))
+}
+
+/// Commit (`commit = true`) or roll back.
+pub async fn decide(
+    app: &App,
+    c: &Caller<'_>,
+    id: &str,
+    req: Request<Incoming>,
+    commit: bool,
+) -> ApiResult<Reply> {
+    c.require(Permission::Publish)?;
+    let (info, logical, cell) = find(app, c, id, req.headers()).await?;
+    let id = info.id;
+    let broker = app.brokers.get(c.rules, cell)?;
     let decision = if commit {
         Decision::Commit
     } else {
