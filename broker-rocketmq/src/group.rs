@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::{ConsumeMode, Delivery, Error, ReceiveOptions, Result, TagFilter};
+use cellgate_broker_core::{ConsumeMode, Delivery, Error, Hop, ReceiveOptions, Result, TagFilter};
 use tokio::time::Instant;
 
 use crate::client::QueueRef;
@@ -257,6 +257,13 @@ impl RocketMqBroker {
             Settle::Retry | Settle::DeadLetter => {
                 let due = now_ms() + backoff.as_millis() as i64;
                 let out = resend(h, &group, &topic, how == Settle::DeadLetter, due);
+                if how == Settle::DeadLetter {
+                    // The embedded broker records this hop itself; so does
+                    // this backend, since the move is its doing.
+                    self.record_hops(vec![Hop::new(h.msg.id, "dlq", now_ms(), "", "broker")
+                        .with("group", &group)
+                        .with("attempts", h.attempt.to_string())]);
+                }
                 self.send_all(vec![out]).await?;
             }
             Settle::Done => {}

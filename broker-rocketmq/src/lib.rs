@@ -13,8 +13,8 @@
 //! - Reads: by offset, time, id and key through the broker's indexes.
 //! - Transactions: half messages, check-backs answered from a book in
 //!   this process (`txn.rs`).
-//! - Not yet: DLQ re-drive and the message trace
-//!   ([`cellgate_broker_core::Error::Unsupported`]).
+//! - Dead-letter re-drive, and the message trace kept as messages of
+//!   [`TRACE_TOPIC`] (`extras.rs`).
 
 #![forbid(unsafe_code)]
 // rocketmq-client-rust's futures nest deeply (spike, "Engineering facts").
@@ -24,6 +24,7 @@ mod client;
 pub mod consume;
 mod convert;
 mod error;
+mod extras;
 mod group;
 mod offsets;
 mod read;
@@ -43,6 +44,7 @@ use uuid::Uuid;
 
 pub use convert::BORN_MS;
 pub use error::Error;
+pub use extras::TRACE_TOPIC;
 
 use client::{Client, Route};
 use send::Outgoing;
@@ -137,7 +139,7 @@ impl RocketMqBroker {
             routes: client.route_cache(),
             max_checks,
         });
-        Ok(RocketMqBroker {
+        let b = RocketMqBroker {
             client,
             delivery,
             rr: AtomicU32::new(0),
@@ -145,7 +147,14 @@ impl RocketMqBroker {
             subs: consume::Subs::default(),
             txn,
             txn_producers: Default::default(),
-        })
+        };
+        // Trace hops are sent without a route lookup (record_trace cannot
+        // wait), so their topic must exist; a cluster that refuses it still
+        // serves everything else.
+        if let Err(e) = b.ensure_topic(TRACE_TOPIC, 1).await {
+            tracing::warn!(error = %e, "no trace topic: message trace hops will be dropped");
+        }
+        Ok(b)
     }
 
     /// Shuts the client down (its runtime, connections and tasks).
@@ -290,10 +299,8 @@ impl Broker for RocketMqBroker {
         Box::pin(self.by_key(topic, key))
     }
 
-    fn redrive<'a>(&'a self, _group: &'a str, _max: usize) -> BoxFuture<'a, Result<usize>> {
-        Box::pin(std::future::ready(Err(CoreError::Unsupported(
-            "re-driving dead letters",
-        ))))
+    fn redrive<'a>(&'a self, group: &'a str, max: usize) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(self.redrive_impl(group, max))
     }
 
     fn send_copies(
@@ -391,11 +398,13 @@ impl Broker for RocketMqBroker {
         Box::pin(self.by_time(topic, from_ms, to_ms, max))
     }
 
-    /// Not kept on RocketMQ yet: the trace endpoint shows the hops a
-    /// message's copies carry (route), not publish/deliver/ack hops.
-    fn record_trace(&self, _hops: Vec<Hop>) {}
+    /// Hops are messages of [`TRACE_TOPIC`] keyed by message id
+    /// (`extras.rs`).
+    fn record_trace(&self, hops: Vec<Hop>) {
+        self.record_hops(hops);
+    }
 
-    fn trace_of<'a>(&'a self, _topic: &'a str, _id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>> {
-        Box::pin(std::future::ready(Ok(Vec::new())))
+    fn trace_of<'a>(&'a self, _topic: &'a str, id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>> {
+        Box::pin(self.hops_of(id))
     }
 }

@@ -527,7 +527,16 @@ async fn query_by_time_range_trace_and_load_test_traffic() {
 
 #[tokio::test]
 async fn the_trace_shows_every_hop_across_cells() {
-    let (_d, s) = start(&[]);
+    trace_across_cells(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_shows_every_hop_across_cells_on_rocketmq() {
+    trace_across_cells(Backend::RocketMq).await;
+}
+
+async fn trace_across_cells(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     // uid 12375 lives in RZ03A: copies go to RZ03A, GZ00A and CZSH0.
     let r = api
@@ -592,10 +601,15 @@ async fn hops_until(api: &Api, topic: &str, id: &str, want: &[&str]) -> Vec<Stri
             .get(&format!("/v1/topics/{topic}/messages/{id}/trace"))
             .await
             .unwrap();
-        assert_eq!(st, 200, "{v}");
+        // RocketMQ's key index lags a send by up to about a second.
+        assert!(
+            st == 200 || (st == 404 && Instant::now() < deadline),
+            "{st} {v}"
+        );
         let kinds: Vec<String> = v["hops"]
             .as_array()
-            .unwrap()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
             .map(|h| h["kind"].as_str().unwrap().to_owned())
             .collect();
@@ -609,7 +623,18 @@ async fn hops_until(api: &Api, topic: &str, id: &str, want: &[&str]) -> Vec<Stri
 
 #[tokio::test]
 async fn the_trace_records_release_nack_dead_letter_and_commit() {
-    let (_d, s) = start(&["--retry-levels", "50ms", "--max-attempts", "2"]);
+    trace_of_broker_events(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_records_nack_dead_letter_and_commit_on_rocketmq() {
+    trace_of_broker_events(Backend::RocketMq).await;
+}
+
+/// On RocketMQ a delayed message falls due in RocketMQ's timer, which
+/// leaves no `release` hop.
+async fn trace_of_broker_events(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &["--retry-levels", "50ms", "--max-attempts", "2"]);
     let api = Api::new(&s, ANT, "RZ00A");
     let r = api
         .publish("DLT", &json!({"body": "doomed", "delay_ms": 200}))
@@ -643,7 +668,11 @@ async fn the_trace_records_release_nack_dead_letter_and_commit() {
         .await
         .unwrap();
     assert!(again.is_empty(), "past max attempts: {again:?}");
-    let kinds = hops_until(&api, "DLT", &id, &["release", "nack", "dlq"]).await;
+    let want: &[&str] = match backend {
+        Backend::Embedded => &["release", "nack", "dlq"],
+        Backend::RocketMq => &["nack", "dlq"],
+    };
+    let kinds = hops_until(&api, "DLT", &id, want).await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "deliver").count(),
         2,

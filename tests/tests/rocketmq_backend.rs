@@ -174,6 +174,24 @@ async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
             .map(String::as_str),
         Some(topic)
     );
+    // Re-drive: back to its topic (a new id, the same body), once.
+    assert_eq!(b.redrive(group, 10).await.unwrap(), 1);
+    assert_eq!(b.redrive(group, 10).await.unwrap(), 0);
+    let back = b
+        .receive(
+            group,
+            topic,
+            ReceiveOptions {
+                wait: Duration::from_secs(10),
+                ..opts()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].message.body, dead[0].message.body);
+    assert!(!back[0].message.properties.contains_key("__ORIGIN_TOPIC"));
+    b.ack(group, topic, &mode, &back[0].receipt).await.unwrap();
     let lag: u64 = b
         .lag(group, topic, &mode)
         .await

@@ -6,6 +6,8 @@
 //! message is shown only if it is in the caller's physical topic, so an id
 //! from another tenant (or topic) answers the same 404 as an unknown one.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -184,6 +186,10 @@ pub async fn trace(
     cells.sort_by_key(|cell| *cell != home);
     let mut owned = false;
     let mut hops = Vec::new();
+    // Cells on one RocketMQ cluster share a broker, and its trace holds
+    // their hops once: ask each broker once (the first cell asked names
+    // the hops a broker recorded without a place).
+    let mut asked: Vec<usize> = Vec::new();
     for cell in cells {
         let Ok(broker) = app.brokers.get(c.rules, cell) else {
             continue;
@@ -195,6 +201,11 @@ pub async fn trace(
             owned = true;
             hops.extend(route_hop(&m, name));
         }
+        let key = Arc::as_ptr(&broker) as *const () as usize;
+        if asked.contains(&key) {
+            continue;
+        }
+        asked.push(key);
         for mut h in broker.trace_of(&physical, &id).await.unwrap_or_default() {
             if h.place.is_empty() {
                 h.place = name.to_owned();
