@@ -234,6 +234,13 @@ pub trait Broker: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
     /// Changes whenever new messages become readable.
     fn appended(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// How long after a send [`Broker::get_by_id`] may still miss the
+    /// message: a remote broker indexes behind its writes. The router waits
+    /// this long before its replay looks copies up, so that a copy sent
+    /// just before a crash is found, not sent again. Zero by default.
+    fn lookup_lag(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Stores a message that consumers see only from `deliver_at_ms` on
     /// (at most [`crate::timer::MAX_DELAY`] ahead). The result names the

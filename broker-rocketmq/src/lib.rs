@@ -108,6 +108,9 @@ pub struct RocketMqBroker {
 
 pub(crate) use cellgate_broker_core::now_ms;
 
+/// See [`Broker::lookup_lag`].
+const LOOKUP_LAG: Duration = Duration::from_secs(3);
+
 // === impl RocketMqBroker ===
 
 impl RocketMqBroker {
@@ -331,6 +334,12 @@ impl Broker for RocketMqBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
         Box::pin(self.read_queue(topic, queue, from, max))
+    }
+
+    /// The broker's key index trails its writes: by milliseconds when
+    /// idle, by seconds on a loaded machine (the kill -9 drill saw it).
+    fn lookup_lag(&self) -> Duration {
+        LOOKUP_LAG
     }
 
     fn appended(&self) -> tokio::sync::watch::Receiver<u64> {

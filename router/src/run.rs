@@ -121,6 +121,9 @@ struct Replay {
     /// router kept behind by the load would look up every message for
     /// ever (and so stay behind).
     until_ms: i64,
+    /// The destinations' lookups see every copy sent before the replay
+    /// began (their [`Broker::lookup_lag`] has passed since).
+    settled: bool,
 }
 
 /// See [`Replay::until_ms`].
@@ -139,6 +142,7 @@ impl Replay {
             active: true,
             any_cell: false,
             until_ms: now_ms() + CLOCK_MARGIN_MS,
+            settled: false,
         }
     }
 
@@ -202,6 +206,20 @@ impl Router {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
+            if replay.active && !replay.settled {
+                // Before a replay looks copies up: a copy sent just before
+                // the crash (or the failed step) must be findable.
+                let lag = rules
+                    .cells()
+                    .filter_map(|(id, _)| self.brokers.broker(&rules, id))
+                    .map(|b| b.lookup_lag())
+                    .max()
+                    .unwrap_or_default();
+                drop(rules);
+                tokio::time::sleep(lag).await;
+                replay.settled = true;
+                continue;
+            }
             let step = self
                 .step(
                     &rules,

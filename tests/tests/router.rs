@@ -126,7 +126,9 @@ async fn rzone_receipts(api: &Api, group: &str, topic: &str) -> HashMap<String, 
             group,
             topic,
             "rzone",
-            Duration::from_millis(2000),
+            // Above a RocketMQ broker's lookup lag (3 s), which a replay
+            // after kill -9 waits out before it copies.
+            Duration::from_millis(3500),
         )
         .await
         {
