@@ -30,6 +30,7 @@ use hdrhistogram::Histogram;
 use rocketmq_client_rust::{
     ClientConfig, ClientRuntime, ClientRuntimeConfig, DefaultMQProducer, TelemetryHandle,
 };
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 
@@ -58,6 +59,10 @@ struct Args {
     /// Bytes of each message body.
     #[arg(long, default_value_t = 1024)]
     body_bytes: usize,
+    /// The direct side picks queues round-robin and sends with
+    /// `send_to_queue`, as the gateway does (by default the client picks).
+    #[arg(long)]
+    direct_to_queue: bool,
 }
 
 /// One side's figures for one load.
@@ -189,6 +194,20 @@ async fn run(a: Args) -> anyhow::Result<()> {
         ],
     );
     let server = Server::start(&rules, &dir.path().join("data"), &["--no-router"])?;
+    let log = dir.path().join("data/server.log");
+    let out = measure(&a, &cluster, &server).await;
+    if out.is_err() {
+        // What the gateway said about it.
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for l in text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20) {
+            eprintln!("{l}");
+        }
+    }
+    drop(server);
+    out
+}
+
+async fn measure(a: &Args, cluster: &Cluster, server: &Server) -> anyhow::Result<()> {
     let url = server.url("/v1/topics/BENCH/messages");
     let body = serde_json::json!({ "body": "x".repeat(a.body_bytes), "tag": "TagA" }).to_string();
     let http = reqwest::Client::builder()
@@ -205,8 +224,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 .body(body.clone());
             async move {
                 let r = req.send().await?;
-                anyhow::ensure!(r.status() == 200, "publish: {}", r.status());
-                r.bytes().await?;
+                let st = r.status();
+                let body = r.bytes().await?;
+                anyhow::ensure!(st == 200, "publish: {st} {}", String::from_utf8_lossy(&body));
                 Ok(())
             }
         }
@@ -217,15 +237,25 @@ async fn run(a: Args) -> anyhow::Result<()> {
         direct_producer(&format!("127.0.0.1:{}", cluster.namesrv_port)).await?;
     let producer = Arc::new(producer);
     let payload = bytes::Bytes::from(vec![b'x'; a.body_bytes]);
+    let rr = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let to_queue = a.direct_to_queue;
     let send = move || {
         let (p, payload) = (producer.clone(), payload.clone());
+        let q = rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
         async move {
             let m = Message::builder()
                 .topic("ANT|RZ00A%BENCH")
                 .body_slice(&payload)
                 .tags("TagA")
                 .build_unchecked();
-            p.send(m).await.map_err(|e| anyhow!("direct send: {e}"))?;
+            if to_queue {
+                let mq = MessageQueue::from_parts("ANT|RZ00A%BENCH", "broker-bench", q as i32);
+                p.send_to_queue(m, mq)
+                    .await
+                    .map_err(|e| anyhow!("direct send: {e}"))?;
+            } else {
+                p.send(m).await.map_err(|e| anyhow!("direct send: {e}"))?;
+            }
             Ok(())
         }
     };
@@ -255,6 +285,5 @@ async fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     }
-    drop(server);
     Ok(())
 }
