@@ -199,7 +199,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
     if out.is_err() {
         // What the gateway said about it.
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        for l in text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20) {
+        for l in text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(20)
+        {
             eprintln!("{l}");
         }
     }
@@ -226,7 +230,11 @@ async fn measure(a: &Args, cluster: &Cluster, server: &Server) -> anyhow::Result
                 let r = req.send().await?;
                 let st = r.status();
                 let body = r.bytes().await?;
-                anyhow::ensure!(st == 200, "publish: {st} {}", String::from_utf8_lossy(&body));
+                anyhow::ensure!(
+                    st == 200,
+                    "publish: {st} {}",
+                    String::from_utf8_lossy(&body)
+                );
                 Ok(())
             }
         }
