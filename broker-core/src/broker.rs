@@ -117,6 +117,37 @@ pub const ORIGIN_TOPIC: &str = "__ORIGIN_TOPIC";
 pub const ORIGIN_MESSAGE_ID: &str = "__ORIGIN_MESSAGE_ID";
 pub const DELIVERY_ATTEMPTS: &str = "__DELIVERY_ATTEMPTS";
 
+/// Marks `properties` as those of a dead letter of message `id` of
+/// `topic`, after `attempts` deliveries. Every backend dead-letters so, and
+/// [`revive`] undoes it.
+pub fn mark_dead(
+    properties: &mut std::collections::BTreeMap<String, String>,
+    topic: &str,
+    id: &Uuid,
+    attempts: u32,
+) {
+    properties.insert(ORIGIN_TOPIC.into(), topic.to_owned());
+    properties.insert(ORIGIN_MESSAGE_ID.into(), id.to_string());
+    properties.insert(DELIVERY_ATTEMPTS.into(), attempts.to_string());
+}
+
+/// The message a dead letter was, addressed to its origin topic again (a
+/// re-drive); `None` for a message that is no dead letter of cellgate's.
+pub fn revive(m: StoredMessage) -> Option<Message> {
+    let mut properties = m.properties;
+    let topic = properties.remove(ORIGIN_TOPIC)?;
+    properties.remove(ORIGIN_MESSAGE_ID);
+    properties.remove(DELIVERY_ATTEMPTS);
+    Some(Message {
+        topic,
+        body: m.body,
+        tag: m.tag,
+        keys: m.keys,
+        properties,
+        born_ms: m.born_ms,
+    })
+}
+
 /// What every broker backend offers the gateway and the router.
 ///
 /// Every call that may touch a remote broker returns a future: a backend

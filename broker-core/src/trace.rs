@@ -59,6 +59,14 @@ impl Hop {
         }
     }
 
+    /// The hop of message `id` moving to `group`'s dead letters after
+    /// `attempts` deliveries (recorded by the broker that moves it).
+    pub fn dead_letter(id: Uuid, at_ms: i64, group: &str, attempts: u32) -> Hop {
+        Hop::new(id, "dlq", at_ms, "", "broker")
+            .with("group", group)
+            .with("attempts", attempts.to_string())
+    }
+
     pub fn with(mut self, k: &str, v: impl Into<String>) -> Hop {
         self.detail.insert(k.to_owned(), v.into());
         self

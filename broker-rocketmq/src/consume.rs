@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cellgate_broker_core::{
-    broker::{dlq_topic, DELIVERY_ATTEMPTS, ORIGIN_MESSAGE_ID, ORIGIN_TOPIC},
+    broker::{dlq_topic, mark_dead, DELIVERY_ATTEMPTS},
     nonce, ConsumeMode, Error, Message, QueueSelect, Result, StoredMessage,
 };
 use tokio::time::Instant;
@@ -211,8 +211,7 @@ pub(crate) fn resend(held: &Held, group: &str, topic: &str, dead: bool, due_ms: 
     properties.remove(RETRY_OF);
     properties.insert(DELIVERY_ATTEMPTS.into(), held.attempt.to_string());
     let target = if dead {
-        properties.insert(ORIGIN_TOPIC.into(), topic.to_owned());
-        properties.insert(ORIGIN_MESSAGE_ID.into(), m.id.to_string());
+        mark_dead(&mut properties, topic, &m.id, held.attempt);
         dlq_topic(group)
     } else {
         properties.insert(RETRY_OF.into(), topic.to_owned());

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cellgate_broker_core::broker::{dlq_topic, DELIVERY_ATTEMPTS, ORIGIN_MESSAGE_ID, ORIGIN_TOPIC};
+use cellgate_broker_core::broker::{dlq_topic, revive};
 use cellgate_broker_core::{
     message_id, ConsumeMode, Hop, Message, QueueSelect, ReceiveOptions, Result,
 };
@@ -45,21 +45,9 @@ impl RocketMqBroker {
         let got = self.receive_impl(&redriver, &dlq, opts).await?;
         let mut n = 0;
         for d in got {
-            let m = d.message;
-            let mut properties = m.properties;
-            let Some(origin) = properties.remove(ORIGIN_TOPIC) else {
-                // Not a dead letter of ours: leave it for an operator.
+            // Not a dead letter of ours: left for an operator.
+            let Some(again) = revive(d.message) else {
                 continue;
-            };
-            properties.remove(ORIGIN_MESSAGE_ID);
-            properties.remove(DELIVERY_ATTEMPTS);
-            let again = Message {
-                topic: origin,
-                body: m.body,
-                tag: m.tag,
-                keys: m.keys,
-                properties,
-                born_ms: m.born_ms,
             };
             self.send_all(vec![Outgoing::new(again, QueueSelect::RoundRobin)])
                 .await?;

@@ -260,9 +260,12 @@ impl RocketMqBroker {
                 if how == Settle::DeadLetter {
                     // The embedded broker records this hop itself; so does
                     // this backend, since the move is its doing.
-                    self.record_hops(vec![Hop::new(h.msg.id, "dlq", now_ms(), "", "broker")
-                        .with("group", &group)
-                        .with("attempts", h.attempt.to_string())]);
+                    self.record_hops(vec![Hop::dead_letter(
+                        h.msg.id,
+                        now_ms(),
+                        &group,
+                        h.attempt,
+                    )]);
                 }
                 self.send_all(vec![out]).await?;
             }

@@ -105,6 +105,11 @@ async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
         invisible: Duration::from_secs(30),
         ..ReceiveOptions::default()
     };
+    // Retries and dead letters arrive by the broker's timer: wait longer.
+    let patient = || ReceiveOptions {
+        wait: Duration::from_secs(10),
+        ..opts()
+    };
     let first = b.receive(group, topic, opts()).await.unwrap();
     assert_eq!(first.len(), 3, "{first:?}");
     let mode = ConsumeMode::Clustering;
@@ -133,17 +138,7 @@ async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
         .await
         .unwrap();
     for attempt in 2..=3 {
-        let again = b
-            .receive(
-                group,
-                topic,
-                ReceiveOptions {
-                    wait: Duration::from_secs(10),
-                    ..opts()
-                },
-            )
-            .await
-            .unwrap();
+        let again = b.receive(group, topic, patient()).await.unwrap();
         assert_eq!(again.len(), 1, "attempt {attempt}: {again:?}");
         assert_eq!(again[0].message.id, id);
         assert_eq!(again[0].message.topic, topic);
@@ -154,14 +149,7 @@ async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
     }
     let dlq = format!("%DLQ%{group}");
     let dead = b
-        .receive(
-            "CELLGATE_DLQ_READER",
-            &dlq,
-            ReceiveOptions {
-                wait: Duration::from_secs(10),
-                ..opts()
-            },
-        )
+        .receive("CELLGATE_DLQ_READER", &dlq, patient())
         .await
         .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -177,17 +165,7 @@ async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
     // Re-drive: back to its topic (a new id, the same body), once.
     assert_eq!(b.redrive(group, 10).await.unwrap(), 1);
     assert_eq!(b.redrive(group, 10).await.unwrap(), 0);
-    let back = b
-        .receive(
-            group,
-            topic,
-            ReceiveOptions {
-                wait: Duration::from_secs(10),
-                ..opts()
-            },
-        )
-        .await
-        .unwrap();
+    let back = b.receive(group, topic, patient()).await.unwrap();
     assert_eq!(back.len(), 1, "{back:?}");
     assert_eq!(back[0].message.body, dead[0].message.body);
     assert!(!back[0].message.properties.contains_key("__ORIGIN_TOPIC"));

@@ -201,14 +201,14 @@ impl EmbeddedBroker {
         dead: Vec<Dead>,
     ) -> Result<()> {
         for d in dead {
-            self.trace
-                .record(vec![Hop::new(d.message.id, "dlq", now_ms(), "", "broker")
-                    .with("group", group)
-                    .with("attempts", d.attempts.to_string())]);
-            let mut props = d.message.properties.clone();
-            props.insert(ORIGIN_TOPIC.into(), topic.to_owned());
-            props.insert(ORIGIN_MESSAGE_ID.into(), d.message.id.to_string());
-            props.insert(DELIVERY_ATTEMPTS.into(), d.attempts.to_string());
+            self.trace.record(vec![Hop::dead_letter(
+                d.message.id,
+                now_ms(),
+                group,
+                d.attempts,
+            )]);
+            let mut props = d.message.properties;
+            mark_dead(&mut props, topic, &d.message.id, d.attempts);
             let copy = Message {
                 topic: dlq_topic(group),
                 body: d.message.body,

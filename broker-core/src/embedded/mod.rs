@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::broker::{
-    dlq_topic, BoxFuture, Broker, ConsumeMode, Delivery, DeliveryConfig, QueueLag, ReceiveOptions,
-    DELIVERY_ATTEMPTS, ORIGIN_MESSAGE_ID, ORIGIN_TOPIC,
+    dlq_topic, mark_dead, BoxFuture, Broker, ConsumeMode, Delivery, DeliveryConfig, QueueLag,
+    ReceiveOptions,
 };
 use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
@@ -360,20 +360,8 @@ impl Broker for EmbeddedBroker {
             let got = self.receive_impl(&redriver, &dlq, opts).await?;
             let mut n = 0;
             for d in got {
-                let m = d.message;
-                let mut props = m.properties.clone();
-                let Some(origin) = props.remove(ORIGIN_TOPIC) else {
+                let Some(again) = crate::broker::revive(d.message) else {
                     continue;
-                };
-                props.remove(ORIGIN_MESSAGE_ID);
-                props.remove(DELIVERY_ATTEMPTS);
-                let again = Message {
-                    topic: origin,
-                    body: m.body,
-                    tag: m.tag,
-                    keys: m.keys,
-                    properties: props,
-                    born_ms: m.born_ms,
                 };
                 self.store.put(again, QueueSelect::RoundRobin).await?;
                 self.settle(&redriver, &dlq, &ConsumeMode::Clustering, &d.receipt, true)?;

@@ -38,12 +38,12 @@ use rocketmq_protocol::RpcRequestHeader;
 use uuid::Uuid;
 
 use crate::client::RouteCache;
-
-mod book;
-
 use crate::convert::to_rocketmq;
 use crate::error::remote;
 use crate::{now_ms, RocketMqBroker};
+
+mod book;
+
 pub(crate) use book::Book;
 use book::Half;
 

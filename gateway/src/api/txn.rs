@@ -6,11 +6,13 @@
 //! default cell), and its check-backs stay there. A transaction id of
 //! another tenant answers the same 404 as an unknown one.
 
+use std::sync::Arc;
+
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use cellgate_broker_core::{Decision, Hop, TxnInfo, TxnState};
+use cellgate_broker_core::{Broker, Decision, Hop, TxnInfo, TxnState};
 use cellgate_rules::names::{self, Resource};
 use cellgate_rules::Permission;
 
@@ -47,14 +49,14 @@ fn own_topic<'a>(c: &Caller<'_>, physical: &'a str) -> Option<&'a str> {
     (p.namespace == &*c.tenant().ok()?.namespace).then_some(p.name)
 }
 
-/// A transaction and its logical topic, if it is the caller's: another
-/// tenant's answers the same 404 as an unknown one.
+/// A transaction, its logical topic and its cell's broker, if it is the
+/// caller's: another tenant's answers the same 404 as an unknown one.
 async fn find(
     app: &App,
     c: &Caller<'_>,
     id: &str,
     headers: &http::HeaderMap,
-) -> ApiResult<(TxnInfo, String, cellgate_rules::CellId)> {
+) -> ApiResult<(TxnInfo, String, Arc<dyn Broker>, cellgate_rules::CellId)> {
     let cell = c.cell(headers, app.default_cell.as_deref())?;
     let id = uuid::Uuid::try_parse(id)
         .map_err(|_| ApiError::invalid("transaction_id", "is not a transaction id (a UUID)"))?;
@@ -68,7 +70,7 @@ async fn find(
         .ok_or_else(unknown)?;
     let logical = own_topic(c, &info.topic).ok_or_else(unknown)?.to_owned();
     c.topic(&logical)?;
-    Ok((info, logical, cell))
+    Ok((info, logical, broker, cell))
 }
 
 /// `GET /v1/transactions/{id}`: where a transaction stands.
@@ -79,7 +81,7 @@ pub async fn state(
     headers: &http::HeaderMap,
 ) -> ApiResult<Reply> {
     c.require(Permission::Publish)?;
-    let (info, logical, _) = find(app, c, id, headers).await?;
+    let (info, logical, _, _) = find(app, c, id, headers).await?;
     Ok(json(StatusCode::OK, &state_view(&info, &logical)))
 }
 
@@ -92,9 +94,8 @@ pub async fn decide(
     commit: bool,
 ) -> ApiResult<Reply> {
     c.require(Permission::Publish)?;
-    let (info, logical, cell) = find(app, c, id, req.headers()).await?;
+    let (info, logical, broker, cell) = find(app, c, id, req.headers()).await?;
     let id = info.id;
-    let broker = app.brokers.get(c.rules, cell)?;
     let decision = if commit {
         Decision::Commit
     } else {
