@@ -260,7 +260,7 @@ impl RocketMqBroker {
                 if how == Settle::DeadLetter {
                     // The embedded broker records this hop itself; so does
                     // this backend, since the move is its doing.
-                    self.record_hops(vec![Hop::dead_letter(
+                    self.trace.record(vec![Hop::dead_letter(
                         h.msg.id,
                         now_ms(),
                         &group,

@@ -13,8 +13,9 @@
 //! - Reads: by offset, time, id and key through the broker's indexes.
 //! - Transactions: half messages, check-backs answered from a book in
 //!   this process (`txn.rs`).
-//! - Dead-letter re-drive, and the message trace kept as messages of
-//!   [`TRACE_TOPIC`] (`extras.rs`).
+//! - Dead-letter re-drive (`redrive.rs`), and the message trace kept as
+//!   messages of [`TRACE_TOPIC`], written in batches off the publish path
+//!   (`trace.rs`).
 
 #![forbid(unsafe_code)]
 // rocketmq-client-rust's futures nest deeply (spike, "Engineering facts").
@@ -24,11 +25,12 @@ mod client;
 pub mod consume;
 mod convert;
 mod error;
-mod extras;
 mod group;
 mod offsets;
 mod read;
+mod redrive;
 mod send;
+mod trace;
 mod txn;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -44,7 +46,7 @@ use uuid::Uuid;
 
 pub use convert::BORN_MS;
 pub use error::Error;
-pub use extras::TRACE_TOPIC;
+pub use trace::TRACE_TOPIC;
 
 use client::{Client, Route};
 use send::Outgoing;
@@ -104,6 +106,8 @@ pub struct RocketMqBroker {
     /// The transaction book, shared (weakly) with the check listeners.
     txn: Arc<txn::Shared>,
     txn_producers: txn::Producers,
+    /// Queues trace hops for a writer task (`record_trace` cannot wait).
+    trace: trace::TraceWriter,
 }
 
 pub(crate) use cellgate_broker_core::now_ms;
@@ -142,6 +146,7 @@ impl RocketMqBroker {
             routes: client.route_cache(),
             max_checks,
         });
+        let trace = trace::TraceWriter::start(client.producer.clone());
         let b = RocketMqBroker {
             client,
             delivery,
@@ -150,10 +155,11 @@ impl RocketMqBroker {
             subs: consume::Subs::default(),
             txn,
             txn_producers: Default::default(),
+            trace,
         };
-        // Trace hops are sent without a route lookup (record_trace cannot
-        // wait), so their topic must exist; a cluster that refuses it still
-        // serves everything else.
+        // The trace writer sends without creating topics, so the trace
+        // topic must exist; a cluster that refuses it still serves
+        // everything else.
         if let Err(e) = b.ensure_topic(TRACE_TOPIC, 1).await {
             tracing::warn!(error = %e, "no trace topic: message trace hops will be dropped");
         }
@@ -162,6 +168,7 @@ impl RocketMqBroker {
 
     /// Shuts the client down (its runtime, connections and tasks).
     pub async fn shutdown(mut self) {
+        self.trace.close().await;
         for (_, mut p) in self.txn_producers.0.lock().await.drain() {
             p.shutdown().await;
         }
@@ -410,7 +417,7 @@ impl Broker for RocketMqBroker {
     /// Hops are messages of [`TRACE_TOPIC`] keyed by message id
     /// (`extras.rs`).
     fn record_trace(&self, hops: Vec<Hop>) {
-        self.record_hops(hops);
+        self.trace.record(hops);
     }
 
     fn trace_of<'a>(&'a self, _topic: &'a str, id: &'a Uuid) -> BoxFuture<'a, Result<Vec<Hop>>> {

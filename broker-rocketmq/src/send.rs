@@ -1,9 +1,11 @@
 //! Sends: single, batched (runs of one topic and queue per RocketMQ batch),
 //! copies that keep their ids, and delayed messages (the broker's timer).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cellgate_broker_core::{message_id, now_ms, Error, Message, PutResult, QueueSelect, Result};
+use futures_util::stream::{self, StreamExt};
 use uuid::Uuid;
 
 use crate::client::Route;
@@ -30,48 +32,155 @@ impl Outgoing {
     }
 }
 
+/// At most this many messages per RocketMQ batch…
+const MAX_RUN_MESSAGES: usize = 256;
+/// …and about this many body bytes: below the broker's default maximum
+/// message size (4 MiB), which a batch counts as a whole.
+const MAX_RUN_BYTES: usize = 3 << 20;
+/// Queues sent to at once by one call.
+const MAX_PARALLEL_QUEUES: usize = 8;
+
+/// One queue's share of a call: its runs, sent in order.
+struct QueuePlan {
+    topic: String,
+    q: usize,
+    route: Arc<Route>,
+    /// Each run is one RocketMQ call; `usize` is the message's input index.
+    runs: Vec<Vec<(usize, Outgoing)>>,
+    /// Body bytes of the last run.
+    last_bytes: usize,
+}
+
+// === impl QueuePlan ===
+
+impl QueuePlan {
+    /// Appends to the last run, or starts a run: a delayed message, or a
+    /// run at its bound, does not share.
+    fn add(&mut self, i: usize, o: Outgoing, bytes: usize) {
+        let joins = o.deliver_at_ms.is_none()
+            && self.runs.last().is_some_and(|r| {
+                r.len() < MAX_RUN_MESSAGES
+                    && self.last_bytes + bytes <= MAX_RUN_BYTES
+                    && r.last().is_some_and(|(_, l)| l.deliver_at_ms.is_none())
+            });
+        match self.runs.last_mut() {
+            Some(run) if joins => {
+                run.push((i, o));
+                self.last_bytes += bytes;
+            }
+            _ => {
+                self.runs.push(vec![(i, o)]);
+                self.last_bytes = bytes;
+            }
+        }
+    }
+}
+
 // === impl RocketMqBroker: sends ===
 
 impl RocketMqBroker {
-    /// Sends `out` in order. Consecutive messages of one topic and queue
-    /// (and no delay) go as one RocketMQ batch; results keep input order.
+    /// Sends `out`; results keep input order.
+    ///
     /// Queues are picked as the embedded broker picks them
-    /// ([`QueueSelect::pick`]), so a sharding key keeps its queue number
-    /// on either backend.
+    /// ([`QueueSelect::pick`]), so a sharding key keeps its queue number on
+    /// either backend, except that the round-robin messages of one topic in
+    /// one call share one queue, as RocketMQ's own producer sends a batch:
+    /// the round robin advances per call. Why: a remote send costs a round
+    /// trip, and the gateway combines concurrent publishes into one call;
+    /// spread over every queue, a combined batch became one round trip per
+    /// message and the gateway's rate stayed at one sender's
+    /// (docs/benchmarks.md, issue 8).
+    ///
+    /// The messages of one queue go in input order, as batches of up to
+    /// [`MAX_RUN_MESSAGES`] (a delayed message goes alone: its delay is a
+    /// property of the message); different queues are sent to concurrently.
     pub(crate) async fn send_all(&self, out: Vec<Outgoing>) -> Result<Vec<PutResult>> {
-        let mut results = Vec::with_capacity(out.len());
-        let mut run: Vec<Outgoing> = Vec::new();
-        // The run's queue and route; the route is looked up once per topic
-        // change, not per message.
-        let mut at: Option<(usize, Arc<Route>)> = None;
-        for o in out {
-            let same_topic = run.last().is_some_and(|l| l.msg.topic == o.msg.topic);
-            let route = match (&at, same_topic) {
-                (Some((_, r)), true) => r.clone(),
-                _ => self.route_or_create(&o.msg.topic).await?,
-            };
-            let q = usize::from(o.select.pick(
-                &o.msg.topic,
-                route.queues.len() as u16,
-                &self.rr,
-            )?);
-            let joins = same_topic
-                && o.deliver_at_ms.is_none()
-                && run.last().is_some_and(|l| l.deliver_at_ms.is_none())
-                && at.as_ref().is_some_and(|(rq, _)| *rq == q);
-            if !joins {
-                if let Some((rq, rr)) = at.take() {
-                    results.extend(self.send_run(&rr, rq, std::mem::take(&mut run)).await?);
+        let n = out.len();
+        let plans = self.plan(out).await?;
+        let mut results: Vec<Option<PutResult>> = vec![None; n];
+        let mut sends = stream::iter(plans.into_iter().map(|p| self.send_queue(p)))
+            .buffer_unordered(MAX_PARALLEL_QUEUES);
+        let mut failed = None;
+        while let Some(done) = sends.next().await {
+            match done {
+                Ok(rs) => {
+                    for (i, r) in rs {
+                        if let Some(slot) = results.get_mut(i) {
+                            *slot = Some(r);
+                        }
+                    }
                 }
+                // The other queues' sends still finish: a send is not
+                // cancelled halfway because another queue failed.
+                Err(e) => failed = failed.or(Some(e)),
             }
-            at = Some((q, route));
-            run.push(o);
-        }
-        if let Some((rq, rr)) = at {
-            results.extend(self.send_run(&rr, rq, run).await?);
         }
         self.bump();
-        Ok(results)
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or(Error::Closed))
+            .collect()
+    }
+
+    /// Groups `out` by topic and queue, in input order.
+    async fn plan(&self, out: Vec<Outgoing>) -> Result<Vec<QueuePlan>> {
+        let mut plans: Vec<QueuePlan> = Vec::new();
+        // Topic → (route, the queue its round-robin messages share).
+        let mut topics: HashMap<String, (Arc<Route>, Option<usize>)> = HashMap::new();
+        for (i, o) in out.into_iter().enumerate() {
+            if !topics.contains_key(&o.msg.topic) {
+                let route = self.route_or_create(&o.msg.topic).await?;
+                topics.insert(o.msg.topic.clone(), (route, None));
+            }
+            let Some((route, rr_q)) = topics.get_mut(&o.msg.topic) else {
+                return Err(Error::UnknownTopic(o.msg.topic));
+            };
+            let queues = route.queues.len() as u16;
+            let q = match (&o.select, *rr_q) {
+                (QueueSelect::RoundRobin, Some(q)) => q,
+                (sel, _) => {
+                    let q = usize::from(sel.pick(&o.msg.topic, queues, &self.rr)?);
+                    if matches!(sel, QueueSelect::RoundRobin) {
+                        *rr_q = Some(q);
+                    }
+                    q
+                }
+            };
+            let bytes = o.msg.body.len();
+            let plan = match plans
+                .iter_mut()
+                .position(|p| p.q == q && p.topic == o.msg.topic)
+            {
+                Some(at) => &mut plans[at],
+                None => {
+                    plans.push(QueuePlan {
+                        topic: o.msg.topic.clone(),
+                        q,
+                        route: route.clone(),
+                        runs: Vec::new(),
+                        last_bytes: 0,
+                    });
+                    let last = plans.len() - 1;
+                    &mut plans[last]
+                }
+            };
+            plan.add(i, o, bytes);
+        }
+        Ok(plans)
+    }
+
+    /// One queue's runs, in order; stops at the first failure.
+    async fn send_queue(&self, plan: QueuePlan) -> Result<Vec<(usize, PutResult)>> {
+        let mut done = Vec::new();
+        for run in plan.runs {
+            let (idx, run): (Vec<usize>, Vec<Outgoing>) = run.into_iter().unzip();
+            let rs = self.send_run(&plan.route, plan.q, run).await?;
+            done.extend(idx.into_iter().zip(rs));
+        }
+        Ok(done)
     }
 
     /// One message alone, or a batch of messages of one topic and queue.

@@ -89,6 +89,71 @@ async fn sends_keep_ids_fields_and_order_and_read_back() {
         .any(|(t, q)| t == topic && *q == 8));
 }
 
+/// One call's round-robin messages share a queue (one RocketMQ batch, as
+/// RocketMQ's producer sends a batch), the round robin moves on per call,
+/// sharding keys keep the queue the embedded broker gives them, and each
+/// queue keeps the call's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_goes_as_one_send_per_queue_in_order() {
+    let c = Cluster::start("t4").unwrap();
+    let b = connect(&c).await;
+    let topic = "ANT|RZ00A%T4";
+    let mut batch = Vec::new();
+    for i in 0..12 {
+        let sel = match i % 3 {
+            0 => QueueSelect::RoundRobin,
+            1 => QueueSelect::ShardingKey("order-1".into()),
+            _ => QueueSelect::ShardingKey("order-2".into()),
+        };
+        batch.push((msg(topic, &format!("m{i}"), &format!("k{i}")), sel));
+    }
+    let first = b.send_batch(batch).await.unwrap();
+    assert_eq!(first.len(), 12);
+    let rr = std::sync::atomic::AtomicU32::new(0);
+    let key_q = |k: &str| {
+        QueueSelect::ShardingKey(k.into())
+            .pick(topic, 8, &rr)
+            .unwrap()
+    };
+    let rr_q = first[0].queue;
+    for (i, r) in first.iter().enumerate() {
+        let want = match i % 3 {
+            0 => rr_q,
+            1 => key_q("order-1"),
+            _ => key_q("order-2"),
+        };
+        assert_eq!(r.queue, want, "message {i}: {r:?}");
+    }
+    // Within a queue, offsets follow the call's order.
+    for q in 0..8u16 {
+        let offs: Vec<u64> = first
+            .iter()
+            .filter(|r| r.queue == q)
+            .map(|r| r.queue_offset)
+            .collect();
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "queue {q}: {offs:?}");
+        let stored = b.read(topic, q, 0, 100).await.unwrap();
+        let ids: Vec<_> = stored.iter().map(|m| m.id).collect();
+        let sent: Vec<_> = first
+            .iter()
+            .filter(|r| r.queue == q)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, sent, "queue {q} holds the call's messages in order");
+    }
+    // The next call's round-robin messages go to the next queue.
+    let again = b
+        .send_batch(vec![
+            (msg(topic, "n0", "k"), QueueSelect::RoundRobin),
+            (msg(topic, "n1", "k"), QueueSelect::RoundRobin),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[0].queue, again[1].queue);
+    assert_eq!(again[0].queue, (rr_q + 1) % 8);
+    assert_eq!(again[1].queue_offset, again[0].queue_offset + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_gets_each_message_once_retries_nacks_and_dead_letters() {
     let c = Cluster::start("t2").unwrap();
