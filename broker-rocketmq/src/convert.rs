@@ -28,21 +28,20 @@ pub const BORN_MS: &str = "__BORN_MS";
 pub const ID: &str = "__ID";
 
 /// The RocketMQ message for `m`, with id `id`, due at `deliver_at_ms` if
-/// delayed (the broker's timer holds it until then).
+/// delayed (the broker's timer holds it until then). Takes `m` so that its
+/// body moves into the RocketMQ message instead of being copied.
 pub(crate) fn to_rocketmq(
-    m: &Message,
+    m: Message,
     id: &Uuid,
     deliver_at_ms: Option<i64>,
 ) -> Result<RmqMessage, Error> {
-    let mut b = RmqMessage::builder()
-        .topic(m.topic.as_str())
-        .body_slice(&m.body);
+    let mut b = RmqMessage::builder().topic(m.topic.as_str()).body(m.body);
     if let Some(tag) = &m.tag {
         b = b.tags(tag.as_str());
     }
     // The id is a key too: the broker's key index is how a message is
     // found by id (`UNIQ_KEY` is not kept in batches).
-    let mut keys = m.keys.clone();
+    let mut keys = m.keys;
     keys.push(id_string(id));
     b = b.keys(keys);
     if let Some(at) = deliver_at_ms {
@@ -154,7 +153,7 @@ mod tests {
             born_ms: 42,
         };
         let id = cellgate_broker_core::message_id(42);
-        let r = to_rocketmq(&m, &id, None).unwrap();
+        let r = to_rocketmq(m, &id, None).unwrap();
         assert_eq!(r.topic().as_str(), "ANT|RZ00A%T1");
         assert_eq!(r.tags(), Some("TagA"));
         let keys = format!("k1 k2 {}", id_string(&id));

@@ -58,7 +58,9 @@ pub struct Config {
     pub name_servers: Vec<String>,
     /// Per call to the cluster.
     pub timeout_ms: u64,
-    /// Worker threads of the client's own runtime.
+    /// Worker threads of the client's own runtime. Default 1: the client
+    /// only moves bytes and wakes the caller's tasks; a second thread cost
+    /// context switches and throughput in the issue 8 benchmark (2 cores).
     pub client_threads: usize,
     /// Client handles for pulls and offsets (each serialises its calls).
     pub handles: usize,
@@ -82,7 +84,7 @@ impl Config {
         Config {
             name_servers,
             timeout_ms: 3000,
-            client_threads: 2,
+            client_threads: 1,
             handles: 4,
             default_queues: 8,
             delivery: DeliveryConfig::default(),

@@ -199,8 +199,8 @@ impl RocketMqBroker {
         let mq = queue.mq(&topic);
         let ids: Vec<Uuid> = run.iter().map(|o| o.id).collect();
         let mut msgs = Vec::with_capacity(run.len());
-        for o in &run {
-            msgs.push(to_rocketmq(&o.msg, &o.id, o.deliver_at_ms)?);
+        for o in run {
+            msgs.push(to_rocketmq(o.msg, &o.id, o.deliver_at_ms)?);
         }
         let res = if msgs.len() == 1 {
             let m = msgs.pop().ok_or(Error::Closed)?;

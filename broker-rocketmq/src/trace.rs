@@ -1,9 +1,10 @@
-//! The message trace on RocketMQ: hops stored as messages of [`TRACE_TOPIC`],
-//! one per batch of hops of one message, with the message id as the key
-//! and the hops as JSON in the body. That is how RocketMQ keeps its own
-//! message trace (`RMQ_SYS_TRACE_TOPIC`, keyed by message id). A trace is
-//! read with a query by key, so it lives as long as the broker retains
-//! that topic.
+//! The message trace on RocketMQ: hops stored as messages of [`TRACE_TOPIC`]
+//! keyed by message id, the hops as JSON in the body. That is how RocketMQ
+//! keeps its own message trace (`RMQ_SYS_TRACE_TOPIC`, keyed by message
+//! id), except that one trace message carries the hops of many messages
+//! (up to [`IDS_PER_MESSAGE`], each id one of its keys). A trace is read
+//! with a query by key, so it lives as long as the broker retains that
+//! topic.
 //!
 //! Recording is best effort and off the publish path:
 //! - [`Broker::record_trace`](cellgate_broker_core::Broker::record_trace)
@@ -44,6 +45,10 @@ const QUEUE: usize = 16_384;
 /// Calls' hops per stored batch, at most (a few hundred bytes each: far
 /// below the broker's 4 MiB message limit, which a batch counts whole).
 const MAX_BATCH: usize = 256;
+/// Message ids per trace message, at most: its keys (37 bytes each) stay
+/// far below RocketMQ's 32 KiB of properties, and a trace query reads a
+/// body of a few kilobytes.
+const IDS_PER_MESSAGE: usize = 64;
 /// How long the writer waits for more hops before it stores a batch that
 /// is not full.
 const LINGER: Duration = Duration::from_millis(10);
@@ -147,18 +152,29 @@ async fn write(
     }
 }
 
-/// One RocketMQ message per message id, its hops as JSON.
+/// The hops as trace messages: each holds the hops of up to
+/// [`IDS_PER_MESSAGE`] message ids, as JSON, with those ids as its keys
+/// (the broker indexes every key of a message, so a query by any of them
+/// finds it; the reader keeps the hops of the id it asked for). One
+/// message per publish would double the broker's work for a batch
+/// publish; one per flush keeps the trace at a few requests a second.
 fn encode(hops: Vec<Hop>) -> Vec<RmqMessage> {
     let mut by_id: BTreeMap<Uuid, Vec<Hop>> = BTreeMap::new();
     for h in hops {
         by_id.entry(h.message_id).or_default().push(h);
     }
-    let mut out = Vec::with_capacity(by_id.len());
-    for (id, hops) in by_id {
+    let ids: Vec<Uuid> = by_id.keys().copied().collect();
+    let mut out = Vec::with_capacity(ids.len().div_ceil(IDS_PER_MESSAGE));
+    for chunk in ids.chunks(IDS_PER_MESSAGE) {
+        let hops: Vec<&Hop> = chunk
+            .iter()
+            .filter_map(|id| by_id.get(id))
+            .flatten()
+            .collect();
         let body = match serde_json::to_vec(&hops) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(%id, error = %e, "trace hops not encoded");
+                tracing::warn!(error = %e, "trace hops not encoded");
                 continue;
             }
         };
@@ -166,13 +182,14 @@ fn encode(hops: Vec<Hop>) -> Vec<RmqMessage> {
             topic: TRACE_TOPIC.to_owned(),
             body,
             tag: None,
-            keys: vec![id.to_string()],
+            keys: chunk.iter().map(Uuid::to_string).collect(),
             properties: BTreeMap::new(),
             born_ms: now_ms(),
         };
-        match to_rocketmq(&m, &message_id(m.born_ms), None) {
+        let id = message_id(m.born_ms);
+        match to_rocketmq(m, &id, None) {
             Ok(rm) => out.push(rm),
-            Err(e) => tracing::warn!(%id, error = %e, "trace hops not encoded"),
+            Err(e) => tracing::warn!(error = %e, "trace hops not encoded"),
         }
     }
     out

@@ -63,6 +63,10 @@ struct Args {
     /// `send_to_queue`, as the gateway does (by default the client picks).
     #[arg(long)]
     direct_to_queue: bool,
+    /// Messages per call: above 1, the gateway side posts to
+    /// `messages:batch` and the direct side calls `send_batch`.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 /// One side's figures for one load.
@@ -86,9 +90,11 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
 }
 
-/// Runs `c` tasks of `one` for `warmup + duration`; measures the latter.
+/// Runs `c` tasks of `one` (a call of `per_call` messages) for `warmup +
+/// duration`; measures the latter. Latencies are per call.
 async fn drive<F, Fut>(
     c: usize,
+    per_call: usize,
     warmup: Duration,
     duration: Duration,
     one: F,
@@ -114,7 +120,7 @@ where
                 one().await?;
                 if t0 >= start {
                     hist.record(t0.elapsed().as_micros().max(1) as u64)?;
-                    sent += 1;
+                    sent += per_call as u64;
                 }
             }
             anyhow::Ok((sent, hist))
@@ -133,11 +139,12 @@ where
     Ok(total)
 }
 
-/// A started producer on its own client runtime (kept alive by the owner).
+/// A started producer on its own client runtime (kept alive by the owner),
+/// with as many client threads as the gateway's backend uses.
 async fn direct_producer(name_server: &str) -> anyhow::Result<(DefaultMQProducer, RuntimeOwner)> {
     let owner = RuntimeOwner::plan(RuntimeConfig {
         thread_name: "bench-client".into(),
-        worker_threads: 2,
+        worker_threads: cellgate_broker_rocketmq::Config::new(Vec::new()).client_threads,
         ..Default::default()
     })
     .map_err(|e| anyhow!("{e}"))?
@@ -212,8 +219,17 @@ async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 async fn measure(a: &Args, cluster: &Cluster, server: &Server) -> anyhow::Result<()> {
-    let url = server.url("/v1/topics/BENCH/messages");
-    let body = serde_json::json!({ "body": "x".repeat(a.body_bytes), "tag": "TagA" }).to_string();
+    let n = a.batch.max(1);
+    let one = serde_json::json!({ "body": "x".repeat(a.body_bytes), "tag": "TagA" });
+    let (url, body) = if n == 1 {
+        (server.url("/v1/topics/BENCH/messages"), one.to_string())
+    } else {
+        let all = serde_json::json!({ "messages": vec![one; n] });
+        (
+            server.url("/v1/topics/BENCH/messages:batch"),
+            all.to_string(),
+        )
+    };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
@@ -251,11 +267,25 @@ async fn measure(a: &Args, cluster: &Cluster, server: &Server) -> anyhow::Result
         let (p, payload) = (producer.clone(), payload.clone());
         let q = rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
         async move {
-            let m = Message::builder()
-                .topic("ANT|RZ00A%BENCH")
-                .body_slice(&payload)
-                .tags("TagA")
-                .build_unchecked();
+            let m = || {
+                Message::builder()
+                    .topic("ANT|RZ00A%BENCH")
+                    .body_slice(&payload)
+                    .tags("TagA")
+                    .build_unchecked()
+            };
+            if n > 1 {
+                let msgs: Vec<Message> = (0..n).map(|_| m()).collect();
+                if to_queue {
+                    let mq = MessageQueue::from_parts("ANT|RZ00A%BENCH", "broker-bench", q as i32);
+                    p.send_batch_to_queue(msgs, mq).await
+                } else {
+                    p.send_batch(msgs).await
+                }
+                .map_err(|e| anyhow!("direct send: {e}"))?;
+                return Ok(());
+            }
+            let m = m();
             if to_queue {
                 let mq = MessageQueue::from_parts("ANT|RZ00A%BENCH", "broker-bench", q as i32);
                 p.send_to_queue(m, mq)
@@ -272,12 +302,12 @@ async fn measure(a: &Args, cluster: &Cluster, server: &Server) -> anyhow::Result
     for &c in &a.concurrency {
         for rep in 0..a.reps {
             let (direct, gateway) = if rep % 2 == 0 {
-                let d = drive(c, a.warmup, a.duration, send.clone()).await?;
-                let g = drive(c, a.warmup, a.duration, publish.clone()).await?;
+                let d = drive(c, n, a.warmup, a.duration, send.clone()).await?;
+                let g = drive(c, n, a.warmup, a.duration, publish.clone()).await?;
                 (d, g)
             } else {
-                let g = drive(c, a.warmup, a.duration, publish.clone()).await?;
-                let d = drive(c, a.warmup, a.duration, send.clone()).await?;
+                let g = drive(c, n, a.warmup, a.duration, publish.clone()).await?;
+                let d = drive(c, n, a.warmup, a.duration, send.clone()).await?;
                 (d, g)
             };
             println!(

@@ -122,7 +122,9 @@ impl RocketMqBroker {
             .queues
             .get(q)
             .ok_or_else(|| Error::UnknownTopic(msg.topic.clone()))?;
-        let mut m = to_rocketmq(&msg, &id, None)?;
+        let mq = qr.mq(&msg.topic);
+        let topic = msg.topic.clone();
+        let mut m = to_rocketmq(msg, &id, None)?;
         m.put_property(
             CheetahString::from_static_str(MessageConst::PROPERTY_TRANSACTION_PREPARED),
             CheetahString::from_static_str("true"),
@@ -134,7 +136,7 @@ impl RocketMqBroker {
         let res = self
             .client
             .producer
-            .send_to_queue(m, qr.mq(&msg.topic))
+            .send_to_queue(m, mq)
             .await
             .map_err(|e| remote("send a half message", &e))?
             .ok_or(Error::Remote {
@@ -160,7 +162,7 @@ impl RocketMqBroker {
         };
         let info = TxnInfo {
             id,
-            topic: msg.topic.clone(),
+            topic,
             producer_group: group.to_owned(),
             state: TxnState::Pending,
             checks: 0,
