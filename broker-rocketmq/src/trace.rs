@@ -221,3 +221,41 @@ impl RocketMqBroker {
         Ok(hops)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_of_many_ids_share_messages_keyed_by_each_id() {
+        let ids: Vec<Uuid> = (0..65).map(|i| message_id(1_700_000_000_000 + i)).collect();
+        let hops: Vec<Hop> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    Hop::new(*id, "publish", 1, "RZ00A", "app"),
+                    Hop::new(*id, "store", 2, "RZ00A", "broker"),
+                ]
+            })
+            .collect();
+        let msgs = encode(hops);
+        assert_eq!(msgs.len(), 2, "64 ids, then 1");
+        let mut seen = Vec::new();
+        for m in &msgs {
+            let keys: Vec<&str> = m.property("KEYS").unwrap().split(' ').collect();
+            let body: Vec<Hop> = serde_json::from_slice(&m.body().unwrap()).unwrap();
+            let in_body: std::collections::BTreeSet<String> =
+                body.iter().map(|h| h.message_id.to_string()).collect();
+            // Every id whose hops it holds is a key (the last key is the
+            // trace message's own id).
+            assert_eq!(keys.len(), in_body.len() + 1);
+            assert!(in_body.iter().all(|id| keys.contains(&id.as_str())));
+            assert_eq!(body.len(), in_body.len() * 2);
+            seen.extend(in_body);
+        }
+        seen.sort();
+        let mut want: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+}

@@ -585,6 +585,27 @@ async fn trace_across_cells(backend: Backend) {
     assert!(hops
         .windows(2)
         .all(|w| w[0]["at_ms"].as_i64() <= w[1]["at_ms"].as_i64()));
+    // A batch's hops are stored together (on RocketMQ, one trace message
+    // for many ids); each message's trace still shows its own hops only.
+    let (st, v) = api
+        .post(
+            "/v1/topics/TRC/messages:batch",
+            &json!({"messages": [{"body": "a"}, {"body": "b"}, {"body": "c"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    for r in v["results"].as_array().unwrap() {
+        let id = r["message_id"].as_str().unwrap();
+        let kinds = hops_until(&api, "TRC", id, &["publish", "store"]).await;
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "publish").count(),
+            1,
+            "{id}: {kinds:?}"
+        );
+        let stores = kinds.iter().filter(|k| *k == "store").count();
+        assert_eq!(stores, 1, "{id}: only its own hops: {kinds:?}");
+    }
     // Another tenant gets a 404, not ANT's trace.
     let (st, _) = Api::new(&s, BETA, "RZ00A")
         .get(&format!("/v1/topics/TRC/messages/{id}/trace"))
