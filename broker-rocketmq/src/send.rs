@@ -96,7 +96,16 @@ impl RocketMqBroker {
     /// property of the message); different queues are sent to concurrently.
     pub(crate) async fn send_all(&self, out: Vec<Outgoing>) -> Result<Vec<PutResult>> {
         let n = out.len();
-        let plans = self.plan(out).await?;
+        let mut plans = self.plan(out).await?;
+        if plans.len() == 1 {
+            // One queue (every single send): no concurrency to arrange.
+            let done = match plans.pop() {
+                Some(p) => self.send_queue(p).await,
+                None => Ok(Vec::new()),
+            };
+            self.bump();
+            return Ok(done?.into_iter().map(|(_, r)| r).collect());
+        }
         let mut results: Vec<Option<PutResult>> = vec![None; n];
         let mut sends = stream::iter(plans.into_iter().map(|p| self.send_queue(p)))
             .buffer_unordered(MAX_PARALLEL_QUEUES);
