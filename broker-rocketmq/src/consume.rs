@@ -11,11 +11,12 @@
 //! - dead letters: after the last attempt, a copy goes to `%DLQ%<group>`
 //!   with `__ORIGIN_TOPIC`, `__ORIGIN_MESSAGE_ID`, `__DELIVERY_ATTEMPTS`.
 //!
-//! In this process only: which delivered messages are invisible until
-//! when, and which are done above the committed offset. If the process
-//! dies, everything from the committed offset on is delivered again: at
-//! least once, never lost. So one group's receives must reach one gateway
-//! at a time (docs/deployment.md, "Consumption affinity").
+//! - which delivered messages are invisible until when, and which are done
+//!   above the committed offset: held here, and journaled to a topic of the
+//!   subscription's own (`journal.rs`), from which a restarted gateway, or
+//!   another one, picks the state up. One group's receives should still
+//!   reach one gateway at a time (docs/deployment.md, "Consumption
+//!   affinity"): two at once cause duplicates, never loss.
 //!
 //! Ordered topics: at most one message of a queue in flight; a nacked one
 //! stays at the head of its queue, invisible for its back-off, until it is
@@ -55,7 +56,8 @@ pub(crate) fn offset_group(group: &str, mode: &ConsumeMode) -> String {
 /// A message delivered and not yet settled.
 #[derive(Debug)]
 pub(crate) struct Held {
-    pub msg: StoredMessage,
+    /// `None` when known from the journal only: read again when needed.
+    pub msg: Option<StoredMessage>,
     /// Delivered again (attempt + 1) from this instant on.
     pub visible_at: Instant,
     /// 1 on the first delivery.
@@ -161,6 +163,8 @@ pub(crate) struct Sub {
     pub retry: Vec<QueueState>,
     /// As the last receive said: a nacked message then retries in place.
     pub ordered: bool,
+    /// The durable copy of the state above (`journal.rs`).
+    pub journal: crate::journal::Journal,
 }
 
 impl Sub {
@@ -194,7 +198,7 @@ impl Sub {
         st.inflight.insert(
             offset,
             Held {
-                msg,
+                msg: Some(msg),
                 visible_at: Instant::now() + invisible,
                 attempt,
                 nonce: n,
@@ -204,9 +208,16 @@ impl Sub {
     }
 }
 
-/// A retried or dead-lettered message as it is sent again.
-pub(crate) fn resend(held: &Held, group: &str, topic: &str, dead: bool, due_ms: i64) -> Outgoing {
-    let m = &held.msg;
+/// A retried or dead-lettered message (`m`, held as `held`) as it is sent
+/// again.
+pub(crate) fn resend(
+    m: &StoredMessage,
+    held: &Held,
+    group: &str,
+    topic: &str,
+    dead: bool,
+    due_ms: i64,
+) -> Outgoing {
     let mut properties = m.properties.clone();
     properties.remove(RETRY_OF);
     properties.insert(DELIVERY_ATTEMPTS.into(), held.attempt.to_string());

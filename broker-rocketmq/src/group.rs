@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::{ConsumeMode, Delivery, Error, Hop, ReceiveOptions, Result, TagFilter};
+use cellgate_broker_core::{
+    ConsumeMode, Delivery, Error, Hop, ReceiveOptions, Result, StoredMessage, TagFilter,
+};
 use tokio::time::Instant;
 
 use crate::client::QueueRef;
 use crate::consume::{offset_group, parse_receipt, resend, unwrap_retry, QueueState, Source, Sub};
+use crate::journal::{self, Rec};
 use crate::{now_ms, RocketMqBroker};
 
 type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
@@ -63,15 +66,53 @@ impl RocketMqBroker {
     ) -> Result<Vec<Delivery>> {
         let slot = self.slot(&offset_group(group, &opts.mode), topic);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(group, topic, &opts.mode).await?);
-        }
-        let Some(sub) = guard.as_mut() else {
-            return Ok(Vec::new());
-        };
+        let sub = self.loaded(&mut guard, group, topic, &opts.mode).await?;
         sub.ordered = opts.ordered;
+        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
+            self.snapshot(sub).await?;
+        }
         let mut out = Vec::new();
         self.redeliver_expired(sub, opts, &mut out).await?;
+        self.pull_all(sub, opts, &mut out).await?;
+        // Durable before the consumer sees them: a gateway that picks the
+        // group up keeps them invisible (`journal.rs`).
+        let held: Vec<_> = out
+            .iter()
+            .filter_map(|d| {
+                let (s, q, offset, _) = parse_receipt(&d.receipt).ok()?;
+                let h = sub.queues_mut(s).get(q)?.inflight.get(&offset)?;
+                Some(journal::held_rec(s, q, offset, h))
+            })
+            .collect();
+        if !held.is_empty() {
+            sub.journal.pending.push(Rec::Held(held));
+        }
+        journal::flush(&self.client.producer, sub).await?;
+        Ok(out)
+    }
+
+    /// The loaded subscription in `guard`: loaded (journal replayed) on
+    /// first use, and again when another gateway has written its journal.
+    pub(crate) async fn loaded<'g>(
+        &self,
+        guard: &'g mut Option<Sub>,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+    ) -> Result<&'g mut Sub> {
+        if guard.as_ref().is_none_or(|s| s.journal.stale) {
+            *guard = Some(self.load(group, topic, mode).await?);
+        }
+        guard.as_mut().ok_or(Error::Closed)
+    }
+
+    /// Pulls the main and retry topics' queues until `out` is full.
+    async fn pull_all(
+        &self,
+        sub: &mut Sub,
+        opts: &ReceiveOptions,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
         let tags = tag_expression(&opts.tags);
         for s in [Source::Main, Source::Retry] {
             let pulled_topic = sub.topic_of(s);
@@ -82,13 +123,12 @@ impl RocketMqBroker {
             };
             for (q, qr) in route.queues.iter().enumerate() {
                 if out.len() >= opts.max_messages {
-                    return Ok(out);
+                    return Ok(());
                 }
-                self.pull_into(sub, s, (q, qr), &tags, opts, &mut out)
-                    .await?;
+                self.pull_into(sub, s, (q, qr), &tags, opts, out).await?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Pulls one queue and holds what the group should see.
@@ -145,6 +185,9 @@ impl RocketMqBroker {
                 st.next = st.next.max(offset + 1);
                 if let Some(c) = st.finish(offset) {
                     commit = Some(c);
+                } else {
+                    let d = journal::done_rec(s, q, offset);
+                    sub.journal.pending.push(Rec::Done(vec![d]));
                 }
                 continue;
             }
@@ -174,33 +217,97 @@ impl RocketMqBroker {
     ) -> Result<()> {
         let now = Instant::now();
         let max_attempts = self.delivery.max_attempts;
-        let mut dead = Vec::new();
+        let room = opts.max_messages.saturating_sub(out.len());
+        let (mut due, mut dead) = (Vec::new(), Vec::new());
         for s in [Source::Main, Source::Retry] {
-            for (q, st) in sub.queues_mut(s).iter_mut().enumerate() {
-                for (offset, h) in st.inflight.iter_mut() {
-                    if out.len() >= opts.max_messages || h.visible_at > now {
+            for (q, st) in sub.queues_mut(s).iter().enumerate() {
+                for (offset, h) in &st.inflight {
+                    if due.len() >= room || h.visible_at > now {
                         continue;
                     }
                     if h.attempt >= max_attempts {
                         dead.push((s, q, *offset));
-                        continue;
+                    } else {
+                        due.push((s, q, *offset));
                     }
-                    h.attempt += 1;
-                    h.nonce = cellgate_broker_core::nonce();
-                    h.visible_at = now + opts.invisible;
-                    out.push(Delivery {
-                        message: h.msg.clone(),
-                        receipt: crate::consume::receipt(s, q, *offset, h.nonce),
-                        attempt: h.attempt,
-                    });
                 }
             }
+        }
+        for (s, q, offset) in due {
+            let Some(message) = self.held_msg(sub, (s, q, offset)).await? else {
+                continue;
+            };
+            let Some(h) = sub
+                .queues_mut(s)
+                .get_mut(q)
+                .and_then(|st| st.inflight.get_mut(&offset))
+            else {
+                continue;
+            };
+            h.attempt += 1;
+            h.nonce = cellgate_broker_core::nonce();
+            h.visible_at = now + opts.invisible;
+            out.push(Delivery {
+                message,
+                receipt: crate::consume::receipt(s, q, offset, h.nonce),
+                attempt: h.attempt,
+            });
         }
         for (s, q, offset) in dead {
             self.settle_one(sub, (s, q, offset), Settle::DeadLetter)
                 .await?;
         }
         Ok(())
+    }
+
+    /// The message of a delivery, read again if the state came from the
+    /// journal. `None` (and the offset done) if the broker no longer has
+    /// it: retention removed it.
+    async fn held_msg(
+        &self,
+        sub: &mut Sub,
+        (s, q, offset): (Source, usize, u64),
+    ) -> Result<Option<StoredMessage>> {
+        let known = sub
+            .queues_mut(s)
+            .get(q)
+            .and_then(|st| st.inflight.get(&offset))
+            .and_then(|h| h.msg.clone());
+        if known.is_some() {
+            return Ok(known);
+        }
+        let topic = sub.topic_of(s);
+        let got = self
+            .read_queue(&topic, q as u16, offset, 1)
+            .await?
+            .into_iter()
+            .find(|m| m.queue_offset == offset)
+            .map(|m| match s {
+                Source::Main => m,
+                Source::Retry => unwrap_retry(m).0,
+            });
+        let Some(st) = sub.queues_mut(s).get_mut(q) else {
+            return Ok(None);
+        };
+        match &got {
+            Some(m) => {
+                if let Some(h) = st.inflight.get_mut(&offset) {
+                    h.msg = Some(m.clone());
+                }
+            }
+            None => {
+                tracing::warn!(
+                    topic,
+                    queue = q,
+                    offset,
+                    "a delivered message is gone from the broker"
+                );
+                if let Some(c) = st.finish(offset) {
+                    self.commit(sub, s, q, c).await?;
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// Acks or nacks one receipt.
@@ -215,7 +322,9 @@ impl RocketMqBroker {
         let (s, q, offset, n) = parse_receipt(receipt)?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        let sub = guard.as_mut().ok_or(Error::BadReceipt)?;
+        // A receipt from another gateway of the group: its delivery is in
+        // the journal.
+        let sub = self.loaded(&mut guard, group, topic, mode).await?;
         let held = sub
             .queues_mut(s)
             .get(q)
@@ -241,44 +350,56 @@ impl RocketMqBroker {
         how: Settle,
     ) -> Result<()> {
         let (group, topic) = (sub.group.clone(), sub.topic.clone());
-        let Some(st) = sub.queues_mut(s).get_mut(q) else {
-            return Err(Error::BadReceipt);
+        let msg = match how {
+            Settle::Retry | Settle::DeadLetter => self.held_msg(sub, (s, q, offset)).await?,
+            Settle::Done | Settle::Later => None,
         };
-        let Some(h) = st.inflight.get_mut(&offset) else {
+        let Some(h) = sub
+            .queues_mut(s)
+            .get_mut(q)
+            .and_then(|st| st.inflight.get_mut(&offset))
+        else {
+            // Also a message that is gone (`held_msg` finished it).
             return Err(Error::BadReceipt);
         };
         let backoff = self.backoff(h.attempt);
-        match how {
-            Settle::Later => {
+        match (how, msg) {
+            (Settle::Later, _) => {
                 h.visible_at = Instant::now() + backoff;
                 h.nonce = cellgate_broker_core::nonce();
+                let rec = journal::held_rec(s, q, offset, h);
+                self.journal_note(sub, Rec::Held(vec![rec]));
                 return Ok(());
             }
-            Settle::Retry | Settle::DeadLetter => {
+            (Settle::Retry | Settle::DeadLetter, Some(m)) => {
+                let dead = how == Settle::DeadLetter;
                 let due = now_ms() + backoff.as_millis() as i64;
-                let out = resend(h, &group, &topic, how == Settle::DeadLetter, due);
-                if how == Settle::DeadLetter {
+                let out = resend(&m, h, &group, &topic, dead, due);
+                if dead {
                     // The embedded broker records this hop itself; so does
                     // this backend, since the move is its doing.
-                    self.trace.record(vec![Hop::dead_letter(
-                        h.msg.id,
-                        now_ms(),
-                        &group,
-                        h.attempt,
-                    )]);
+                    let hop = Hop::dead_letter(m.id, now_ms(), &group, h.attempt);
+                    self.trace.record(vec![hop]);
                 }
                 self.send_all(vec![out]).await?;
             }
-            Settle::Done => {}
+            (Settle::Retry | Settle::DeadLetter, None) | (Settle::Done, _) => {}
         }
         let moved = sub
             .queues_mut(s)
             .get_mut(q)
             .and_then(|st| st.finish(offset));
-        if let Some(c) = moved {
-            self.commit(sub, s, q, c).await?;
+        match moved {
+            Some(c) => self.commit(sub, s, q, c).await?,
+            None => self.journal_note(sub, Rec::Done(vec![journal::done_rec(s, q, offset)])),
         }
         Ok(())
+    }
+
+    /// Queues `rec` for the journal flusher.
+    fn journal_note(&self, sub: &mut Sub, rec: Rec) {
+        sub.journal.pending.push(rec);
+        self.journal_wake.notify_one();
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

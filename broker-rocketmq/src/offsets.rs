@@ -7,6 +7,7 @@ use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateCo
 
 use crate::consume::{offset_group, QueueState, Source, Sub};
 use crate::error::{remote, response_code, QUERY_NOT_FOUND};
+use crate::journal::{self, journal_group, journal_topic, Rec};
 use crate::RocketMqBroker;
 
 /// Queues of a retry topic: RocketMQ gives `%RETRY%` topics one.
@@ -66,25 +67,101 @@ impl RocketMqBroker {
             }
             ConsumeMode::Broadcast { .. } => Vec::new(),
         };
-        Ok(Sub {
+        let mut sub = Sub {
             group: og,
             topic: topic.to_owned(),
             main,
             retry,
             ordered: false,
-        })
+            journal: Default::default(),
+        };
+        self.replay(&mut sub).await?;
+        Ok(sub)
+    }
+
+    /// Applies the subscription's journal from its start, then writes a
+    /// snapshot there (see `journal.rs`).
+    async fn replay(&self, sub: &mut Sub) -> Result<()> {
+        let jt = journal_topic(&sub.group, &sub.topic);
+        self.ensure_topic(&jt, 1).await?;
+        let jg = journal_group(&sub.group);
+        let start = self
+            .load_queues(&jg, &jt)
+            .await?
+            .first()
+            .map_or(0, |q| q.committed);
+        let route = self.client.route(&jt).await?;
+        let qr = route
+            .queues
+            .first()
+            .ok_or_else(|| Error::UnknownTopic(jt.clone()))?;
+        let mut next = start;
+        let mut replayed = 0usize;
+        loop {
+            // Pulled as the journal's group: the pull also creates that
+            // group in the broker, which its offset commit needs.
+            let got = self.pull(&jg, &jt, (0, qr), next, 64, "*").await?;
+            let Some(last) = got.messages.last().map(|m| m.queue_offset) else {
+                break;
+            };
+            for m in got.messages {
+                match serde_json::from_slice::<Vec<Rec>>(&m.body) {
+                    Ok(recs) => recs.into_iter().for_each(|r| sub.apply(r)),
+                    Err(e) => tracing::warn!(
+                        topic = jt,
+                        offset = m.queue_offset,
+                        error = %e,
+                        "a journal message that is not records: skipped"
+                    ),
+                }
+                replayed += 1;
+            }
+            next = last + 1;
+        }
+        sub.journal.next = next;
+        if replayed > 0 {
+            self.snapshot(sub).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the whole state (with what was pending) and moves the
+    /// journal's start to it.
+    pub(crate) async fn snapshot(&self, sub: &mut Sub) -> Result<()> {
+        sub.journal.pending.clear();
+        let jt = journal_topic(&sub.group, &sub.topic);
+        let Some(body) = journal::encode(&[sub.snapshot()])? else {
+            tracing::warn!(
+                topic = jt,
+                "the state is over the snapshot limit: not written"
+            );
+            return Ok(());
+        };
+        let at = journal::append(&self.client.producer, &jt, body).await?;
+        if at != sub.journal.next {
+            sub.journal.stale = true;
+        }
+        sub.journal.next = at + 1;
+        sub.journal.since_snapshot = 0;
+        self.commit_offset(&journal_group(&sub.group), &jt, 0, at)
+            .await
     }
 
     /// Writes a queue's committed offset to the broker.
     pub(crate) async fn commit(&self, sub: &Sub, s: Source, q: usize, offset: u64) -> Result<()> {
-        let topic = sub.topic_of(s);
-        let route = self.client.route(&topic).await?;
+        self.commit_offset(&sub.group, &sub.topic_of(s), q, offset)
+            .await
+    }
+
+    /// Writes `group`'s committed offset of queue `q` of `topic`.
+    async fn commit_offset(&self, group: &str, topic: &str, q: usize, offset: u64) -> Result<()> {
+        let route = self.client.route(topic).await?;
         let Some(qr) = route.queues.get(q) else {
             return Ok(());
         };
         let req = UpdateConsumerOffsetRequestHeader {
-            consumer_group: sub.group.as_str().into(),
-            topic: topic.as_str().into(),
+            consumer_group: group.into(),
+            topic: topic.into(),
             queue_id: qr.queue_id,
             commit_offset: offset as i64,
             topic_request_header: qr.topic_header(),
@@ -156,6 +233,7 @@ impl RocketMqBroker {
             sub.main[q].jump_to(off);
             self.commit(sub, Source::Main, q, off).await?;
         }
-        Ok(())
+        // The journal's records before the reset no longer apply.
+        self.snapshot(sub).await
     }
 }

@@ -24,8 +24,9 @@ pub(crate) struct Pulled {
     pub next: u64,
 }
 
-/// RocketMQ's own topics, and the names the name server lists beside
-/// topics (clusters, brokers): never cellgate's.
+/// RocketMQ's own topics, the names the name server lists beside topics
+/// (clusters, brokers), and the backend's bookkeeping (retry topics,
+/// journals): never cellgate's topics.
 fn is_system_topic(t: &str) -> bool {
     const PREFIXES: [&str; 7] = [
         "RMQ_SYS_",
@@ -36,7 +37,10 @@ fn is_system_topic(t: &str) -> bool {
         "%RETRY%",
         "%DLQ%",
     ];
-    PREFIXES.iter().any(|p| t.starts_with(p)) || !t.contains('%') || t.contains("%RETRY%")
+    PREFIXES.iter().any(|p| t.starts_with(p))
+        || !t.contains('%')
+        || t.contains("%RETRY%")
+        || t.contains("%STATE%")
 }
 
 // === impl RocketMqBroker: reads ===
@@ -289,6 +293,7 @@ mod tests {
             "TBW102",
             "RMQ_SYS_TRACE_TOPIC",
             "%RETRY%ANT|RZ00A%G1",
+            "ANT|RZ00A%G1%STATE%ANT|RZ00A%T1",
             "%DLQ%x",
             "CellgateTest",
             "broker-a",

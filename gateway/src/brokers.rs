@@ -227,6 +227,24 @@ impl Brokers {
         self.open.read().ok()?.get(cell).cloned()
     }
 
+    /// Closes every RocketMQ backend ([`RocketMqBroker::close`]: queued
+    /// trace hops stored, transaction producers unregistered). The clients
+    /// themselves end with the process: the backends are shared (router,
+    /// combiners), so none is owned here to shut down.
+    pub async fn close_remote(&self) {
+        #[cfg(feature = "rocketmq")]
+        {
+            let remote: Vec<Arc<RocketMqBroker>> = self
+                .remote
+                .read()
+                .map(|m| m.values().flatten().cloned().collect())
+                .unwrap_or_default();
+            for b in remote {
+                b.close().await;
+            }
+        }
+    }
+
     /// Flushes every broker and persists its consumer progress.
     pub fn close(&self) -> Result<(), Error> {
         let open = self.open.read().unwrap_or_else(|p| p.into_inner());

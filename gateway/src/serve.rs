@@ -229,6 +229,7 @@ async fn serve(a: ServeArgs, out: &mut dyn Write) -> Result<(), Error> {
         r.abort();
         let _ = r.await;
     }
+    app.brokers().close_remote().await;
     app.brokers().close()?;
     // The SDK's shutdown blocks on its export threads: off the runtime.
     let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;

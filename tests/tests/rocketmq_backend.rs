@@ -284,3 +284,64 @@ async fn a_silent_cluster_answers_503_with_the_reason() {
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("the cell's broker did not answer"), "{v}");
 }
+
+/// The delivery state outlives the gateway that made it: a second
+/// gateway of the group (a restart, or the load balancer moving the group)
+/// keeps acked messages done and delivered ones invisible until their
+/// time, and accepts the first one's receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisibility_and_acks_survive_a_gateway_change() {
+    let c = Cluster::start("t5").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T5", "ANT|RZ00A%G5");
+    let mode = ConsumeMode::Clustering;
+    let first = connect(&c).await;
+    for i in 0..4 {
+        first
+            .send(msg(topic, &format!("m{i}"), "k"), QueueSelect::Queue(0))
+            .await
+            .unwrap();
+    }
+    let opts = |wait: u64| ReceiveOptions {
+        max_messages: 16,
+        wait: Duration::from_secs(wait),
+        invisible: Duration::from_secs(4),
+        ..ReceiveOptions::default()
+    };
+    let got = first.receive(group, topic, opts(3)).await.unwrap();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let body =
+        |d: &cellgate_broker_core::Delivery| String::from_utf8(d.message.body.clone()).unwrap();
+    // Out of order: m2 is done above the committed offset.
+    first
+        .ack(group, topic, &mode, &got[0].receipt)
+        .await
+        .unwrap();
+    first
+        .ack(group, topic, &mode, &got[2].receipt)
+        .await
+        .unwrap();
+    // The acks reach the journal within its linger.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first);
+
+    let second = connect(&c).await;
+    let none = second.receive(group, topic, opts(0)).await.unwrap();
+    assert!(none.is_empty(), "m1 and m3 are still invisible: {none:?}");
+    // A receipt the first gateway issued settles here.
+    second
+        .ack(group, topic, &mode, &got[1].receipt)
+        .await
+        .unwrap();
+    // m3 comes again once its invisibility ends, as attempt 2; m0..m2 never.
+    let again = second.receive(group, topic, opts(8)).await.unwrap();
+    let bodies: Vec<String> = again.iter().map(body).collect();
+    assert_eq!(bodies, vec!["m3"], "{again:?}");
+    assert_eq!(again[0].attempt, 2);
+    second
+        .ack(group, topic, &mode, &again[0].receipt)
+        .await
+        .unwrap();
+    let lag = second.lag(group, topic, &mode).await.unwrap();
+    let q0 = lag.iter().find(|l| l.queue == 0).unwrap();
+    assert_eq!((q0.committed, q0.inflight), (4, 0), "{lag:?}");
+}
