@@ -168,6 +168,22 @@ pub(crate) struct Sub {
 }
 
 impl Sub {
+    pub fn queues(&self, s: Source) -> &[QueueState] {
+        match s {
+            Source::Main => &self.main,
+            Source::Retry => &self.retry,
+        }
+    }
+
+    /// The delivery of `offset` in queue `q` of source `s`, if in flight.
+    pub fn held(&self, s: Source, q: usize, offset: u64) -> Option<&Held> {
+        self.queues(s).get(q)?.inflight.get(&offset)
+    }
+
+    pub fn held_mut(&mut self, s: Source, q: usize, offset: u64) -> Option<&mut Held> {
+        self.queues_mut(s).get_mut(q)?.inflight.get_mut(&offset)
+    }
+
     pub fn queues_mut(&mut self, s: Source) -> &mut Vec<QueueState> {
         match s {
             Source::Main => &mut self.main,

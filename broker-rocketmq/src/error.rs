@@ -65,6 +65,20 @@ pub(crate) fn remote(op: &'static str, e: &ClientError) -> Error {
     Error::Client { op, detail }
 }
 
+/// The outcome of one synchronous send named `op`: the client's error, or
+/// its "no result" (which a synchronous send should never give), as an
+/// error that names the call.
+pub(crate) fn sent<T>(
+    op: &'static str,
+    r: Result<Option<T>, ClientError>,
+) -> Result<T, cellgate_broker_core::Error> {
+    r.map_err(|e| remote(op, &e))?
+        .ok_or(cellgate_broker_core::Error::Remote {
+            op,
+            detail: "the client returned no send result".into(),
+        })
+}
+
 impl From<Error> for cellgate_broker_core::Error {
     fn from(e: Error) -> Self {
         match e {

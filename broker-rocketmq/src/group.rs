@@ -80,7 +80,7 @@ impl RocketMqBroker {
             .iter()
             .filter_map(|d| {
                 let (s, q, offset, _) = parse_receipt(&d.receipt).ok()?;
-                let h = sub.queues_mut(s).get(q)?.inflight.get(&offset)?;
+                let h = sub.held(s, q, offset)?;
                 Some(journal::held_rec(s, q, offset, h))
             })
             .collect();
@@ -237,11 +237,7 @@ impl RocketMqBroker {
             let Some(message) = self.held_msg(sub, (s, q, offset)).await? else {
                 continue;
             };
-            let Some(h) = sub
-                .queues_mut(s)
-                .get_mut(q)
-                .and_then(|st| st.inflight.get_mut(&offset))
-            else {
+            let Some(h) = sub.held_mut(s, q, offset) else {
                 continue;
             };
             h.attempt += 1;
@@ -268,11 +264,7 @@ impl RocketMqBroker {
         sub: &mut Sub,
         (s, q, offset): (Source, usize, u64),
     ) -> Result<Option<StoredMessage>> {
-        let known = sub
-            .queues_mut(s)
-            .get(q)
-            .and_then(|st| st.inflight.get(&offset))
-            .and_then(|h| h.msg.clone());
+        let known = sub.held(s, q, offset).and_then(|h| h.msg.clone());
         if known.is_some() {
             return Ok(known);
         }
@@ -286,25 +278,17 @@ impl RocketMqBroker {
                 Source::Main => m,
                 Source::Retry => unwrap_retry(m).0,
             });
-        let Some(st) = sub.queues_mut(s).get_mut(q) else {
-            return Ok(None);
-        };
-        match &got {
-            Some(m) => {
-                if let Some(h) = st.inflight.get_mut(&offset) {
-                    h.msg = Some(m.clone());
-                }
-            }
-            None => {
+        match (&got, sub.held_mut(s, q, offset)) {
+            (Some(m), Some(h)) => h.msg = Some(m.clone()),
+            (Some(_), None) => {}
+            (None, _) => {
                 tracing::warn!(
                     topic,
                     queue = q,
                     offset,
                     "a delivered message is gone from the broker"
                 );
-                if let Some(c) = st.finish(offset) {
-                    self.commit(sub, s, q, c).await?;
-                }
+                self.finish(sub, (s, q, offset)).await?;
             }
         }
         Ok(got)
@@ -326,9 +310,7 @@ impl RocketMqBroker {
         // the journal.
         let sub = self.loaded(&mut guard, group, topic, mode).await?;
         let held = sub
-            .queues_mut(s)
-            .get(q)
-            .and_then(|st| st.inflight.get(&offset))
+            .held(s, q, offset)
             .filter(|h| h.nonce == n)
             .ok_or(Error::BadReceipt)?;
         let how = if ack {
@@ -354,11 +336,7 @@ impl RocketMqBroker {
             Settle::Retry | Settle::DeadLetter => self.held_msg(sub, (s, q, offset)).await?,
             Settle::Done | Settle::Later => None,
         };
-        let Some(h) = sub
-            .queues_mut(s)
-            .get_mut(q)
-            .and_then(|st| st.inflight.get_mut(&offset))
-        else {
+        let Some(h) = sub.held_mut(s, q, offset) else {
             // Also a message that is gone (`held_msg` finished it).
             return Err(Error::BadReceipt);
         };
@@ -385,15 +363,22 @@ impl RocketMqBroker {
             }
             (Settle::Retry | Settle::DeadLetter, None) | (Settle::Done, _) => {}
         }
+        self.finish(sub, (s, q, offset)).await
+    }
+
+    /// Marks an offset done: journaled always (so another gateway's state
+    /// shows as an append at an unexpected offset, and is reloaded), and
+    /// committed when the committed offset moves.
+    async fn finish(&self, sub: &mut Sub, (s, q, offset): (Source, usize, u64)) -> Result<()> {
         let moved = sub
             .queues_mut(s)
             .get_mut(q)
             .and_then(|st| st.finish(offset));
+        self.journal_note(sub, Rec::Done(vec![journal::done_rec(s, q, offset)]));
         match moved {
-            Some(c) => self.commit(sub, s, q, c).await?,
-            None => self.journal_note(sub, Rec::Done(vec![journal::done_rec(s, q, offset)])),
+            Some(c) => self.commit(sub, s, q, c).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Queues `rec` for the journal flusher.

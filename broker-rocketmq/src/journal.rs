@@ -7,7 +7,8 @@
 //! [`Rec`]s:
 //! - `Held`: delivered (again), or kept in flight with a new visible time
 //!   and nonce (a nack on an ordered queue or a broadcast consumer);
-//! - `Done`: finished offsets (acked, retried, dead-lettered, filtered);
+//! - `Done`: finished offsets (acked, retried, dead-lettered; filtered out
+//!   above the committed offset);
 //! - `Snapshot`: the whole state at that point.
 //!
 //! Invariants:
@@ -21,8 +22,9 @@
 //!   snapshot; after [`SNAPSHOT_EVERY`] appends it writes another, and moves
 //!   the start to it, so replay stays short.
 //! - A receive appends its `Held` record before it returns the deliveries;
-//!   `Done` records of acks are appended within [`LINGER`] by a flusher
-//!   task, batched. A crash loses at most that window's acks: those
+//!   every settled offset's `Done` record (also one that moves the
+//!   committed offset: the append is how a stale process notices) is
+//!   appended within [`LINGER`] by a flusher task, batched. A crash loses at most that window's acks: those
 //!   messages come again (at least once, as RocketMQ's own consumers after
 //!   a crash before their offset commit).
 //! - Each process knows the offset its next append should get. Another
@@ -40,7 +42,7 @@ use tokio::time::Instant;
 
 use crate::consume::{Held, QueueState, Source, Sub, Subs};
 use crate::convert::to_rocketmq;
-use crate::error::remote;
+use crate::error::sent;
 
 /// Appends between snapshots.
 pub(crate) const SNAPSHOT_EVERY: u32 = 256;
@@ -124,11 +126,7 @@ impl Sub {
     pub fn snapshot(&self) -> Rec {
         let (mut held, mut done) = (Vec::new(), Vec::new());
         for s in [Source::Main, Source::Retry] {
-            let queues = match s {
-                Source::Main => &self.main,
-                Source::Retry => &self.retry,
-            };
-            for (q, st) in queues.iter().enumerate() {
+            for (q, st) in self.queues(s).iter().enumerate() {
                 held.extend(st.inflight.iter().map(|(o, h)| held_rec(s, q, *o, h)));
                 done.extend(st.done.iter().map(|o| done_rec(s, q, *o)));
             }
@@ -235,14 +233,10 @@ pub(crate) async fn append(
         born_ms: now_ms(),
     };
     let id = cellgate_broker_core::message_id(m.born_ms);
-    let res = producer
-        .send(to_rocketmq(m, &id, None)?)
-        .await
-        .map_err(|e| remote("append to a journal", &e))?
-        .ok_or(cellgate_broker_core::Error::Remote {
-            op: "append to a journal",
-            detail: "the client returned no send result".into(),
-        })?;
+    let res = sent(
+        "append to a journal",
+        producer.send(to_rocketmq(m, &id, None)?).await,
+    )?;
     Ok(res.queue_offset)
 }
 

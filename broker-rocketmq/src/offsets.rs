@@ -182,12 +182,7 @@ impl RocketMqBroker {
         let route = self.client.route(topic).await?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(group, topic, mode).await?);
-        }
-        let Some(sub) = guard.as_ref() else {
-            return Ok(Vec::new());
-        };
+        let sub = self.loaded(&mut guard, group, topic, mode).await?;
         let mut out = Vec::new();
         for (q, qr) in route.queues.iter().enumerate() {
             let max = self
@@ -222,12 +217,7 @@ impl RocketMqBroker {
         let offsets = self.offsets_at(topic, &route, ms).await?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(group, topic, mode).await?);
-        }
-        let Some(sub) = guard.as_mut() else {
-            return Ok(());
-        };
+        let sub = self.loaded(&mut guard, group, topic, mode).await?;
         sub.main.resize_with(offsets.len(), QueueState::default);
         for (q, off) in offsets.into_iter().enumerate() {
             sub.main[q].jump_to(off);

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::client::Route;
 use crate::convert::to_rocketmq;
-use crate::error::remote;
+use crate::error::{remote, sent};
 use crate::RocketMqBroker;
 
 /// One message to send: what, where, with which id, and when it is due.
@@ -213,15 +213,7 @@ impl RocketMqBroker {
         }
         let res = if msgs.len() == 1 {
             let m = msgs.pop().ok_or(Error::Closed)?;
-            self.client
-                .producer
-                .send_to_queue(m, mq)
-                .await
-                .map_err(|e| remote("send", &e))?
-                .ok_or(Error::Remote {
-                    op: "send",
-                    detail: "the client returned no send result".into(),
-                })?
+            sent("send", self.client.producer.send_to_queue(m, mq).await)?
         } else {
             self.client
                 .producer

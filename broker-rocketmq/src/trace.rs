@@ -61,8 +61,11 @@ type RmqMessage = rocketmq_model::common::message::message_single::Message;
 #[derive(Debug)]
 pub(crate) struct TraceWriter {
     /// Bounded mpsc: `record` must not wait, so it uses `try_send` and a
-    /// full queue drops (see the module docs). `None` once closed.
-    tx: std::sync::Mutex<Option<mpsc::Sender<Vec<Hop>>>>,
+    /// full (or, after `close`, closed) queue drops (see the module docs).
+    /// No lock around it: `record` is on every publish.
+    tx: mpsc::Sender<Vec<Hop>>,
+    /// Tells the task to close its queue and store what is left.
+    closing: Arc<tokio::sync::Notify>,
     /// Hops dropped so far; shared with the task, which drops refused ones.
     dropped: Arc<AtomicU64>,
     /// The writer task, awaited by `close`. A std mutex: taken once.
@@ -77,9 +80,11 @@ impl TraceWriter {
     pub fn start(producer: DefaultMQProducer) -> TraceWriter {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(write(rx, producer, dropped.clone()));
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(write(rx, producer, dropped.clone(), closing.clone()));
         TraceWriter {
-            tx: std::sync::Mutex::new(Some(tx)),
+            tx,
+            closing,
             dropped,
             task: std::sync::Mutex::new(Some(task)),
         }
@@ -91,11 +96,7 @@ impl TraceWriter {
             return;
         }
         let n = hops.len() as u64;
-        let sent = match self.tx.lock() {
-            Ok(tx) => tx.as_ref().is_some_and(|tx| tx.try_send(hops).is_ok()),
-            Err(_) => false,
-        };
-        if !sent {
+        if self.tx.try_send(hops).is_err() {
             count_dropped(&self.dropped, n, "the trace queue is full or closed");
         }
     }
@@ -103,9 +104,8 @@ impl TraceWriter {
     /// Stops taking hops and waits (a bounded time) for the queued ones to
     /// be stored; before the client shuts down.
     pub async fn close(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        // A permit: the task takes it even if it is busy storing now.
+        self.closing.notify_one();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             if tokio::time::timeout(CLOSE_WAIT, task).await.is_err() {
@@ -115,14 +115,27 @@ impl TraceWriter {
     }
 }
 
-/// The writer task: one batch in flight at a time, until the queue closes.
+/// The writer task: one batch in flight at a time, until the queue is
+/// closed (by `close`, or by the broker's drop) and empty.
 async fn write(
     mut rx: mpsc::Receiver<Vec<Hop>>,
     producer: DefaultMQProducer,
     dropped: Arc<AtomicU64>,
+    closing: Arc<tokio::sync::Notify>,
 ) {
     let mut calls = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut calls, MAX_BATCH).await > 0 {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut calls, MAX_BATCH) => n,
+            () = closing.notified() => {
+                // What is queued is still received; new hops are refused.
+                rx.close();
+                continue;
+            }
+        };
+        if n == 0 {
+            return;
+        }
         if calls.len() < MAX_BATCH {
             // Let a few more calls' hops join: the trace is not read within
             // milliseconds, and each batch is a request the broker serves.

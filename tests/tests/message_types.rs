@@ -227,16 +227,21 @@ async fn undecided_transactions_are_checked_back_then_rolled_back() {
     // Nobody answers: three check-backs (0.3, 0.6, 0.9 s), then at 1.2 s
     // the broker rolls back and says why.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    commit_is_refused(&api, &id, "no decision after 3 check-backs").await;
+    assert!(drain(&api, "G1", "TXC", 1, Duration::from_millis(500))
+        .await
+        .is_empty());
+}
+
+/// A commit of rolled-back transaction `id` answers 409, saying `why`.
+async fn commit_is_refused(api: &Api, id: &str, why: &str) {
     let (st, v) = api
         .post(&format!("/v1/transactions/{id}/commit"), &json!({}))
         .await
         .unwrap();
     assert_eq!(st, 409, "{v}");
-    let why = v["error"]["message"].as_str().unwrap();
-    assert!(why.contains("no decision after 3 check-backs"), "{v}");
-    assert!(drain(&api, "G1", "TXC", 1, Duration::from_millis(500))
-        .await
-        .is_empty());
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(why), "{v}");
 }
 
 /// RocketMQ's broker times the check-backs (the test bed: the first after
@@ -298,13 +303,7 @@ async fn transactions_on_rocketmq_are_checked_back_then_decided() {
         state["reason"], "no decision after 1 check-backs",
         "{state}"
     );
-    let (st, why) = api
-        .post(&format!("/v1/transactions/{ignored}/commit"), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(st, 409, "{why}");
-    let msg = why["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("no decision after 1 check-backs"), "{why}");
+    commit_is_refused(&api, &ignored, "no decision after 1 check-backs").await;
     assert!(drain(&api, "G1", "TXC", 1, Duration::from_secs(3))
         .await
         .is_empty());

@@ -345,3 +345,76 @@ async fn invisibility_and_acks_survive_a_gateway_change() {
     let q0 = lag.iter().find(|l| l.queue == 0).unwrap();
     assert_eq!((q0.committed, q0.inflight), (4, 0), "{lag:?}");
 }
+
+/// Two gateways serving one group at once: the one whose state is stale
+/// finds another's writes in the journal (its own append lands at an
+/// offset it did not expect) and reloads, so its view converges on the
+/// acks made elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reloads_state_another_gateway_changed() {
+    let c = Cluster::start("t6").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T6", "ANT|RZ00A%G6");
+    let mode = ConsumeMode::Clustering;
+    let first = connect(&c).await;
+    for i in 0..3 {
+        first
+            .send(msg(topic, &format!("m{i}"), "k"), QueueSelect::Queue(0))
+            .await
+            .unwrap();
+    }
+    let opts = ReceiveOptions {
+        max_messages: 16,
+        wait: Duration::from_secs(3),
+        invisible: Duration::from_secs(30),
+        ..ReceiveOptions::default()
+    };
+    let got = first.receive(group, topic, opts).await.unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let second = connect(&c).await;
+    second
+        .ack(group, topic, &mode, &got[0].receipt)
+        .await
+        .unwrap();
+    second
+        .ack(group, topic, &mode, &got[1].receipt)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first still thinks m0 and m1 are in flight; its ack of m2 is
+    // journaled after the second's records.
+    first
+        .ack(group, topic, &mode, &got[2].receipt)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lag = first.lag(group, topic, &mode).await.unwrap();
+    let q0 = lag.iter().find(|l| l.queue == 0).unwrap();
+    assert_eq!((q0.committed, q0.inflight), (3, 0), "{lag:?}");
+}
+
+/// Shutting a backend down stores the trace hops still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stores_the_queued_trace_hops() {
+    let c = Cluster::start("t7").unwrap();
+    let b = connect(&c).await;
+    let id = cellgate_broker_core::message_id(1_700_000_000_000);
+    b.record_trace(vec![cellgate_broker_core::Hop::new(
+        id, "publish", 1, "RZ00A", "app",
+    )]);
+    b.shutdown().await;
+    let again = connect(&c).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hops = again.trace_of("ANT|RZ00A%T7", &id).await.unwrap();
+        if !hops.is_empty() {
+            assert_eq!(hops.len(), 1, "{hops:?}");
+            assert_eq!(hops[0].kind, "publish");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hop was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::client::RouteCache;
 use crate::convert::to_rocketmq;
-use crate::error::remote;
+use crate::error::{remote, sent};
 use crate::{now_ms, RocketMqBroker};
 
 mod book;
@@ -133,16 +133,10 @@ impl RocketMqBroker {
             CheetahString::from_static_str(MessageConst::PROPERTY_PRODUCER_GROUP),
             CheetahString::from_string(group.to_owned()),
         );
-        let res = self
-            .client
-            .producer
-            .send_to_queue(m, mq)
-            .await
-            .map_err(|e| remote("send a half message", &e))?
-            .ok_or(Error::Remote {
-                op: "send a half message",
-                detail: "the client returned no send result".into(),
-            })?;
+        let res = sent(
+            "send a half message",
+            self.client.producer.send_to_queue(m, mq).await,
+        )?;
         let commit_log_offset = res
             .offset_msg_id
             .as_deref()
