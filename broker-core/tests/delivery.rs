@@ -286,6 +286,73 @@ async fn progress_survives_a_restart() {
     );
 }
 
+/// Each state file's inode: a rewrite (temp file renamed over) changes it.
+fn state_files(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "json") {
+                out.push((e.path().display().to_string(), m.ino()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn maintenance_rewrites_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), &[1000], 16);
+    b.start(Duration::from_secs(3600));
+    publish(&b, 4).await;
+    let got = b.receive(G, T, opts(1, 30_000)).await.unwrap();
+    b.ack(G, T, &ConsumeMode::Clustering, &got[0].receipt)
+        .unwrap();
+    b.maintain().unwrap();
+    let first = state_files(dir.path());
+    let names: Vec<_> = first
+        .iter()
+        .map(|(p, _)| p.rsplit('/').next().unwrap())
+        .collect();
+    for f in ["checkpoint.json", "timer.json", "txn.json"] {
+        assert!(names.contains(&f), "{f} missing from {names:?}");
+    }
+    // Idle: nothing is rewritten (each rewrite is an fsync).
+    b.maintain().unwrap();
+    assert_eq!(state_files(dir.path()), first);
+    // A publish moves the checkpoint and an ack the group's progress; the
+    // timer and transaction files stay.
+    publish(&b, 1).await;
+    let got = b.receive(G, T, opts(1, 30_000)).await.unwrap();
+    b.ack(G, T, &ConsumeMode::Clustering, &got[0].receipt)
+        .unwrap();
+    b.maintain().unwrap();
+    let changed: Vec<_> = state_files(dir.path())
+        .into_iter()
+        .filter(|f| !first.contains(f))
+        .map(|(p, _)| p.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        changed.contains(&"checkpoint.json".to_owned()),
+        "{changed:?}"
+    );
+    assert!(!changed.contains(&"timer.json".to_owned()), "{changed:?}");
+    assert!(!changed.contains(&"txn.json".to_owned()), "{changed:?}");
+    assert_eq!(
+        changed.len(),
+        2,
+        "checkpoint and the group file: {changed:?}"
+    );
+    b.close().unwrap();
+}
+
 #[tokio::test]
 async fn reset_to_time_replays_and_errors_are_typed() {
     let dir = tempfile::tempdir().unwrap();

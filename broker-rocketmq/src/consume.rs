@@ -14,9 +14,11 @@
 //! - which delivered messages are invisible until when, and which are done
 //!   above the committed offset: held here, and journaled to a topic of the
 //!   subscription's own (`journal.rs`), from which a restarted gateway, or
-//!   another one, picks the state up. One group's receives should still
-//!   reach one gateway at a time (docs/deployment.md, "Consumption
-//!   affinity"): two at once cause duplicates, never loss.
+//!   another one, picks the state up. Gateways may serve one group at
+//!   once: the journal orders their deliveries, the first claim of an
+//!   offset wins, and a gateway that finds another's records before its
+//!   own reloads and withholds the deliveries it lost. Affinity
+//!   (docs/deployment.md) still pays: every such conflict costs a reload.
 //!
 //! Ordered topics: at most one message of a queue in flight; a nacked one
 //! stays at the head of its queue, invisible for its back-off, until it is
@@ -64,6 +66,9 @@ pub(crate) struct Held {
     pub attempt: u32,
     /// In the receipt; a redelivery changes it, voiding older receipts.
     pub nonce: u64,
+    /// The nonce of the delivery this one replaced (0: the first). The
+    /// journal orders gateways' claims by it (`journal.rs`).
+    pub prev: u64,
 }
 
 /// One queue of one pulled topic, for one group.
@@ -218,6 +223,7 @@ impl Sub {
                 visible_at: Instant::now() + invisible,
                 attempt,
                 nonce: n,
+                prev: 0,
             },
         );
         Some(receipt(s, q, offset, n))

@@ -2,6 +2,7 @@
 //! the state of `consume.rs`; progress (load, commit, lag, reset) is in
 //! `offsets.rs`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use crate::journal::{self, Rec};
 use crate::{now_ms, RocketMqBroker};
 
 type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
+
+/// Reloads a receive makes to settle whose claims won before it gives up.
+const RESOLVE_TRIES: usize = 3;
 
 fn tag_expression(t: &TagFilter) -> String {
     match t {
@@ -66,7 +70,9 @@ impl RocketMqBroker {
     ) -> Result<Vec<Delivery>> {
         let slot = self.slot(&offset_group(group, &opts.mode), topic);
         let mut guard = slot.lock().await;
-        let sub = self.loaded(&mut guard, group, topic, &opts.mode).await?;
+        let sub = self
+            .loaded(&mut guard, group, topic, &opts.mode, Reload::IfStale)
+            .await?;
         sub.ordered = opts.ordered;
         if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
             self.snapshot(sub).await?;
@@ -87,23 +93,77 @@ impl RocketMqBroker {
         if !held.is_empty() {
             sub.journal.pending.push(Rec::Held(held));
         }
-        journal::flush(&self.client.producer, sub).await?;
+        if journal::flush(&self.client.producer, sub).await? {
+            self.resolve_claims(&mut guard, group, topic, &opts.mode, &mut out)
+                .await?;
+        }
         Ok(out)
     }
 
+    /// After another gateway appended to the journal before this one's
+    /// claims: reloads (replay orders the claims) and keeps only the
+    /// deliveries whose claims won. A state still stale after a few
+    /// reloads (the others keep appending) withholds every delivery: the
+    /// claims that won come again when their invisibility ends.
+    async fn resolve_claims(
+        &self,
+        guard: &mut Option<Sub>,
+        group: &str,
+        topic: &str,
+        mode: &ConsumeMode,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        for _ in 0..RESOLVE_TRIES {
+            let sub = self
+                .loaded(guard, group, topic, mode, Reload::Always)
+                .await?;
+            if sub.journal.stale {
+                continue;
+            }
+            out.retain(|d| {
+                parse_receipt(&d.receipt)
+                    .ok()
+                    .and_then(|(s, q, offset, n)| Some(sub.held(s, q, offset)?.nonce == n))
+                    .unwrap_or(false)
+            });
+            // Keep the bodies: a redelivery need not read them again.
+            for d in out.iter() {
+                if let Ok((s, q, offset, _)) = parse_receipt(&d.receipt) {
+                    if let Some(h) = sub.held_mut(s, q, offset) {
+                        h.msg = Some(d.message.clone());
+                    }
+                }
+            }
+            return Ok(());
+        }
+        out.clear();
+        Ok(())
+    }
+
     /// The loaded subscription in `guard`: loaded (journal replayed) on
-    /// first use, and again when another gateway has written its journal.
+    /// first use, when another gateway has written its journal, and
+    /// whenever `when` says. A reload first appends what the current state
+    /// has not journaled yet (acks in their linger), or it would lose them.
     pub(crate) async fn loaded<'g>(
         &self,
         guard: &'g mut Option<Sub>,
         group: &str,
         topic: &str,
         mode: &ConsumeMode,
+        when: Reload,
     ) -> Result<&'g mut Sub> {
-        if guard.as_ref().is_none_or(|s| s.journal.stale) {
-            *guard = Some(self.load(group, topic, mode).await?);
+        match guard {
+            Some(sub) if !sub.journal.stale && when == Reload::IfStale => {}
+            Some(sub) => {
+                journal::flush(&self.client.producer, sub).await?;
+                *guard = None;
+            }
+            None => {}
         }
-        guard.as_mut().ok_or(Error::Closed)
+        match guard {
+            Some(sub) => Ok(sub),
+            None => Ok(guard.insert(self.load(group, topic, mode).await?)),
+        }
     }
 
     /// Pulls the main and retry topics' queues until `out` is full.
@@ -114,6 +174,7 @@ impl RocketMqBroker {
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
         let tags = tag_expression(&opts.tags);
+        let start = self.pull_rr.fetch_add(1, Ordering::Relaxed);
         for s in [Source::Main, Source::Retry] {
             let pulled_topic = sub.topic_of(s);
             let route = match self.client.route(&pulled_topic).await {
@@ -121,11 +182,15 @@ impl RocketMqBroker {
                 Err(Error::UnknownTopic(_)) => continue,
                 Err(e) => return Err(e),
             };
-            for (q, qr) in route.queues.iter().enumerate() {
+            let n = route.queues.len().max(1);
+            for i in 0..route.queues.len() {
+                let q = (start + i) % n;
                 if out.len() >= opts.max_messages {
                     return Ok(());
                 }
-                self.pull_into(sub, s, (q, qr), &tags, opts, out).await?;
+                if let Some(qr) = route.queues.get(q) {
+                    self.pull_into(sub, s, (q, qr), &tags, opts, out).await?;
+                }
             }
         }
         Ok(())
@@ -241,6 +306,7 @@ impl RocketMqBroker {
                 continue;
             };
             h.attempt += 1;
+            h.prev = h.nonce;
             h.nonce = cellgate_broker_core::nonce();
             h.visible_at = now + opts.invisible;
             out.push(Delivery {
@@ -306,9 +372,16 @@ impl RocketMqBroker {
         let (s, q, offset, n) = parse_receipt(receipt)?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        // A receipt from another gateway of the group: its delivery is in
-        // the journal.
-        let sub = self.loaded(&mut guard, group, topic, mode).await?;
+        let mut sub = self
+            .loaded(&mut guard, group, topic, mode, Reload::IfStale)
+            .await?;
+        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) {
+            // Perhaps a receipt another gateway of the group issued since
+            // this one last read the journal, which has its delivery.
+            sub = self
+                .loaded(&mut guard, group, topic, mode, Reload::Always)
+                .await?;
+        }
         let held = sub
             .held(s, q, offset)
             .filter(|h| h.nonce == n)
@@ -333,17 +406,22 @@ impl RocketMqBroker {
     ) -> Result<()> {
         let (group, topic) = (sub.group.clone(), sub.topic.clone());
         let msg = match how {
-            Settle::Retry | Settle::DeadLetter => self.held_msg(sub, (s, q, offset)).await?,
+            Settle::Retry | Settle::DeadLetter => match self.held_msg(sub, (s, q, offset)).await? {
+                Some(m) => Some(m),
+                // Gone from the broker (retention): nothing is left to
+                // retry, and `held_msg` finished the offset.
+                None => return Ok(()),
+            },
             Settle::Done | Settle::Later => None,
         };
         let Some(h) = sub.held_mut(s, q, offset) else {
-            // Also a message that is gone (`held_msg` finished it).
             return Err(Error::BadReceipt);
         };
         let backoff = self.backoff(h.attempt);
         match (how, msg) {
             (Settle::Later, _) => {
                 h.visible_at = Instant::now() + backoff;
+                h.prev = h.nonce;
                 h.nonce = cellgate_broker_core::nonce();
                 let rec = journal::held_rec(s, q, offset, h);
                 self.journal_note(sub, Rec::Held(vec![rec]));
@@ -392,6 +470,15 @@ impl RocketMqBroker {
         let i = (attempt.max(1) as usize - 1).min(levels.len().saturating_sub(1));
         levels.get(i).copied().unwrap_or(Duration::from_secs(10))
     }
+}
+
+/// When [`RocketMqBroker::loaded`] replays the journal again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// Only if an append showed another gateway's records.
+    IfStale,
+    /// Now: a conflict to settle, or a receipt this state lacks.
+    Always,
 }
 
 /// How a delivery is settled.

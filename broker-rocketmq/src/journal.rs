@@ -28,9 +28,19 @@
 //!   messages come again (at least once, as RocketMQ's own consumers after
 //!   a crash before their offset commit).
 //! - Each process knows the offset its next append should get. Another
-//!   offset means another gateway appended meanwhile (the load balancer
-//!   moved the group): the subscription is marked stale and reloaded at its
-//!   next call. Until then duplicates are possible, never loss.
+//!   offset means another gateway appended meanwhile: the subscription is
+//!   marked stale and reloaded (after appending what it still holds back)
+//!   at its next call; a receive reloads at once and withholds the
+//!   deliveries whose claims lost.
+//! - Claims: a `Held` record names the delivery it replaces (`prev`). In
+//!   journal order, a record claiming an offset that another delivery
+//!   holds counts only if it names that delivery or that delivery's
+//!   invisibility had ended when the record was stored. So when gateways
+//!   pull one offset at once, the first claim wins, and every replay (by
+//!   any of them) agrees which.
+//! - A snapshot records the offset its writer expected it at (`seen`). One
+//!   that landed elsewhere missed records: it never becomes the start, and
+//!   replay skips it.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -63,9 +73,19 @@ pub(crate) fn journal_group(offset_group: &str) -> String {
 }
 
 /// A message in flight: source (0 main, 1 retry), queue, offset, visible
-/// again at (ms since the epoch), attempt, receipt nonce.
+/// again at (ms since the epoch), attempt, receipt nonce, and the nonce of
+/// the delivery it replaces (0 for a first delivery; absent in journals
+/// written before gateways could share a group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HeldRec(pub u8, pub u16, pub u64, pub i64, pub u32, pub u64);
+pub(crate) struct HeldRec(
+    pub u8,
+    pub u16,
+    pub u64,
+    pub i64,
+    pub u32,
+    pub u64,
+    #[serde(default)] pub u64,
+);
 
 /// A finished offset: source, queue, offset.
 pub(crate) type DoneRec = (u8, u16, u64);
@@ -77,7 +97,35 @@ pub(crate) enum Rec {
     Snapshot {
         held: Vec<HeldRec>,
         done: Vec<DoneRec>,
+        /// The journal offset its writer expected it at: a snapshot that
+        /// landed elsewhere missed the records in between, and replay
+        /// skips it (`None`: written before this check).
+        #[serde(default)]
+        seen: Option<u64>,
     },
+}
+
+/// Where a replayed record sits in the journal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// Its journal offset.
+    pub offset: u64,
+    /// When the broker stored it, on this process's clock.
+    pub stored: Instant,
+    /// The first record of a replay (the journal's start).
+    pub first: bool,
+}
+
+impl At {
+    pub fn new(offset: u64, stored_ms: i64, first: bool) -> At {
+        let ago = Duration::from_millis((now_ms() - stored_ms).max(0) as u64);
+        let now = Instant::now();
+        At {
+            offset,
+            stored: now.checked_sub(ago).unwrap_or(now),
+            first,
+        }
+    }
 }
 
 /// A subscription's journal bookkeeping.
@@ -112,7 +160,7 @@ fn source(b: u8) -> Source {
 pub(crate) fn held_rec(s: Source, q: usize, offset: u64, h: &Held) -> HeldRec {
     let left = h.visible_at.saturating_duration_since(Instant::now());
     let at = now_ms() + left.as_millis() as i64;
-    HeldRec(src(s), q as u16, offset, at, h.attempt, h.nonce)
+    HeldRec(src(s), q as u16, offset, at, h.attempt, h.nonce, h.prev)
 }
 
 pub(crate) fn done_rec(s: Source, q: usize, offset: u64) -> DoneRec {
@@ -122,8 +170,8 @@ pub(crate) fn done_rec(s: Source, q: usize, offset: u64) -> DoneRec {
 // === impl Sub: the journal's view ===
 
 impl Sub {
-    /// The whole state as one record.
-    pub fn snapshot(&self) -> Rec {
+    /// The whole state as one record, to be appended at `seen`.
+    pub fn snapshot(&self, seen: u64) -> Rec {
         let (mut held, mut done) = (Vec::new(), Vec::new());
         for s in [Source::Main, Source::Retry] {
             for (q, st) in self.queues(s).iter().enumerate() {
@@ -131,20 +179,27 @@ impl Sub {
                 done.extend(st.done.iter().map(|o| done_rec(s, q, *o)));
             }
         }
-        Rec::Snapshot { held, done }
+        Rec::Snapshot {
+            held,
+            done,
+            seen: Some(seen),
+        }
     }
 
     /// Applies one replayed record.
-    pub fn apply(&mut self, rec: Rec) {
+    pub fn apply(&mut self, rec: Rec, at: At) {
         match rec {
-            Rec::Held(hs) => hs.into_iter().for_each(|h| self.apply_held(h)),
+            Rec::Held(hs) => hs.into_iter().for_each(|h| self.apply_held(h, at)),
             Rec::Done(ds) => ds.into_iter().for_each(|d| self.apply_done(d)),
-            Rec::Snapshot { held, done } => {
+            // Its writer had not seen every record before it: what it
+            // holds is in those records and the ones it was built from.
+            Rec::Snapshot { seen: Some(s), .. } if !at.first && s != at.offset => {}
+            Rec::Snapshot { held, done, .. } => {
                 for st in self.main.iter_mut().chain(self.retry.iter_mut()) {
                     let c = st.committed;
                     st.jump_to(c);
                 }
-                held.into_iter().for_each(|h| self.apply_held(h));
+                held.into_iter().for_each(|h| self.apply_held(h, at));
                 done.into_iter().for_each(|d| self.apply_done(d));
             }
         }
@@ -159,20 +214,38 @@ impl Sub {
         &mut queues[q]
     }
 
-    fn apply_held(&mut self, HeldRec(s, q, offset, at, attempt, nonce): HeldRec) {
+    /// A delivery claims its offset. Gateways sharing a group may deliver
+    /// one offset at once; the journal orders their claims, and the first
+    /// wins: a later claim counts only if it replaces the delivery its
+    /// writer saw (`prev`), or if that delivery's invisibility had ended
+    /// when the claim was stored.
+    fn apply_held(&mut self, rec: HeldRec, at: At) {
+        let HeldRec(s, q, offset, visible_ms, attempt, nonce, prev) = rec;
         let st = self.queue_at(s, q);
         if offset < st.committed || st.done.contains(&offset) {
             return;
         }
         st.next = st.next.max(offset + 1);
-        let left = Duration::from_millis((at - now_ms()).max(0) as u64);
+        let left = Duration::from_millis((visible_ms - now_ms()).max(0) as u64);
+        let visible_at = Instant::now() + left;
+        if let Some(cur) = st.inflight.get_mut(&offset) {
+            if cur.nonce == nonce {
+                // The same delivery (a process re-reading its own record).
+                cur.visible_at = visible_at;
+                return;
+            }
+            if cur.nonce != prev && cur.visible_at > at.stored {
+                return;
+            }
+        }
         st.inflight.insert(
             offset,
             Held {
                 msg: None,
-                visible_at: Instant::now() + left,
+                visible_at,
                 attempt,
                 nonce,
+                prev,
             },
         );
     }
@@ -196,9 +269,10 @@ pub(crate) fn encode(recs: &[Rec]) -> Result<Option<Vec<u8>>> {
 
 /// Appends `sub`'s pending records as one journal message; marks the
 /// subscription stale if another process appended since this one did.
-pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result<()> {
+/// Returns whether it did (stale now).
+pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result<bool> {
     if sub.journal.pending.is_empty() {
-        return Ok(());
+        return Ok(sub.journal.stale);
     }
     let recs = std::mem::take(&mut sub.journal.pending);
     let topic = journal_topic(&sub.group, &sub.topic);
@@ -207,7 +281,7 @@ pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result
             topic,
             "a journal record over the size limit was not written"
         );
-        return Ok(());
+        return Ok(sub.journal.stale);
     };
     let offset = append(producer, &topic, body).await?;
     if offset != sub.journal.next {
@@ -215,7 +289,7 @@ pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result
     }
     sub.journal.next = offset + 1;
     sub.journal.since_snapshot += 1;
-    Ok(())
+    Ok(sub.journal.stale)
 }
 
 /// Sends one journal message; its queue offset.
@@ -265,5 +339,90 @@ pub(crate) async fn flusher(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub() -> Sub {
+        Sub {
+            group: "G".into(),
+            topic: "T".into(),
+            main: vec![QueueState::at(0)],
+            retry: Vec::new(),
+            ordered: false,
+            journal: Journal::default(),
+        }
+    }
+
+    /// A claim of offset 5 of queue 0, invisible for `for_ms` from now.
+    fn claim(nonce: u64, prev: u64, for_ms: i64) -> Rec {
+        Rec::Held(vec![HeldRec(0, 0, 5, now_ms() + for_ms, 1, nonce, prev)])
+    }
+
+    fn holder(s: &Sub) -> Option<u64> {
+        s.held(Source::Main, 0, 5).map(|h| h.nonce)
+    }
+
+    #[test]
+    fn the_first_claim_of_an_offset_wins() {
+        let mut s = sub();
+        let at = |offset| At::new(offset, now_ms(), false);
+        s.apply(claim(0xA, 0, 30_000), at(1));
+        // Another gateway delivered it too, not knowing: it lost.
+        s.apply(claim(0xB, 0, 30_000), at(2));
+        assert_eq!(holder(&s), Some(0xA));
+        // A redelivery that saw A's claim replaces it.
+        s.apply(claim(0xC, 0xA, -1_000), at(3));
+        assert_eq!(holder(&s), Some(0xC));
+        // C's invisibility had ended when D was stored: D wins.
+        s.apply(claim(0xD, 0, 30_000), at(4));
+        assert_eq!(holder(&s), Some(0xD));
+        // Re-reading one's own record changes nothing.
+        s.apply(claim(0xD, 0, 30_000), at(5));
+        assert_eq!(holder(&s), Some(0xD));
+        // Done is done: a late claim does not bring it back.
+        s.apply(Rec::Done(vec![(0, 0, 5)]), at(6));
+        s.apply(claim(0xE, 0xD, 30_000), at(7));
+        assert_eq!(holder(&s), None);
+        assert!(s.main[0].done.contains(&5));
+    }
+
+    #[test]
+    fn a_snapshot_that_missed_records_is_skipped_unless_it_is_the_start() {
+        let mut s = sub();
+        s.apply(claim(0xA, 0, 30_000), At::new(1, now_ms(), false));
+        let empty = |seen| Rec::Snapshot {
+            held: Vec::new(),
+            done: Vec::new(),
+            seen,
+        };
+        // Written by a process that expected offset 2: it missed offset 1
+        // and others after it; replay keeps A's claim.
+        s.apply(empty(Some(2)), At::new(3, now_ms(), false));
+        assert_eq!(holder(&s), Some(0xA));
+        // One that saw everything before it is the state at that point.
+        s.apply(empty(Some(4)), At::new(4, now_ms(), false));
+        assert_eq!(holder(&s), None);
+        // The journal's start is always a snapshot that saw everything.
+        s.apply(claim(0xB, 0, 30_000), At::new(5, now_ms(), false));
+        s.apply(empty(Some(1)), At::new(6, now_ms(), true));
+        assert_eq!(holder(&s), None);
+    }
+
+    #[test]
+    fn records_written_before_shared_groups_still_read() {
+        let old = r#"[{"Held":[[0,0,5,1700000000000,2,171]]},
+                      {"Snapshot":{"held":[[1,0,3,1700000000000,1,7]],"done":[[0,0,4]]}}]"#;
+        let recs: Vec<Rec> = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            recs[0],
+            Rec::Held(vec![HeldRec(0, 0, 5, 1_700_000_000_000, 2, 171, 0)])
+        );
+        assert!(matches!(&recs[1], Rec::Snapshot { seen: None, held, .. } if held[0].6 == 0));
+        let new = serde_json::to_string(&recs).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Rec>>(&new).unwrap(), recs);
     }
 }

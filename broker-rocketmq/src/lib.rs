@@ -34,7 +34,7 @@ mod send;
 mod trace;
 mod txn;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +103,10 @@ pub struct RocketMqBroker {
     delivery: DeliveryConfig,
     /// The round-robin queue counter of sends.
     rr: AtomicU32,
+    /// Where the next receive starts pulling: it moves on per receive, and
+    /// starts at random, so that gateways sharing a group tend to pull
+    /// different queues (each offset both pull is a lost claim for one).
+    pull_rr: AtomicUsize,
     /// Bumped by every send through this process and by the poll tick.
     appended: Arc<tokio::sync::watch::Sender<u64>>,
     /// Arc: the journal flusher task holds it weakly.
@@ -166,6 +170,7 @@ impl RocketMqBroker {
             client,
             delivery,
             rr: AtomicU32::new(0),
+            pull_rr: AtomicUsize::new(cellgate_broker_core::nonce() as usize),
             appended,
             subs,
             journal_wake,

@@ -7,8 +7,22 @@ use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateCo
 
 use crate::consume::{offset_group, QueueState, Source, Sub};
 use crate::error::{remote, response_code, QUERY_NOT_FOUND};
+use crate::group::Reload;
 use crate::journal::{self, journal_group, journal_topic, Rec};
 use crate::RocketMqBroker;
+
+/// Each queue's committed offset, main then retry.
+fn committed(sub: &Sub) -> Vec<(Source, usize, u64)> {
+    [Source::Main, Source::Retry]
+        .into_iter()
+        .flat_map(|s| {
+            sub.queues(s)
+                .iter()
+                .enumerate()
+                .map(move |(q, st)| (s, q, st.committed))
+        })
+        .collect()
+}
 
 /// Queues of a retry topic: RocketMQ gives `%RETRY%` topics one.
 const RETRY_QUEUES: u16 = 1;
@@ -75,8 +89,37 @@ impl RocketMqBroker {
             ordered: false,
             journal: Default::default(),
         };
+        let loaded = committed(&sub);
         self.replay(&mut sub).await?;
+        // Acks journaled by a gateway that could not move the offset
+        // (another's acks it had not read yet filled the gap).
+        for ((s, q, was), (_, _, now)) in loaded.into_iter().zip(committed(&sub)) {
+            if now > was {
+                self.commit(&sub, s, q, now).await?;
+            }
+        }
         Ok(sub)
+    }
+
+    /// Whether the journal has records this process has not read: another
+    /// gateway of the group wrote them since this one's last append.
+    pub(crate) async fn journal_moved(&self, sub: &Sub) -> Result<bool> {
+        let jt = journal_topic(&sub.group, &sub.topic);
+        let route = self.client.route(&jt).await?;
+        let Some(qr) = route.queues.first() else {
+            return Ok(false);
+        };
+        let got = self
+            .pull(
+                &journal_group(&sub.group),
+                &jt,
+                (0, qr),
+                sub.journal.next,
+                1,
+                "*",
+            )
+            .await?;
+        Ok(!got.messages.is_empty())
     }
 
     /// Applies the subscription's journal from its start, then writes a
@@ -105,8 +148,9 @@ impl RocketMqBroker {
                 break;
             };
             for m in got.messages {
+                let at = journal::At::new(m.queue_offset, m.stored_ms, replayed == 0);
                 match serde_json::from_slice::<Vec<Rec>>(&m.body) {
-                    Ok(recs) => recs.into_iter().for_each(|r| sub.apply(r)),
+                    Ok(recs) => recs.into_iter().for_each(|r| sub.apply(r, at)),
                     Err(e) => tracing::warn!(
                         topic = jt,
                         offset = m.queue_offset,
@@ -130,7 +174,7 @@ impl RocketMqBroker {
     pub(crate) async fn snapshot(&self, sub: &mut Sub) -> Result<()> {
         sub.journal.pending.clear();
         let jt = journal_topic(&sub.group, &sub.topic);
-        let Some(body) = journal::encode(&[sub.snapshot()])? else {
+        let Some(body) = journal::encode(&[sub.snapshot(sub.journal.next)])? else {
             tracing::warn!(
                 topic = jt,
                 "the state is over the snapshot limit: not written"
@@ -138,11 +182,15 @@ impl RocketMqBroker {
             return Ok(());
         };
         let at = journal::append(&self.client.producer, &jt, body).await?;
-        if at != sub.journal.next {
-            sub.journal.stale = true;
-        }
+        let seen_all = at == sub.journal.next;
         sub.journal.next = at + 1;
         sub.journal.since_snapshot = 0;
+        if !seen_all {
+            // Records of another gateway came first: the snapshot lacks
+            // them, so the journal keeps its start (replay skips it).
+            sub.journal.stale = true;
+            return Ok(());
+        }
         self.commit_offset(&journal_group(&sub.group), &jt, 0, at)
             .await
     }
@@ -182,7 +230,15 @@ impl RocketMqBroker {
         let route = self.client.route(topic).await?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        let sub = self.loaded(&mut guard, group, topic, mode).await?;
+        let mut sub = self
+            .loaded(&mut guard, group, topic, mode, Reload::IfStale)
+            .await?;
+        if self.journal_moved(sub).await? {
+            // Another gateway's acks and deliveries count too.
+            sub = self
+                .loaded(&mut guard, group, topic, mode, Reload::Always)
+                .await?;
+        }
         let mut out = Vec::new();
         for (q, qr) in route.queues.iter().enumerate() {
             let max = self
@@ -217,7 +273,9 @@ impl RocketMqBroker {
         let offsets = self.offsets_at(topic, &route, ms).await?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        let sub = self.loaded(&mut guard, group, topic, mode).await?;
+        let sub = self
+            .loaded(&mut guard, group, topic, mode, Reload::IfStale)
+            .await?;
         sub.main.resize_with(offsets.len(), QueueState::default);
         for (q, off) in offsets.into_iter().enumerate() {
             sub.main[q].jump_to(off);

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 #![recursion_limit = "256"]
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cellgate_broker_core::{Broker, ConsumeMode, Message, QueueSelect, ReceiveOptions};
@@ -390,6 +392,82 @@ async fn a_gateway_reloads_state_another_gateway_changed() {
     let lag = first.lag(group, topic, &mode).await.unwrap();
     let q0 = lag.iter().find(|l| l.queue == 0).unwrap();
     assert_eq!((q0.committed, q0.inflight), (3, 0), "{lag:?}");
+}
+
+/// Two gateways serving one group at the same time, each receiving and
+/// acking half of what it got through the other: every message is
+/// delivered once (the journal orders their claims), and the group ends
+/// with nothing in flight and nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_group_deliver_each_message_once() {
+    let c = Cluster::start("t8").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T8", "ANT|RZ00A%G8");
+    let a = Arc::new(connect(&c).await);
+    let b = Arc::new(connect(&c).await);
+    const N: usize = 400;
+    let batch: Vec<_> = (0..N)
+        .map(|i| {
+            (
+                msg(topic, &format!("m{i}"), "k"),
+                QueueSelect::ShardingKey(format!("s{i}")),
+            )
+        })
+        .collect();
+    let sent: HashSet<_> = a
+        .send_batch(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let consumer = |me: Arc<RocketMqBroker>, other: Arc<RocketMqBroker>| async move {
+        let mode = ConsumeMode::Clustering;
+        let opts = ReceiveOptions {
+            max_messages: 16,
+            wait: Duration::from_millis(500),
+            invisible: Duration::from_secs(60),
+            ..ReceiveOptions::default()
+        };
+        let (mut got, mut empty) = (Vec::new(), 0);
+        while empty < 3 {
+            let ds = me.receive(group, topic, opts.clone()).await.unwrap();
+            empty = if ds.is_empty() { empty + 1 } else { 0 };
+            for (i, d) in ds.iter().enumerate() {
+                let via = if i % 2 == 0 { &me } else { &other };
+                via.ack(group, topic, &mode, &d.receipt).await.unwrap();
+            }
+            got.extend(ds.into_iter().map(|d| d.message.id));
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(
+        tokio::spawn(consumer(a.clone(), b.clone())),
+        tokio::spawn(consumer(b.clone(), a.clone()))
+    );
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let mut seen = HashSet::new();
+    let twice: Vec<_> = ga
+        .iter()
+        .chain(&gb)
+        .filter(|id| !seen.insert(**id))
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(seen, sent, "every message, once");
+    assert!(
+        !ga.is_empty() && !gb.is_empty(),
+        "both gateways served the group: {} and {}",
+        ga.len(),
+        gb.len()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for g in [&a, &b] {
+        let lag = g.lag(group, topic, &ConsumeMode::Clustering).await.unwrap();
+        assert!(
+            lag.iter()
+                .all(|q| q.lag == 0 && q.inflight == 0 && q.committed == q.max),
+            "{lag:?}"
+        );
+    }
 }
 
 /// Shutting a backend down stores the trace hops still queued.

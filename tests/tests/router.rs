@@ -287,6 +287,11 @@ async fn kill_9_mid_stream(backend: Backend) {
         .filter(|(id, _)| !seen.contains_key(*id))
         .collect();
     let dup = seen.values().filter(|cells| cells.len() > 1).count();
+    let dups: Vec<String> = seen
+        .iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(id, cells)| format!("{id} (uid {}) in {cells:?}", sent[id]))
+        .collect();
     let mut by_owner: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, uid) in &lost {
         *by_owner.entry(owner(**uid)).or_default() += 1;
@@ -302,7 +307,7 @@ async fn kill_9_mid_stream(backend: Backend) {
     };
     assert!(
         lost.is_empty() && dup <= max_dup,
-        "of {}: {} lost, {dup} duplicated (at most {max_dup}); lost by owner cell: {by_owner:?}; the server's warnings:\n{}",
+        "of {}: {} lost, {dup} duplicated (at most {max_dup}: {dups:?}); lost by owner cell: {by_owner:?}; the server's warnings:\n{}",
         sent.len(),
         lost.len(),
         warnings(dir.path())

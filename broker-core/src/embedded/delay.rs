@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{now_ms, EmbeddedBroker};
 use crate::error::{Error, Result};
 use crate::record::{Message, StoredMessage};
-use crate::store::{read_json, write_json, PutResult, QueueSelect};
+use crate::store::{read_json, PutResult, QueueSelect};
 use crate::timer::{Fired, DELIVER_AT, MAX_DELAY, REAL_QUEUE, REAL_TOPIC, SCHEDULE_TOPIC};
 
 /// Due messages fired per step: one `put_copies` each.
@@ -241,7 +241,8 @@ impl EmbeddedBroker {
             }
             st.fired.clone()
         };
-        write_json(&self.store.dir().join("timer.json"), &fired)
+        self.timer_file
+            .write(&self.store.dir().join("timer.json"), &fired, || Ok(()))
     }
 
     /// Writes held messages older than half the retention age again, so

@@ -31,7 +31,7 @@ use crate::broker::{
 use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
 use crate::record::{CopyOf, Message, Records, StoredMessage};
-use crate::store::{PutResult, QueueSelect, Store};
+use crate::store::{JsonFile, PutResult, QueueSelect, Store};
 use crate::timer::Timer;
 use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
 use crate::txn::{Book, Decision, TxnCheck, TxnConfig, TxnInfo};
@@ -105,6 +105,9 @@ pub struct EmbeddedBroker {
     trace: TraceWriter,
     /// The trace channel's receiving end until `start` takes it.
     trace_rx: Mutex<Option<mpsc::Receiver<Vec<Hop>>>>,
+    /// `timer.json` and `txn.json`, rewritten only when they change.
+    timer_file: JsonFile,
+    txn_file: JsonFile,
 }
 
 impl EmbeddedBroker {
@@ -124,6 +127,8 @@ impl EmbeddedBroker {
             checks_ready: Notify::new(),
             trace,
             trace_rx: Mutex::new(Some(trace_rx)),
+            timer_file: JsonFile::default(),
+            txn_file: JsonFile::default(),
         }
     }
 
@@ -197,8 +202,11 @@ impl EmbeddedBroker {
             loop {
                 tick.tick().await;
                 let Some(b) = weak.upgrade() else { return };
-                if let Err(e) = b.maintain() {
-                    tracing::warn!(error = %e, "broker maintenance failed");
+                // fsyncs: off the async workers, which serve requests.
+                match tokio::task::spawn_blocking(move || b.maintain()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "broker maintenance failed"),
+                    Err(e) => tracing::warn!(error = %e, "broker maintenance stopped"),
                 }
             }
         })

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{now_ms, EmbeddedBroker};
 use crate::error::{Error, Result};
 use crate::record::{Message, StoredMessage};
-use crate::store::{read_json, write_json, PutResult, QueueSelect};
+use crate::store::{read_json, PutResult, QueueSelect};
 use crate::timer::{REAL_QUEUE, REAL_TOPIC};
 use crate::txn::{
     Decision, Entry, TxnCheck, TxnInfo, TxnState, HALF_TOPIC, OP_TOPIC, PRODUCER_GROUP, REASON,
@@ -393,6 +393,10 @@ impl EmbeddedBroker {
             }
             book.half_low()
         };
-        write_json(&self.store.dir().join("txn.json"), &TxnFile { half_low })
+        self.txn_file.write(
+            &self.store.dir().join("txn.json"),
+            &TxnFile { half_low },
+            || Ok(()),
+        )
     }
 }

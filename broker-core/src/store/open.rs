@@ -62,6 +62,7 @@ impl Store {
             topics: RwLock::new(topics),
             dispatch: Arc::new(Dispatcher::new(log, keys, end)),
             dispatcher: Mutex::new(None),
+            checkpoint: JsonFile::default(),
         };
         let n = redo.len();
         let mut metas = Vec::with_capacity(n.min(4096));
