@@ -27,6 +27,11 @@ pub const BORN_MS: &str = "__BORN_MS";
 /// The message id, again: the client replaces `UNIQ_KEY` in batches.
 pub const ID: &str = "__ID";
 
+/// On a message sent for the broker's timer to hold: when it is due. The
+/// Rust port's timer strips its own properties when it releases a
+/// message, so this is how a reader knows the timer released it.
+pub const DUE_MS: &str = "__DUE_MS";
+
 /// The RocketMQ message for `m`, with id `id`, due at `deliver_at_ms` if
 /// delayed (the broker's timer holds it until then). Takes `m` so that its
 /// body moves into the RocketMQ message instead of being copied.
@@ -46,6 +51,9 @@ pub(crate) fn to_rocketmq(
     b = b.keys(keys);
     if let Some(at) = deliver_at_ms {
         b = b.deliver_time_ms(at.max(0) as u64);
+        b = b
+            .raw_property(DUE_MS, at.to_string())
+            .map_err(|_| Error::Unsupported("a property name that RocketMQ reserves"))?;
     }
     for (k, v) in &m.properties {
         b = b
@@ -71,6 +79,13 @@ pub(crate) fn to_rocketmq(
 /// A message id as RocketMQ writes it.
 pub(crate) fn id_string(id: &Uuid) -> String {
     id.simple().to_string().to_uppercase()
+}
+
+/// When the broker's timer released `m` into its topic (a delayed send, or
+/// a retry whose back-off ended): its store time there. `None` for a
+/// message stored directly.
+pub(crate) fn released_ms(m: &MessageExt) -> Option<i64> {
+    m.properties().get(DUE_MS).map(|_| m.store_timestamp())
 }
 
 /// The stored message `m`, as cellgate's queue `queue` of its topic.
@@ -103,7 +118,7 @@ pub(crate) fn from_rocketmq(m: &MessageExt, queue: u16) -> StoredMessage {
     let properties: BTreeMap<String, String> = props
         .iter()
         .filter(|(k, _)| {
-            !STRING_HASH_SET.contains(k.as_str()) && k.as_str() != BORN_MS && k.as_str() != ID
+            !STRING_HASH_SET.contains(k.as_str()) && ![BORN_MS, ID, DUE_MS].contains(&k.as_str())
         })
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();

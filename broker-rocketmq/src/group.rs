@@ -223,6 +223,17 @@ impl RocketMqBroker {
         let p = self
             .pull(&sub.group, &pulled_topic, (q, qr), from, want, tags)
             .await?;
+        if !p.released.is_empty() {
+            // RocketMQ's timer leaves no trace of its own; the release
+            // time is the store time in the topic it was released to.
+            // Every group that reads it records the same hop: the trace
+            // reader keeps one.
+            let hops = p.released.iter();
+            self.trace.record(
+                hops.map(|(id, at)| Hop::new(*id, "release", *at, "", "broker"))
+                    .collect(),
+            );
+        }
         let mut commit = None;
         {
             let st = &mut sub.queues_mut(s)[q];

@@ -7,7 +7,7 @@ use rocketmq_model::result::PullStatus;
 use rocketmq_protocol::protocol::header::pull_message_request_header::PullMessageRequestHeader;
 
 use crate::client::{QueueRef, Route};
-use crate::convert::{from_rocketmq, id_string};
+use crate::convert::{from_rocketmq, id_string, released_ms};
 use crate::error::{remote, response_code, NO_MESSAGE, QUERY_NOT_FOUND, TOPIC_NOT_EXIST};
 use crate::{now_ms, RocketMqBroker};
 
@@ -22,6 +22,8 @@ pub(crate) const READER_GROUP: &str = "CELLGATE_READER";
 pub(crate) struct Pulled {
     pub messages: Vec<StoredMessage>,
     pub next: u64,
+    /// Of `messages`, those the broker's timer released (id, release time).
+    pub released: Vec<(uuid::Uuid, i64)>,
 }
 
 /// RocketMQ's own topics, the names the name server lists beside topics
@@ -81,24 +83,34 @@ impl RocketMqBroker {
             .map_err(|e| remote("pull", &e))?;
         let next = out.next_begin_offset();
         match out.pull_status() {
-            PullStatus::Found => Ok(Pulled {
-                messages: out
-                    .into_messages()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|m| from_rocketmq(m, index as u16))
-                    .collect(),
-                next,
-            }),
+            PullStatus::Found => {
+                let raw = out.into_messages().unwrap_or_default();
+                let mut released = Vec::new();
+                let mut messages = Vec::with_capacity(raw.len());
+                for m in &raw {
+                    let sm = from_rocketmq(m, index as u16);
+                    if let Some(at) = released_ms(m) {
+                        released.push((sm.id, at));
+                    }
+                    messages.push(sm);
+                }
+                Ok(Pulled {
+                    messages,
+                    next,
+                    released,
+                })
+            }
             PullStatus::NoNewMsg | PullStatus::NoMatchedMsg => Ok(Pulled {
                 messages: Vec::new(),
                 next: next.max(from),
+                released: Vec::new(),
             }),
             // Below the oldest retained message: go on from there. Above
             // the newest: stay where the queue ends.
             PullStatus::OffsetIllegal => Ok(Pulled {
                 messages: Vec::new(),
                 next,
+                released: Vec::new(),
             }),
         }
     }

@@ -231,6 +231,9 @@ impl RocketMqBroker {
             }
         }
         hops.sort_by_key(|h| h.at_ms);
+        // Each group that read a released message recorded its release.
+        let mut released = std::collections::HashSet::new();
+        hops.retain(|h| h.kind != "release" || released.insert(h.at_ms));
         Ok(hops)
     }
 }
