@@ -69,6 +69,8 @@ pub(crate) struct Held {
     /// The nonce of the delivery this one replaced (0: the first). The
     /// journal orders gateways' claims by it (`journal.rs`).
     pub prev: u64,
+    /// Delivered by this process (not known from the journal only).
+    pub mine: bool,
 }
 
 /// One queue of one pulled topic, for one group.
@@ -224,6 +226,7 @@ impl Sub {
                 attempt,
                 nonce: n,
                 prev: 0,
+                mine: true,
             },
         );
         Some(receipt(s, q, offset, n))

@@ -21,6 +21,10 @@ type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
 /// Reloads a receive makes to settle whose claims won before it gives up.
 const RESOLVE_TRIES: usize = 3;
 
+/// How much later than its own a gateway redelivers another's expired
+/// delivery: far above the journal's ack linger and ordinary clock skew.
+const FOREIGN_GRACE: Duration = Duration::from_secs(1);
+
 fn tag_expression(t: &TagFilter) -> String {
     match t {
         TagFilter::All => "*".into(),
@@ -73,8 +77,11 @@ impl RocketMqBroker {
         let sub = self
             .loaded(&mut guard, group, topic, &opts.mode, Reload::IfStale)
             .await?;
+        // Another gateway settling this group's nacks needs to know (it
+        // reads it from the snapshot).
+        let mode_changed = sub.ordered != opts.ordered;
         sub.ordered = opts.ordered;
-        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
+        if mode_changed || sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
             self.snapshot(sub).await?;
         }
         let mut out = Vec::new();
@@ -93,31 +100,35 @@ impl RocketMqBroker {
         if !held.is_empty() {
             sub.journal.pending.push(Rec::Held(held));
         }
-        if journal::flush(&self.client.producer, sub).await? {
-            self.resolve_claims(&mut guard, group, topic, &opts.mode, &mut out)
+        if journal::flush(&self.client.producer, sub).await? && !out.is_empty() {
+            let claimed_at = sub.journal.last_append.unwrap_or(u64::MAX);
+            let key = (group, topic, &opts.mode);
+            self.resolve_claims(&mut guard, key, claimed_at, &mut out)
                 .await?;
         }
         Ok(out)
     }
 
     /// After another gateway appended to the journal before this one's
-    /// claims: reloads (replay orders the claims) and keeps only the
-    /// deliveries whose claims won. A state still stale after a few
-    /// reloads (the others keep appending) withholds every delivery: the
-    /// claims that won come again when their invisibility ends.
+    /// claims (appended at `claimed_at`): reloads (replay orders the
+    /// claims) and keeps only the deliveries whose claims won. Should no
+    /// reload's replay reach the claims (the journal's tail trails an
+    /// append briefly), every delivery is withheld: the claims that won
+    /// come again when their invisibility ends.
     async fn resolve_claims(
         &self,
         guard: &mut Option<Sub>,
-        group: &str,
-        topic: &str,
-        mode: &ConsumeMode,
+        (group, topic, mode): (&str, &str, &ConsumeMode),
+        claimed_at: u64,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
         for _ in 0..RESOLVE_TRIES {
             let sub = self
                 .loaded(guard, group, topic, mode, Reload::Always)
                 .await?;
-            if sub.journal.stale {
+            // Records after the claims cannot undo them: only the order
+            // up to them matters.
+            if sub.journal.replayed_to <= claimed_at {
                 continue;
             }
             out.retain(|d| {
@@ -131,6 +142,7 @@ impl RocketMqBroker {
                 if let Ok((s, q, offset, _)) = parse_receipt(&d.receipt) {
                     if let Some(h) = sub.held_mut(s, q, offset) {
                         h.msg = Some(d.message.clone());
+                        h.mine = true;
                     }
                 }
             }
@@ -152,17 +164,23 @@ impl RocketMqBroker {
         mode: &ConsumeMode,
         when: Reload,
     ) -> Result<&'g mut Sub> {
+        let mut ordered = false;
         match guard {
             Some(sub) if !sub.journal.stale && when == Reload::IfStale => {}
             Some(sub) => {
                 journal::flush(&self.client.producer, sub).await?;
+                ordered = sub.ordered;
                 *guard = None;
             }
             None => {}
         }
         match guard {
             Some(sub) => Ok(sub),
-            None => Ok(guard.insert(self.load(group, topic, mode).await?)),
+            None => {
+                let sub = guard.insert(self.load(group, topic, mode).await?);
+                sub.ordered |= ordered;
+                Ok(sub)
+            }
         }
     }
 
@@ -184,7 +202,7 @@ impl RocketMqBroker {
             };
             let n = route.queues.len().max(1);
             for i in 0..route.queues.len() {
-                let q = (start + i) % n;
+                let q = start.wrapping_add(i) % n;
                 if out.len() >= opts.max_messages {
                     return Ok(());
                 }
@@ -298,7 +316,14 @@ impl RocketMqBroker {
         for s in [Source::Main, Source::Retry] {
             for (q, st) in sub.queues_mut(s).iter().enumerate() {
                 for (offset, h) in &st.inflight {
-                    if due.len() >= room || h.visible_at > now {
+                    // Another gateway's delivery: its ack may still be in
+                    // that gateway's journal linger, and clocks differ.
+                    let grace = if h.mine {
+                        Duration::ZERO
+                    } else {
+                        FOREIGN_GRACE
+                    };
+                    if due.len() >= room || h.visible_at + grace > now {
                         continue;
                     }
                     if h.attempt >= max_attempts {
@@ -317,6 +342,7 @@ impl RocketMqBroker {
                 continue;
             };
             h.attempt += 1;
+            h.mine = true;
             h.prev = h.nonce;
             h.nonce = cellgate_broker_core::nonce();
             h.visible_at = now + opts.invisible;
@@ -432,6 +458,7 @@ impl RocketMqBroker {
         match (how, msg) {
             (Settle::Later, _) => {
                 h.visible_at = Instant::now() + backoff;
+                h.mine = true;
                 h.prev = h.nonce;
                 h.nonce = cellgate_broker_core::nonce();
                 let rec = journal::held_rec(s, q, offset, h);

@@ -102,6 +102,14 @@ pub(crate) enum Rec {
         /// skips it (`None`: written before this check).
         #[serde(default)]
         seen: Option<u64>,
+        /// Each queue's committed offset as its writer knew it: a replay
+        /// never starts a queue below it, even if a gateway with a stale
+        /// state wrote a lower offset to the broker since.
+        #[serde(default)]
+        committed: Vec<DoneRec>,
+        /// The subscription was being received as ordered.
+        #[serde(default)]
+        ordered: bool,
     },
 }
 
@@ -110,22 +118,8 @@ pub(crate) enum Rec {
 pub(crate) struct At {
     /// Its journal offset.
     pub offset: u64,
-    /// When the broker stored it, on this process's clock.
-    pub stored: Instant,
-    /// The first record of a replay (the journal's start).
+    /// In the first journal message of a replay (the journal's start).
     pub first: bool,
-}
-
-impl At {
-    pub fn new(offset: u64, stored_ms: i64, first: bool) -> At {
-        let ago = Duration::from_millis((now_ms() - stored_ms).max(0) as u64);
-        let now = Instant::now();
-        At {
-            offset,
-            stored: now.checked_sub(ago).unwrap_or(now),
-            first,
-        }
-    }
 }
 
 /// A subscription's journal bookkeeping.
@@ -139,6 +133,10 @@ pub(crate) struct Journal {
     pub since_snapshot: u32,
     /// Another process appended: reload before the next call.
     pub stale: bool,
+    /// The offset of this process's last append.
+    pub last_append: Option<u64>,
+    /// Where the load's replay ended: every record below it is applied.
+    pub replayed_to: u64,
 }
 
 fn src(s: Source) -> u8 {
@@ -172,34 +170,50 @@ pub(crate) fn done_rec(s: Source, q: usize, offset: u64) -> DoneRec {
 impl Sub {
     /// The whole state as one record, to be appended at `seen`.
     pub fn snapshot(&self, seen: u64) -> Rec {
-        let (mut held, mut done) = (Vec::new(), Vec::new());
+        let (mut held, mut done, mut committed) = (Vec::new(), Vec::new(), Vec::new());
         for s in [Source::Main, Source::Retry] {
             for (q, st) in self.queues(s).iter().enumerate() {
                 held.extend(st.inflight.iter().map(|(o, h)| held_rec(s, q, *o, h)));
                 done.extend(st.done.iter().map(|o| done_rec(s, q, *o)));
+                committed.push(done_rec(s, q, st.committed));
             }
         }
         Rec::Snapshot {
             held,
             done,
             seen: Some(seen),
+            committed,
+            ordered: self.ordered,
         }
     }
 
     /// Applies one replayed record.
     pub fn apply(&mut self, rec: Rec, at: At) {
         match rec {
-            Rec::Held(hs) => hs.into_iter().for_each(|h| self.apply_held(h, at)),
+            Rec::Held(hs) => hs.into_iter().for_each(|h| self.apply_held(h)),
             Rec::Done(ds) => ds.into_iter().for_each(|d| self.apply_done(d)),
             // Its writer had not seen every record before it: what it
             // holds is in those records and the ones it was built from.
             Rec::Snapshot { seen: Some(s), .. } if !at.first && s != at.offset => {}
-            Rec::Snapshot { held, done, .. } => {
+            Rec::Snapshot {
+                held,
+                done,
+                committed,
+                ordered,
+                ..
+            } => {
                 for st in self.main.iter_mut().chain(self.retry.iter_mut()) {
                     let c = st.committed;
                     st.jump_to(c);
                 }
-                held.into_iter().for_each(|h| self.apply_held(h, at));
+                for (s, q, c) in committed {
+                    let st = self.queue_at(s, q);
+                    if c > st.committed {
+                        st.jump_to(c);
+                    }
+                }
+                self.ordered |= ordered;
+                held.into_iter().for_each(|h| self.apply_held(h));
                 done.into_iter().for_each(|d| self.apply_done(d));
             }
         }
@@ -217,9 +231,11 @@ impl Sub {
     /// A delivery claims its offset. Gateways sharing a group may deliver
     /// one offset at once; the journal orders their claims, and the first
     /// wins: a later claim counts only if it replaces the delivery its
-    /// writer saw (`prev`), or if that delivery's invisibility had ended
-    /// when the claim was stored.
-    fn apply_held(&mut self, rec: HeldRec, at: At) {
+    /// writer saw (`prev`). A writer that had not seen the current holder
+    /// had not read the whole journal, so its append landed where it did
+    /// not expect, and it reloads and withholds what it lost. The rule
+    /// reads nothing but the records, so every replay agrees.
+    fn apply_held(&mut self, rec: HeldRec) {
         let HeldRec(s, q, offset, visible_ms, attempt, nonce, prev) = rec;
         let st = self.queue_at(s, q);
         if offset < st.committed || st.done.contains(&offset) {
@@ -234,7 +250,7 @@ impl Sub {
                 cur.visible_at = visible_at;
                 return;
             }
-            if cur.nonce != prev && cur.visible_at > at.stored {
+            if cur.nonce != prev {
                 return;
             }
         }
@@ -246,6 +262,7 @@ impl Sub {
                 attempt,
                 nonce,
                 prev,
+                mine: false,
             },
         );
     }
@@ -283,13 +300,26 @@ pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result
         );
         return Ok(sub.journal.stale);
     };
-    let offset = append(producer, &topic, body).await?;
+    let offset = match append(producer, &topic, body).await {
+        Ok(o) => o,
+        Err(e) => {
+            // Kept for the next flush: they are facts still.
+            sub.journal.pending = recs;
+            return Err(e);
+        }
+    };
+    noted(sub, offset);
+    sub.journal.since_snapshot += 1;
+    Ok(sub.journal.stale)
+}
+
+/// Books an append of this process at `offset`.
+pub(crate) fn noted(sub: &mut Sub, offset: u64) {
     if offset != sub.journal.next {
         sub.journal.stale = true;
     }
     sub.journal.next = offset + 1;
-    sub.journal.since_snapshot += 1;
-    Ok(sub.journal.stale)
+    sub.journal.last_append = Some(offset);
 }
 
 /// Sends one journal message; its queue offset.
@@ -369,7 +399,10 @@ mod tests {
     #[test]
     fn the_first_claim_of_an_offset_wins() {
         let mut s = sub();
-        let at = |offset| At::new(offset, now_ms(), false);
+        let at = |offset| At {
+            offset,
+            first: false,
+        };
         s.apply(claim(0xA, 0, 30_000), at(1));
         // Another gateway delivered it too, not knowing: it lost.
         s.apply(claim(0xB, 0, 30_000), at(2));
@@ -377,15 +410,16 @@ mod tests {
         // A redelivery that saw A's claim replaces it.
         s.apply(claim(0xC, 0xA, -1_000), at(3));
         assert_eq!(holder(&s), Some(0xC));
-        // C's invisibility had ended when D was stored: D wins.
-        s.apply(claim(0xD, 0, 30_000), at(4));
-        assert_eq!(holder(&s), Some(0xD));
+        // One that did not see C loses, even after C's time ran out:
+        // whatever the clocks, every replay decides alike.
+        s.apply(claim(0xD, 0xA, 30_000), at(4));
+        assert_eq!(holder(&s), Some(0xC));
         // Re-reading one's own record changes nothing.
-        s.apply(claim(0xD, 0, 30_000), at(5));
-        assert_eq!(holder(&s), Some(0xD));
+        s.apply(claim(0xC, 0xA, -1_000), at(5));
+        assert_eq!(holder(&s), Some(0xC));
         // Done is done: a late claim does not bring it back.
         s.apply(Rec::Done(vec![(0, 0, 5)]), at(6));
-        s.apply(claim(0xE, 0xD, 30_000), at(7));
+        s.apply(claim(0xE, 0xC, 30_000), at(7));
         assert_eq!(holder(&s), None);
         assert!(s.main[0].done.contains(&5));
     }
@@ -393,23 +427,30 @@ mod tests {
     #[test]
     fn a_snapshot_that_missed_records_is_skipped_unless_it_is_the_start() {
         let mut s = sub();
-        s.apply(claim(0xA, 0, 30_000), At::new(1, now_ms(), false));
-        let empty = |seen| Rec::Snapshot {
+        let at = |offset, first| At { offset, first };
+        s.apply(claim(0xA, 0, 30_000), at(1, false));
+        let empty = |seen, committed| Rec::Snapshot {
             held: Vec::new(),
             done: Vec::new(),
             seen,
+            committed,
+            ordered: false,
         };
         // Written by a process that expected offset 2: it missed offset 1
         // and others after it; replay keeps A's claim.
-        s.apply(empty(Some(2)), At::new(3, now_ms(), false));
+        s.apply(empty(Some(2), vec![]), at(3, false));
         assert_eq!(holder(&s), Some(0xA));
         // One that saw everything before it is the state at that point.
-        s.apply(empty(Some(4)), At::new(4, now_ms(), false));
+        s.apply(empty(Some(4), vec![]), at(4, false));
         assert_eq!(holder(&s), None);
         // The journal's start is always a snapshot that saw everything.
-        s.apply(claim(0xB, 0, 30_000), At::new(5, now_ms(), false));
-        s.apply(empty(Some(1)), At::new(6, now_ms(), true));
+        s.apply(claim(0xB, 0, 30_000), at(5, false));
+        s.apply(empty(Some(1), vec![]), at(6, true));
         assert_eq!(holder(&s), None);
+        // A snapshot's committed offset is a floor: the broker's may have
+        // been set lower since by a gateway that was behind.
+        s.apply(empty(Some(7), vec![(0, 0, 9)]), at(7, false));
+        assert_eq!((s.main[0].committed, s.main[0].next), (9, 9));
     }
 
     #[test]
@@ -421,7 +462,11 @@ mod tests {
             recs[0],
             Rec::Held(vec![HeldRec(0, 0, 5, 1_700_000_000_000, 2, 171, 0)])
         );
-        assert!(matches!(&recs[1], Rec::Snapshot { seen: None, held, .. } if held[0].6 == 0));
+        assert!(matches!(
+            &recs[1],
+            Rec::Snapshot { seen: None, held, committed, ordered: false, .. }
+                if held[0].6 == 0 && committed.is_empty()
+        ));
         let new = serde_json::to_string(&recs).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Rec>>(&new).unwrap(), recs);
     }

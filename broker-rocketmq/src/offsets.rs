@@ -92,9 +92,11 @@ impl RocketMqBroker {
         let loaded = committed(&sub);
         self.replay(&mut sub).await?;
         // Acks journaled by a gateway that could not move the offset
-        // (another's acks it had not read yet filled the gap).
-        for ((s, q, was), (_, _, now)) in loaded.into_iter().zip(committed(&sub)) {
-            if now > was {
+        // (another's acks it had not read yet filled the gap), or a
+        // snapshot's floor above what a stale gateway wrote.
+        for (s, q, now) in committed(&sub) {
+            let was = loaded.iter().find(|(ls, lq, _)| *ls == s && *lq == q);
+            if now > was.map_or(0, |(_, _, was)| *was) {
                 self.commit(&sub, s, q, now).await?;
             }
         }
@@ -148,7 +150,10 @@ impl RocketMqBroker {
                 break;
             };
             for m in got.messages {
-                let at = journal::At::new(m.queue_offset, m.stored_ms, replayed == 0);
+                let at = journal::At {
+                    offset: m.queue_offset,
+                    first: replayed == 0,
+                };
                 match serde_json::from_slice::<Vec<Rec>>(&m.body) {
                     Ok(recs) => recs.into_iter().for_each(|r| sub.apply(r, at)),
                     Err(e) => tracing::warn!(
@@ -163,32 +168,46 @@ impl RocketMqBroker {
             next = last + 1;
         }
         sub.journal.next = next;
+        sub.journal.replayed_to = next;
         if replayed > 0 {
             self.snapshot(sub).await?;
         }
         Ok(())
     }
 
-    /// Appends the whole state (with what was pending) and moves the
-    /// journal's start to it.
+    /// Appends the whole state and moves the journal's start to it. What
+    /// was pending goes first, in the same message: should the snapshot
+    /// land after another gateway's records (and replay skip it), those
+    /// records still count.
     pub(crate) async fn snapshot(&self, sub: &mut Sub) -> Result<()> {
-        sub.journal.pending.clear();
         let jt = journal_topic(&sub.group, &sub.topic);
-        let Some(body) = journal::encode(&[sub.snapshot(sub.journal.next)])? else {
-            tracing::warn!(
-                topic = jt,
-                "the state is over the snapshot limit: not written"
-            );
-            return Ok(());
+        let mut recs = std::mem::take(&mut sub.journal.pending);
+        recs.push(sub.snapshot(sub.journal.next));
+        let body = match journal::encode(&recs)? {
+            Some(b) => b,
+            None => {
+                tracing::warn!(
+                    topic = jt,
+                    "the state is over the snapshot limit: not written"
+                );
+                recs.pop();
+                sub.journal.pending = recs;
+                return journal::flush(&self.client.producer, sub).await.map(drop);
+            }
         };
-        let at = journal::append(&self.client.producer, &jt, body).await?;
-        let seen_all = at == sub.journal.next;
-        sub.journal.next = at + 1;
+        let at = match journal::append(&self.client.producer, &jt, body).await {
+            Ok(at) => at,
+            Err(e) => {
+                recs.pop();
+                sub.journal.pending = recs;
+                return Err(e);
+            }
+        };
+        journal::noted(sub, at);
         sub.journal.since_snapshot = 0;
-        if !seen_all {
+        if sub.journal.stale {
             // Records of another gateway came first: the snapshot lacks
             // them, so the journal keeps its start (replay skips it).
-            sub.journal.stale = true;
             return Ok(());
         }
         self.commit_offset(&journal_group(&sub.group), &jt, 0, at)

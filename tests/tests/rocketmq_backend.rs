@@ -26,6 +26,16 @@ fn msg(topic: &str, body: &str, key: &str) -> Message {
     }
 }
 
+/// `n` messages spread over the topic's queues by sharding key.
+fn spread(topic: &str, n: usize) -> Vec<(Message, QueueSelect)> {
+    (0..n)
+        .map(|i| {
+            let sel = QueueSelect::ShardingKey(format!("s{i}"));
+            (msg(topic, &format!("m{i}"), "k"), sel)
+        })
+        .collect()
+}
+
 async fn connect(c: &Cluster) -> RocketMqBroker {
     let mut cfg = Config::new(vec![format!("127.0.0.1:{}", c.namesrv_port)]);
     cfg.delivery.retry_levels = vec![Duration::from_millis(500)];
@@ -405,16 +415,8 @@ async fn gateways_sharing_a_group_deliver_each_message_once() {
     let a = Arc::new(connect(&c).await);
     let b = Arc::new(connect(&c).await);
     const N: usize = 400;
-    let batch: Vec<_> = (0..N)
-        .map(|i| {
-            (
-                msg(topic, &format!("m{i}"), "k"),
-                QueueSelect::ShardingKey(format!("s{i}")),
-            )
-        })
-        .collect();
     let sent: HashSet<_> = a
-        .send_batch(batch)
+        .send_batch(spread(topic, N))
         .await
         .unwrap()
         .into_iter()
@@ -468,6 +470,58 @@ async fn gateways_sharing_a_group_deliver_each_message_once() {
             "{lag:?}"
         );
     }
+}
+
+/// Deliveries whose invisibility ends come again once, as attempt 2, though
+/// both gateways of the group look for expired ones at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_delivery_comes_again_once_across_gateways() {
+    let c = Cluster::start("t9").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T9", "ANT|RZ00A%G9");
+    let a = Arc::new(connect(&c).await);
+    let b = Arc::new(connect(&c).await);
+    const N: usize = 40;
+    a.send_batch(spread(topic, N)).await.unwrap();
+    let opts = |max, invisible| ReceiveOptions {
+        max_messages: max,
+        wait: Duration::from_millis(300),
+        invisible,
+        ..ReceiveOptions::default()
+    };
+    let mut first = Vec::new();
+    while first.len() < N {
+        let got = a
+            .receive(group, topic, opts(64, Duration::from_millis(500)))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "only {} of {N}", first.len());
+        first.extend(got);
+    }
+    // Nobody acks; both gateways take what falls due.
+    let consumer = |me: Arc<RocketMqBroker>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        let mut got = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            let ds = me
+                .receive(group, topic, opts(8, Duration::from_secs(60)))
+                .await
+                .unwrap();
+            got.extend(ds.into_iter().map(|d| (d.message.id, d.attempt)));
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(
+        tokio::spawn(consumer(a.clone())),
+        tokio::spawn(consumer(b.clone()))
+    );
+    let again: Vec<_> = ga.unwrap().into_iter().chain(gb.unwrap()).collect();
+    let mut seen = HashSet::new();
+    for (id, attempt) in &again {
+        assert_eq!(*attempt, 2, "{id}");
+        assert!(seen.insert(*id), "{id} came again twice: {again:?}");
+    }
+    let want: HashSet<_> = first.iter().map(|d| d.message.id).collect();
+    assert_eq!(seen, want, "every expired delivery, once");
 }
 
 /// Shutting a backend down stores the trace hops still queued.
