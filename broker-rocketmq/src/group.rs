@@ -352,6 +352,12 @@ impl RocketMqBroker {
                 attempt: h.attempt,
             });
         }
+        // Sending a copy cannot be undone: first make sure no other
+        // gateway has redelivered these meanwhile (next call reloads).
+        if !dead.is_empty() && self.journal_moved(sub).await? {
+            sub.journal.stale = true;
+            return Ok(());
+        }
         for (s, q, offset) in dead {
             self.settle_one(sub, (s, q, offset), Settle::DeadLetter)
                 .await?;
@@ -412,9 +418,13 @@ impl RocketMqBroker {
         let mut sub = self
             .loaded(&mut guard, group, topic, mode, Reload::IfStale)
             .await?;
-        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) {
-            // Perhaps a receipt another gateway of the group issued since
-            // this one last read the journal, which has its delivery.
+        // Perhaps a receipt another gateway of the group issued since this
+        // one last read the journal, which has its delivery. A nack sends
+        // a copy, which cannot be undone: it also checks that no other
+        // gateway redelivered the message meanwhile.
+        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n)
+            || (!ack && self.journal_moved(sub).await?)
+        {
             sub = self
                 .loaded(&mut guard, group, topic, mode, Reload::Always)
                 .await?;

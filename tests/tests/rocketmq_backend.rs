@@ -524,6 +524,43 @@ async fn an_expired_delivery_comes_again_once_across_gateways() {
     assert_eq!(seen, want, "every expired delivery, once");
 }
 
+/// A gateway that has not read another's redelivery refuses the nack of
+/// the older delivery instead of sending a retry copy beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_of_a_delivery_another_gateway_replaced_is_refused() {
+    let c = Cluster::start("t10").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T10", "ANT|RZ00A%G10");
+    let mode = ConsumeMode::Clustering;
+    let (a, b) = (connect(&c).await, connect(&c).await);
+    a.send(msg(topic, "m0", "k"), QueueSelect::Queue(0))
+        .await
+        .unwrap();
+    let opts = |wait_ms, invisible_ms| ReceiveOptions {
+        max_messages: 4,
+        wait: Duration::from_millis(wait_ms),
+        invisible: Duration::from_millis(invisible_ms),
+        ..ReceiveOptions::default()
+    };
+    let old = a.receive(group, topic, opts(3000, 500)).await.unwrap();
+    assert_eq!(old.len(), 1);
+    // Past its invisibility and the grace another gateway gives it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let new = b.receive(group, topic, opts(3000, 30_000)).await.unwrap();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].attempt, 2);
+    let err = a.nack(group, topic, &mode, &old[0].receipt).await;
+    assert!(
+        matches!(err, Err(cellgate_broker_core::Error::BadReceipt)),
+        "{err:?}"
+    );
+    b.ack(group, topic, &mode, &new[0].receipt).await.unwrap();
+    // No retry copy: the retry back-off (500 ms) passes with nothing.
+    for g in [&a, &b] {
+        let none = g.receive(group, topic, opts(1500, 30_000)).await.unwrap();
+        assert!(none.is_empty(), "{none:?}");
+    }
+}
+
 /// Shutting a backend down stores the trace hops still queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stores_the_queued_trace_hops() {
