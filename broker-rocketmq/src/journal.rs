@@ -454,6 +454,15 @@ mod tests {
     }
 
     #[test]
+    fn a_record_past_the_broker_limit_is_not_encoded() {
+        let small = Rec::Done(vec![(0, 0, 1)]);
+        assert!(encode(std::slice::from_ref(&small)).unwrap().is_some());
+        // About 14 bytes an offset: well past 3 MiB.
+        let big = Rec::Done((0..300_000).map(|o| (0, 0, 1_000_000 + o)).collect());
+        assert!(encode(&[big]).unwrap().is_none());
+    }
+
+    #[test]
     fn records_written_before_shared_groups_still_read() {
         let old = r#"[{"Held":[[0,0,5,1700000000000,2,171]]},
                       {"Snapshot":{"held":[[1,0,3,1700000000000,1,7]],"done":[[0,0,4]]}}]"#;
