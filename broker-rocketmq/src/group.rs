@@ -77,11 +77,14 @@ impl RocketMqBroker {
         let sub = self
             .loaded(&mut guard, group, topic, &opts.mode, Reload::IfStale)
             .await?;
-        // Another gateway settling this group's nacks needs to know (it
-        // reads it from the snapshot).
-        let mode_changed = sub.ordered != opts.ordered;
-        sub.ordered = opts.ordered;
-        if mode_changed || sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
+        if sub.ordered != opts.ordered {
+            // Journaled with this receive's deliveries: another gateway
+            // settling this group's nacks needs to know.
+            sub.ordered = opts.ordered;
+            let ordered = opts.ordered;
+            sub.journal.pending.push(Rec::Mode { ordered });
+        }
+        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
             self.snapshot(sub).await?;
         }
         let mut out = Vec::new();
@@ -164,24 +167,28 @@ impl RocketMqBroker {
         mode: &ConsumeMode,
         when: Reload,
     ) -> Result<&'g mut Sub> {
-        let mut ordered = false;
         match guard {
             Some(sub) if !sub.journal.stale && when == Reload::IfStale => {}
             Some(sub) => {
                 journal::flush(&self.client.producer, sub).await?;
-                ordered = sub.ordered;
                 *guard = None;
             }
             None => {}
         }
-        match guard {
-            Some(sub) => Ok(sub),
-            None => {
-                let sub = guard.insert(self.load(group, topic, mode).await?);
-                sub.ordered |= ordered;
-                Ok(sub)
-            }
+        if let Some(sub) = guard {
+            return Ok(sub);
         }
+        // A load whose snapshot landed after another gateway's records
+        // missed them: load again (bounded; a state still stale writes no
+        // snapshot, and its next call reloads).
+        let mut sub = self.load(group, topic, mode).await?;
+        for _ in 1..RESOLVE_TRIES {
+            if !sub.journal.stale {
+                break;
+            }
+            sub = self.load(group, topic, mode).await?;
+        }
+        Ok(guard.insert(sub))
     }
 
     /// Pulls the main and retry topics' queues until `out` is full.
@@ -354,7 +361,7 @@ impl RocketMqBroker {
         }
         // Sending a copy cannot be undone: first make sure no other
         // gateway has redelivered these meanwhile (next call reloads).
-        if !dead.is_empty() && self.journal_moved(sub).await? {
+        if !dead.is_empty() && (sub.journal.stale || self.journal_moved(sub).await?) {
             sub.journal.stale = true;
             return Ok(());
         }
@@ -422,8 +429,14 @@ impl RocketMqBroker {
         // one last read the journal, which has its delivery. A nack sends
         // a copy, which cannot be undone: it also checks that no other
         // gateway redelivered the message meanwhile.
+        // (A nack that keeps the message in place sends nothing.)
+        let in_place = sub.ordered || matches!(mode, ConsumeMode::Broadcast { .. });
+        let last = sub
+            .held(s, q, offset)
+            .is_some_and(|h| h.attempt >= self.delivery.max_attempts);
+        let copies = !ack && (!in_place || last);
         if sub.held(s, q, offset).is_none_or(|h| h.nonce != n)
-            || (!ack && self.journal_moved(sub).await?)
+            || (copies && (sub.journal.stale || self.journal_moved(sub).await?))
         {
             sub = self
                 .loaded(&mut guard, group, topic, mode, Reload::Always)

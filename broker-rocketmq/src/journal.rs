@@ -94,6 +94,12 @@ pub(crate) type DoneRec = (u8, u16, u64);
 pub(crate) enum Rec {
     Held(Vec<HeldRec>),
     Done(Vec<DoneRec>),
+    /// The group is received as ordered (or no longer): a gateway that only
+    /// settles must know, since an ordered nack keeps the message at the
+    /// head of its queue.
+    Mode {
+        ordered: bool,
+    },
     Snapshot {
         held: Vec<HeldRec>,
         done: Vec<DoneRec>,
@@ -102,9 +108,9 @@ pub(crate) enum Rec {
         /// skips it (`None`: written before this check).
         #[serde(default)]
         seen: Option<u64>,
-        /// Each queue's committed offset as its writer knew it: a replay
-        /// never starts a queue below it, even if a gateway with a stale
-        /// state wrote a lower offset to the broker since.
+        /// Each queue's committed offset as its writer knew it: replay
+        /// takes it over the broker's, which a reset may have moved back
+        /// since or a gateway with a stale state may have set lower.
         #[serde(default)]
         committed: Vec<DoneRec>,
         /// The subscription was being received as ordered.
@@ -192,6 +198,7 @@ impl Sub {
         match rec {
             Rec::Held(hs) => hs.into_iter().for_each(|h| self.apply_held(h)),
             Rec::Done(ds) => ds.into_iter().for_each(|d| self.apply_done(d)),
+            Rec::Mode { ordered } => self.ordered = ordered,
             // Its writer had not seen every record before it: what it
             // holds is in those records and the ones it was built from.
             Rec::Snapshot { seen: Some(s), .. } if !at.first && s != at.offset => {}
@@ -202,17 +209,18 @@ impl Sub {
                 ordered,
                 ..
             } => {
+                // The state at that point, committed offsets included: a
+                // reset moves them back, and a gateway whose state was
+                // behind may have written lower ones to the broker since.
+                // (Older snapshots have none: the broker's stand.)
                 for st in self.main.iter_mut().chain(self.retry.iter_mut()) {
                     let c = st.committed;
                     st.jump_to(c);
                 }
                 for (s, q, c) in committed {
-                    let st = self.queue_at(s, q);
-                    if c > st.committed {
-                        st.jump_to(c);
-                    }
+                    self.queue_at(s, q).jump_to(c);
                 }
-                self.ordered |= ordered;
+                self.ordered = ordered;
                 held.into_iter().for_each(|h| self.apply_held(h));
                 done.into_iter().for_each(|d| self.apply_done(d));
             }
@@ -365,7 +373,9 @@ pub(crate) async fn flusher(
             let mut guard = slot.lock().await;
             if let Some(sub) = guard.as_mut() {
                 if let Err(e) = flush(&producer, sub).await {
-                    tracing::warn!(error = %e, group = sub.group, "acks not journaled; they may be delivered again");
+                    tracing::warn!(error = %e, group = sub.group, "acks not journaled yet; retrying");
+                    // The records stayed pending: try again after a linger.
+                    wake.notify_one();
                 }
             }
         }
@@ -447,10 +457,17 @@ mod tests {
         s.apply(claim(0xB, 0, 30_000), at(5, false));
         s.apply(empty(Some(1), vec![]), at(6, true));
         assert_eq!(holder(&s), None);
-        // A snapshot's committed offset is a floor: the broker's may have
-        // been set lower since by a gateway that was behind.
+        // A snapshot's committed offsets are the state's, above or below
+        // what the broker says (a stale gateway's commit; a reset).
         s.apply(empty(Some(7), vec![(0, 0, 9)]), at(7, false));
         assert_eq!((s.main[0].committed, s.main[0].next), (9, 9));
+        s.apply(empty(Some(8), vec![(0, 0, 2)]), at(8, false));
+        assert_eq!((s.main[0].committed, s.main[0].next), (2, 2));
+        // The ordered mode is a record of its own, and in snapshots.
+        s.apply(Rec::Mode { ordered: true }, at(9, false));
+        assert!(s.ordered);
+        s.apply(empty(Some(10), vec![]), at(10, false));
+        assert!(!s.ordered);
     }
 
     #[test]

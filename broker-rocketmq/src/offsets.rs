@@ -24,6 +24,9 @@ fn committed(sub: &Sub) -> Vec<(Source, usize, u64)> {
         .collect()
 }
 
+/// Attempts of a reset to become the journal's start.
+const RESET_TRIES: usize = 3;
+
 /// Queues of a retry topic: RocketMQ gives `%RETRY%` topics one.
 const RETRY_QUEUES: u16 = 1;
 
@@ -180,6 +183,12 @@ impl RocketMqBroker {
     /// land after another gateway's records (and replay skip it), those
     /// records still count.
     pub(crate) async fn snapshot(&self, sub: &mut Sub) -> Result<()> {
+        if sub.journal.stale {
+            // This state missed another gateway's records: a snapshot of
+            // it, landing where expected, would replay as the whole state
+            // and wipe them.
+            return journal::flush(&self.client.producer, sub).await.map(drop);
+        }
         let jt = journal_topic(&sub.group, &sub.topic);
         let mut recs = std::mem::take(&mut sub.journal.pending);
         recs.push(sub.snapshot(sub.journal.next));
@@ -292,15 +301,30 @@ impl RocketMqBroker {
         let offsets = self.offsets_at(topic, &route, ms).await?;
         let slot = self.slot(&offset_group(group, mode), topic);
         let mut guard = slot.lock().await;
-        let sub = self
-            .loaded(&mut guard, group, topic, mode, Reload::IfStale)
-            .await?;
-        sub.main.resize_with(offsets.len(), QueueState::default);
-        for (q, off) in offsets.into_iter().enumerate() {
-            sub.main[q].jump_to(off);
-            self.commit(sub, Source::Main, q, off).await?;
+        for attempt in 0..RESET_TRIES {
+            let when = if attempt == 0 {
+                Reload::IfStale
+            } else {
+                Reload::Always
+            };
+            let sub = self.loaded(&mut guard, group, topic, mode, when).await?;
+            sub.main.resize_with(offsets.len(), QueueState::default);
+            for (q, off) in offsets.iter().enumerate() {
+                sub.main[q].jump_to(*off);
+                self.commit(sub, Source::Main, q, *off).await?;
+            }
+            // The journal's records before the reset no longer apply: it
+            // must start at this snapshot, which it does only if no other
+            // gateway wrote meanwhile (else replay would skip it, and the
+            // older start's offsets would undo the reset).
+            self.snapshot(sub).await?;
+            if !sub.journal.stale {
+                return Ok(());
+            }
         }
-        // The journal's records before the reset no longer apply.
-        self.snapshot(sub).await
+        Err(Error::Remote {
+            op: "reset a group",
+            detail: "other gateways kept writing the group's state; try again".into(),
+        })
     }
 }

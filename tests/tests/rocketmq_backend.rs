@@ -561,6 +561,46 @@ async fn a_nack_of_a_delivery_another_gateway_replaced_is_refused() {
     }
 }
 
+/// A reset to a time before the messages makes the group read them again,
+/// through whichever gateway loads the group next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_rewinds_the_group_for_every_gateway() {
+    let c = Cluster::start("t11").unwrap();
+    let (topic, group) = ("ANT|RZ00A%T11", "ANT|RZ00A%G11");
+    let mode = ConsumeMode::Clustering;
+    let a = connect(&c).await;
+    let before = cellgate_broker_core::now_ms() - 1000;
+    a.send_batch(spread(topic, 6)).await.unwrap();
+    let opts = ReceiveOptions {
+        max_messages: 16,
+        wait: Duration::from_millis(500),
+        invisible: Duration::from_secs(30),
+        ..ReceiveOptions::default()
+    };
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let ds = a.receive(group, topic, opts.clone()).await.unwrap();
+        assert!(!ds.is_empty(), "only {} of 6", got.len());
+        for d in &ds {
+            a.ack(group, topic, &mode, &d.receipt).await.unwrap();
+        }
+        got.extend(ds);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.reset_to_time(group, topic, &mode, before).await.unwrap();
+    let b = connect(&c).await;
+    let mut again = HashSet::new();
+    loop {
+        let ds = b.receive(group, topic, opts.clone()).await.unwrap();
+        if ds.is_empty() {
+            break;
+        }
+        again.extend(ds.into_iter().map(|d| d.message.id));
+    }
+    let want: HashSet<_> = got.iter().map(|d| d.message.id).collect();
+    assert_eq!(again, want, "every message, again");
+}
+
 /// Shutting a backend down stores the trace hops still queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stores_the_queued_trace_hops() {
