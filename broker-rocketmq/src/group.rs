@@ -21,6 +21,10 @@ type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
 /// Reloads a receive makes to settle whose claims won before it gives up.
 const RESOLVE_TRIES: usize = 3;
 
+/// How long a delivery being settled with a copy stays claimed (invisible)
+/// should the gateway die between its claim and the settle's record.
+const SETTLE_HOLD: Duration = Duration::from_secs(30);
+
 /// How much later than its own a gateway redelivers another's expired
 /// delivery: far above the journal's ack linger and ordinary clock skew.
 const FOREIGN_GRACE: Duration = Duration::from_secs(1);
@@ -359,17 +363,37 @@ impl RocketMqBroker {
                 attempt: h.attempt,
             });
         }
-        // Sending a copy cannot be undone: first make sure no other
-        // gateway has redelivered these meanwhile (next call reloads).
-        if !dead.is_empty() && (sub.journal.stale || self.journal_moved(sub).await?) {
-            sub.journal.stale = true;
-            return Ok(());
-        }
-        for (s, q, offset) in dead {
-            self.settle_one(sub, (s, q, offset), Settle::DeadLetter)
-                .await?;
+        for key in dead {
+            // A dead letter is a copy, which cannot be taken back: claim
+            // first. A claim that met another gateway's records waits for
+            // the next call, which reloads and knows whether it won.
+            if !self.claim(sub, key).await?.1 {
+                return Ok(());
+            }
+            self.settle_one(sub, key, Settle::DeadLetter).await?;
         }
         Ok(())
+    }
+
+    /// Journals a claim of a delivery (a new nonce replacing the current
+    /// one, invisible meanwhile) before a settle that sends a copy, so that
+    /// another gateway's redelivery and the copy cannot both count. Returns
+    /// the claim's nonce, and whether it is known to have won: it landed
+    /// where this process expected, after every record it had read.
+    async fn claim(
+        &self,
+        sub: &mut Sub,
+        (s, q, offset): (Source, usize, u64),
+    ) -> Result<(u64, bool)> {
+        let h = sub.held_mut(s, q, offset).ok_or(Error::BadReceipt)?;
+        h.prev = h.nonce;
+        h.nonce = cellgate_broker_core::nonce();
+        h.mine = true;
+        h.visible_at = h.visible_at.max(Instant::now() + SETTLE_HOLD);
+        let (n, rec) = (h.nonce, journal::held_rec(s, q, offset, h));
+        sub.journal.pending.push(Rec::Held(vec![rec]));
+        let stale = journal::flush(&self.client.producer, sub).await?;
+        Ok((n, !stale))
     }
 
     /// The message of a delivery, read again if the state came from the
@@ -426,18 +450,8 @@ impl RocketMqBroker {
             .loaded(&mut guard, group, topic, mode, Reload::IfStale)
             .await?;
         // Perhaps a receipt another gateway of the group issued since this
-        // one last read the journal, which has its delivery. A nack sends
-        // a copy, which cannot be undone: it also checks that no other
-        // gateway redelivered the message meanwhile.
-        // (A nack that keeps the message in place sends nothing.)
-        let in_place = sub.ordered || matches!(mode, ConsumeMode::Broadcast { .. });
-        let last = sub
-            .held(s, q, offset)
-            .is_some_and(|h| h.attempt >= self.delivery.max_attempts);
-        let copies = !ack && (!in_place || last);
-        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n)
-            || (copies && (sub.journal.stale || self.journal_moved(sub).await?))
-        {
+        // one last read the journal, which has its delivery.
+        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) {
             sub = self
                 .loaded(&mut guard, group, topic, mode, Reload::Always)
                 .await?;
@@ -455,6 +469,26 @@ impl RocketMqBroker {
         } else {
             Settle::Retry
         };
+        if matches!(how, Settle::Retry | Settle::DeadLetter) {
+            let (mine, won) = self.claim(sub, (s, q, offset)).await?;
+            if !won {
+                let claimed_at = sub.journal.last_append.unwrap_or(u64::MAX);
+                sub = self
+                    .loaded(&mut guard, group, topic, mode, Reload::Always)
+                    .await?;
+                if sub.journal.replayed_to <= claimed_at {
+                    return Err(Error::Remote {
+                        op: "settle a delivery",
+                        detail: "other gateways of the group are writing its state; try again"
+                            .into(),
+                    });
+                }
+                if sub.held(s, q, offset).is_none_or(|h| h.nonce != mine) {
+                    // Another gateway's redelivery came first.
+                    return Err(Error::BadReceipt);
+                }
+            }
+        }
         self.settle_one(sub, (s, q, offset), how).await
     }
 
