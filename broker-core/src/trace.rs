@@ -67,6 +67,12 @@ impl Hop {
             .with("attempts", attempts.to_string())
     }
 
+    /// The hop of delayed message (or retry) `id` falling due at `at_ms`
+    /// (recorded by the broker whose timer released it).
+    pub fn release(id: Uuid, at_ms: i64) -> Hop {
+        Hop::new(id, "release", at_ms, "", "broker")
+    }
+
     pub fn with(mut self, k: &str, v: impl Into<String>) -> Hop {
         self.detail.insert(k.to_owned(), v.into());
         self

@@ -73,6 +73,21 @@ pub(crate) struct Held {
     pub mine: bool,
 }
 
+// === impl Held ===
+
+impl Held {
+    /// Replaces this delivery with a new one (a redelivery, a nack that
+    /// keeps it in place, a settle's claim) invisible until `visible_at`:
+    /// a new nonce, naming the one it replaces. Returns the new nonce.
+    pub fn replace(&mut self, visible_at: Instant) -> u64 {
+        self.prev = self.nonce;
+        self.nonce = nonce();
+        self.mine = true;
+        self.visible_at = visible_at;
+        self.nonce
+    }
+}
+
 /// One queue of one pulled topic, for one group.
 #[derive(Debug, Default)]
 pub(crate) struct QueueState {

@@ -18,6 +18,9 @@ use crate::{now_ms, RocketMqBroker};
 
 type Slot = Arc<tokio::sync::Mutex<Option<Sub>>>;
 
+/// A subscription as the calls name it: group, topic, consumption mode.
+type SubKey<'a> = (&'a str, &'a str, &'a ConsumeMode);
+
 /// Reloads a receive makes to settle whose claims won before it gives up.
 const RESOLVE_TRIES: usize = 3;
 
@@ -119,44 +122,58 @@ impl RocketMqBroker {
     /// After another gateway appended to the journal before this one's
     /// claims (appended at `claimed_at`): reloads (replay orders the
     /// claims) and keeps only the deliveries whose claims won. Should no
-    /// reload's replay reach the claims (the journal's tail trails an
-    /// append briefly), every delivery is withheld: the claims that won
-    /// come again when their invisibility ends.
+    /// reload's replay reach the claims, every delivery is withheld: the
+    /// claims that won come again when their invisibility ends.
     async fn resolve_claims(
         &self,
         guard: &mut Option<Sub>,
-        (group, topic, mode): (&str, &str, &ConsumeMode),
+        key: SubKey<'_>,
         claimed_at: u64,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
+        let Some(sub) = self.reload_past(guard, key, claimed_at).await? else {
+            out.clear();
+            return Ok(());
+        };
+        out.retain(|d| {
+            let Ok((s, q, offset, n)) = parse_receipt(&d.receipt) else {
+                return false;
+            };
+            match sub.held_mut(s, q, offset) {
+                Some(h) if h.nonce == n => {
+                    // Keep the body: a redelivery need not read it again.
+                    h.msg = Some(d.message.clone());
+                    h.mine = true;
+                    true
+                }
+                _ => false,
+            }
+        });
+        Ok(())
+    }
+
+    /// Reloads until the replay has read the journal past `at` (an append
+    /// of this process), at most [`RESOLVE_TRIES`] times; `None` if none
+    /// did (the journal's tail trails an append briefly). Records after
+    /// `at` cannot undo the claims up to it: only the order up to `at`
+    /// matters to whoever appended there.
+    async fn reload_past<'g>(
+        &self,
+        guard: &'g mut Option<Sub>,
+        (group, topic, mode): SubKey<'_>,
+        at: u64,
+    ) -> Result<Option<&'g mut Sub>> {
+        let mut covered = false;
         for _ in 0..RESOLVE_TRIES {
             let sub = self
                 .loaded(guard, group, topic, mode, Reload::Always)
                 .await?;
-            // Records after the claims cannot undo them: only the order
-            // up to them matters.
-            if sub.journal.replayed_to <= claimed_at {
-                continue;
+            if sub.journal.replayed_to > at {
+                covered = true;
+                break;
             }
-            out.retain(|d| {
-                parse_receipt(&d.receipt)
-                    .ok()
-                    .and_then(|(s, q, offset, n)| Some(sub.held(s, q, offset)?.nonce == n))
-                    .unwrap_or(false)
-            });
-            // Keep the bodies: a redelivery need not read them again.
-            for d in out.iter() {
-                if let Ok((s, q, offset, _)) = parse_receipt(&d.receipt) {
-                    if let Some(h) = sub.held_mut(s, q, offset) {
-                        h.msg = Some(d.message.clone());
-                        h.mine = true;
-                    }
-                }
-            }
-            return Ok(());
         }
-        out.clear();
-        Ok(())
+        Ok(guard.as_mut().filter(|_| covered))
     }
 
     /// The loaded subscription in `guard`: loaded (journal replayed) on
@@ -258,10 +275,8 @@ impl RocketMqBroker {
             // Every group that reads it records the same hop: the trace
             // reader keeps one.
             let hops = p.released.iter();
-            self.trace.record(
-                hops.map(|(id, at)| Hop::new(*id, "release", *at, "", "broker"))
-                    .collect(),
-            );
+            self.trace
+                .record(hops.map(|(id, at)| Hop::release(*id, *at)).collect());
         }
         let mut commit = None;
         {
@@ -353,13 +368,10 @@ impl RocketMqBroker {
                 continue;
             };
             h.attempt += 1;
-            h.mine = true;
-            h.prev = h.nonce;
-            h.nonce = cellgate_broker_core::nonce();
-            h.visible_at = now + opts.invisible;
+            let n = h.replace(now + opts.invisible);
             out.push(Delivery {
                 message,
-                receipt: crate::consume::receipt(s, q, offset, h.nonce),
+                receipt: crate::consume::receipt(s, q, offset, n),
                 attempt: h.attempt,
             });
         }
@@ -386,11 +398,8 @@ impl RocketMqBroker {
         (s, q, offset): (Source, usize, u64),
     ) -> Result<(u64, bool)> {
         let h = sub.held_mut(s, q, offset).ok_or(Error::BadReceipt)?;
-        h.prev = h.nonce;
-        h.nonce = cellgate_broker_core::nonce();
-        h.mine = true;
-        h.visible_at = h.visible_at.max(Instant::now() + SETTLE_HOLD);
-        let (n, rec) = (h.nonce, journal::held_rec(s, q, offset, h));
+        let n = h.replace(h.visible_at.max(Instant::now() + SETTLE_HOLD));
+        let rec = journal::held_rec(s, q, offset, h);
         sub.journal.pending.push(Rec::Held(vec![rec]));
         let stale = journal::flush(&self.client.producer, sub).await?;
         Ok((n, !stale))
@@ -473,16 +482,15 @@ impl RocketMqBroker {
             let (mine, won) = self.claim(sub, (s, q, offset)).await?;
             if !won {
                 let claimed_at = sub.journal.last_append.unwrap_or(u64::MAX);
+                let key = (group, topic, mode);
                 sub = self
-                    .loaded(&mut guard, group, topic, mode, Reload::Always)
-                    .await?;
-                if sub.journal.replayed_to <= claimed_at {
-                    return Err(Error::Remote {
+                    .reload_past(&mut guard, key, claimed_at)
+                    .await?
+                    .ok_or_else(|| Error::Remote {
                         op: "settle a delivery",
                         detail: "other gateways of the group are writing its state; try again"
                             .into(),
-                    });
-                }
+                    })?;
                 if sub.held(s, q, offset).is_none_or(|h| h.nonce != mine) {
                     // Another gateway's redelivery came first.
                     return Err(Error::BadReceipt);
@@ -514,10 +522,7 @@ impl RocketMqBroker {
         let backoff = self.backoff(h.attempt);
         match (how, msg) {
             (Settle::Later, _) => {
-                h.visible_at = Instant::now() + backoff;
-                h.mine = true;
-                h.prev = h.nonce;
-                h.nonce = cellgate_broker_core::nonce();
+                h.replace(Instant::now() + backoff);
                 let rec = journal::held_rec(s, q, offset, h);
                 self.journal_note(sub, Rec::Held(vec![rec]));
                 return Ok(());

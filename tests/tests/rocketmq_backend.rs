@@ -36,6 +36,26 @@ fn spread(topic: &str, n: usize) -> Vec<(Message, QueueSelect)> {
         .collect()
 }
 
+/// `n` messages `m0`, `m1`, … sent one by one to queue 0 (in order).
+async fn send_in_order(b: &RocketMqBroker, topic: &str, n: usize) {
+    for i in 0..n {
+        b.send(msg(topic, &format!("m{i}"), "k"), QueueSelect::Queue(0))
+            .await
+            .unwrap();
+    }
+}
+
+/// Receive options: at most `max` messages, waiting up to `wait_ms`,
+/// invisible for `invisible_ms`.
+fn opts(max: usize, wait_ms: u64, invisible_ms: u64) -> ReceiveOptions {
+    ReceiveOptions {
+        max_messages: max,
+        wait: Duration::from_millis(wait_ms),
+        invisible: Duration::from_millis(invisible_ms),
+        ..ReceiveOptions::default()
+    }
+}
+
 async fn connect(c: &Cluster) -> RocketMqBroker {
     let mut cfg = Config::new(vec![format!("127.0.0.1:{}", c.namesrv_port)]);
     cfg.delivery.retry_levels = vec![Duration::from_millis(500)];
@@ -307,19 +327,9 @@ async fn invisibility_and_acks_survive_a_gateway_change() {
     let (topic, group) = ("ANT|RZ00A%T5", "ANT|RZ00A%G5");
     let mode = ConsumeMode::Clustering;
     let first = connect(&c).await;
-    for i in 0..4 {
-        first
-            .send(msg(topic, &format!("m{i}"), "k"), QueueSelect::Queue(0))
-            .await
-            .unwrap();
-    }
-    let opts = |wait: u64| ReceiveOptions {
-        max_messages: 16,
-        wait: Duration::from_secs(wait),
-        invisible: Duration::from_secs(4),
-        ..ReceiveOptions::default()
-    };
-    let got = first.receive(group, topic, opts(3)).await.unwrap();
+    send_in_order(&first, topic, 4).await;
+    let within = |wait_s: u64| opts(16, wait_s * 1000, 4000);
+    let got = first.receive(group, topic, within(3)).await.unwrap();
     assert_eq!(got.len(), 4, "{got:?}");
     let body =
         |d: &cellgate_broker_core::Delivery| String::from_utf8(d.message.body.clone()).unwrap();
@@ -337,7 +347,7 @@ async fn invisibility_and_acks_survive_a_gateway_change() {
     drop(first);
 
     let second = connect(&c).await;
-    let none = second.receive(group, topic, opts(0)).await.unwrap();
+    let none = second.receive(group, topic, within(0)).await.unwrap();
     assert!(none.is_empty(), "m1 and m3 are still invisible: {none:?}");
     // A receipt the first gateway issued settles here.
     second
@@ -345,7 +355,7 @@ async fn invisibility_and_acks_survive_a_gateway_change() {
         .await
         .unwrap();
     // m3 comes again once its invisibility ends, as attempt 2; m0..m2 never.
-    let again = second.receive(group, topic, opts(8)).await.unwrap();
+    let again = second.receive(group, topic, within(8)).await.unwrap();
     let bodies: Vec<String> = again.iter().map(body).collect();
     assert_eq!(bodies, vec!["m3"], "{again:?}");
     assert_eq!(again[0].attempt, 2);
@@ -368,19 +378,11 @@ async fn a_gateway_reloads_state_another_gateway_changed() {
     let (topic, group) = ("ANT|RZ00A%T6", "ANT|RZ00A%G6");
     let mode = ConsumeMode::Clustering;
     let first = connect(&c).await;
-    for i in 0..3 {
-        first
-            .send(msg(topic, &format!("m{i}"), "k"), QueueSelect::Queue(0))
-            .await
-            .unwrap();
-    }
-    let opts = ReceiveOptions {
-        max_messages: 16,
-        wait: Duration::from_secs(3),
-        invisible: Duration::from_secs(30),
-        ..ReceiveOptions::default()
-    };
-    let got = first.receive(group, topic, opts).await.unwrap();
+    send_in_order(&first, topic, 3).await;
+    let got = first
+        .receive(group, topic, opts(16, 3000, 30_000))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 3, "{got:?}");
     let second = connect(&c).await;
     second
@@ -424,15 +426,12 @@ async fn gateways_sharing_a_group_deliver_each_message_once() {
         .collect();
     let consumer = |me: Arc<RocketMqBroker>, other: Arc<RocketMqBroker>| async move {
         let mode = ConsumeMode::Clustering;
-        let opts = ReceiveOptions {
-            max_messages: 16,
-            wait: Duration::from_millis(500),
-            invisible: Duration::from_secs(60),
-            ..ReceiveOptions::default()
-        };
         let (mut got, mut empty) = (Vec::new(), 0);
         while empty < 3 {
-            let ds = me.receive(group, topic, opts.clone()).await.unwrap();
+            let ds = me
+                .receive(group, topic, opts(16, 500, 60_000))
+                .await
+                .unwrap();
             empty = if ds.is_empty() { empty + 1 } else { 0 };
             for (i, d) in ds.iter().enumerate() {
                 let via = if i % 2 == 0 { &me } else { &other };
@@ -482,18 +481,9 @@ async fn an_expired_delivery_comes_again_once_across_gateways() {
     let b = Arc::new(connect(&c).await);
     const N: usize = 40;
     a.send_batch(spread(topic, N)).await.unwrap();
-    let opts = |max, invisible| ReceiveOptions {
-        max_messages: max,
-        wait: Duration::from_millis(300),
-        invisible,
-        ..ReceiveOptions::default()
-    };
     let mut first = Vec::new();
     while first.len() < N {
-        let got = a
-            .receive(group, topic, opts(64, Duration::from_millis(500)))
-            .await
-            .unwrap();
+        let got = a.receive(group, topic, opts(64, 300, 500)).await.unwrap();
         assert!(!got.is_empty(), "only {} of {N}", first.len());
         first.extend(got);
     }
@@ -503,7 +493,7 @@ async fn an_expired_delivery_comes_again_once_across_gateways() {
         let mut got = Vec::new();
         while tokio::time::Instant::now() < deadline {
             let ds = me
-                .receive(group, topic, opts(8, Duration::from_secs(60)))
+                .receive(group, topic, opts(8, 300, 60_000))
                 .await
                 .unwrap();
             got.extend(ds.into_iter().map(|d| (d.message.id, d.attempt)));
@@ -532,20 +522,15 @@ async fn a_nack_of_a_delivery_another_gateway_replaced_is_refused() {
     let (topic, group) = ("ANT|RZ00A%T10", "ANT|RZ00A%G10");
     let mode = ConsumeMode::Clustering;
     let (a, b) = (connect(&c).await, connect(&c).await);
-    a.send(msg(topic, "m0", "k"), QueueSelect::Queue(0))
-        .await
-        .unwrap();
-    let opts = |wait_ms, invisible_ms| ReceiveOptions {
-        max_messages: 4,
-        wait: Duration::from_millis(wait_ms),
-        invisible: Duration::from_millis(invisible_ms),
-        ..ReceiveOptions::default()
-    };
-    let old = a.receive(group, topic, opts(3000, 500)).await.unwrap();
+    send_in_order(&a, topic, 1).await;
+    let old = a.receive(group, topic, opts(4, 3000, 500)).await.unwrap();
     assert_eq!(old.len(), 1);
     // Past its invisibility and the grace another gateway gives it.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let new = b.receive(group, topic, opts(3000, 30_000)).await.unwrap();
+    let new = b
+        .receive(group, topic, opts(4, 3000, 30_000))
+        .await
+        .unwrap();
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(new[0].attempt, 2);
     let err = a.nack(group, topic, &mode, &old[0].receipt).await;
@@ -556,7 +541,10 @@ async fn a_nack_of_a_delivery_another_gateway_replaced_is_refused() {
     b.ack(group, topic, &mode, &new[0].receipt).await.unwrap();
     // No retry copy: the retry back-off (500 ms) passes with nothing.
     for g in [&a, &b] {
-        let none = g.receive(group, topic, opts(1500, 30_000)).await.unwrap();
+        let none = g
+            .receive(group, topic, opts(4, 1500, 30_000))
+            .await
+            .unwrap();
         assert!(none.is_empty(), "{none:?}");
     }
 }
@@ -571,12 +559,7 @@ async fn a_reset_rewinds_the_group_for_every_gateway() {
     let a = connect(&c).await;
     let before = cellgate_broker_core::now_ms() - 1000;
     a.send_batch(spread(topic, 6)).await.unwrap();
-    let opts = ReceiveOptions {
-        max_messages: 16,
-        wait: Duration::from_millis(500),
-        invisible: Duration::from_secs(30),
-        ..ReceiveOptions::default()
-    };
+    let opts = opts(16, 500, 30_000);
     let mut got = Vec::new();
     while got.len() < 6 {
         let ds = a.receive(group, topic, opts.clone()).await.unwrap();

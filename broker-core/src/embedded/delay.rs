@@ -180,7 +180,7 @@ impl EmbeddedBroker {
             let now = now_ms();
             let hops = batch
                 .iter()
-                .map(|(_, _, id)| crate::trace::Hop::new(*id, "release", now, "", "broker"))
+                .map(|(_, _, id)| crate::trace::Hop::release(*id, now))
                 .collect();
             self.store.put_copies(batch).await?;
             self.trace.record(hops);
