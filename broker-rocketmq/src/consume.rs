@@ -69,20 +69,22 @@ pub(crate) struct Held {
     /// The nonce of the delivery this one replaced (0: the first). The
     /// journal orders gateways' claims by it (`journal.rs`).
     pub prev: u64,
-    /// Delivered by this process (not known from the journal only).
-    pub mine: bool,
+    /// The backend that made this delivery ([`Sub::me`] of its writer; 0
+    /// when unknown: a journal written before owners were recorded).
+    pub owner: u64,
 }
 
 // === impl Held ===
 
 impl Held {
-    /// Replaces this delivery with a new one (a redelivery, a nack that
-    /// keeps it in place, a settle's claim) invisible until `visible_at`:
-    /// a new nonce, naming the one it replaces. Returns the new nonce.
-    pub fn replace(&mut self, visible_at: Instant) -> u64 {
+    /// Replaces this delivery with a new one by backend `me` (a
+    /// redelivery, a nack that keeps it in place, a settle's claim)
+    /// invisible until `visible_at`: a new nonce, naming the one it
+    /// replaces. Returns the new nonce.
+    pub fn replace(&mut self, me: u64, visible_at: Instant) -> u64 {
         self.prev = self.nonce;
         self.nonce = nonce();
-        self.mine = true;
+        self.owner = me;
         self.visible_at = visible_at;
         self.nonce
     }
@@ -187,6 +189,11 @@ pub(crate) struct Sub {
     pub ordered: bool,
     /// The durable copy of the state above (`journal.rs`).
     pub journal: crate::journal::Journal,
+    /// This backend's id, random per process and backend: the owner of
+    /// the deliveries it makes. It outlives reloads (the journal records
+    /// each delivery's owner), so a gateway tells its own deliveries from
+    /// another's after one too.
+    pub me: u64,
 }
 
 impl Sub {
@@ -232,6 +239,7 @@ impl Sub {
     ) -> Option<String> {
         let offset = msg.queue_offset;
         let n = nonce();
+        let owner = self.me;
         let st = self.queues_mut(s).get_mut(q)?;
         st.inflight.insert(
             offset,
@@ -241,7 +249,7 @@ impl Sub {
                 attempt,
                 nonce: n,
                 prev: 0,
-                mine: true,
+                owner,
             },
         );
         Some(receipt(s, q, offset, n))

@@ -143,7 +143,6 @@ impl RocketMqBroker {
                 Some(h) if h.nonce == n => {
                     // Keep the body: a redelivery need not read it again.
                     h.msg = Some(d.message.clone());
-                    h.mine = true;
                     true
                 }
                 _ => false,
@@ -339,12 +338,13 @@ impl RocketMqBroker {
         let max_attempts = self.delivery.max_attempts;
         let room = opts.max_messages.saturating_sub(out.len());
         let (mut due, mut dead) = (Vec::new(), Vec::new());
+        let sub_me = sub.me;
         for s in [Source::Main, Source::Retry] {
             for (q, st) in sub.queues_mut(s).iter().enumerate() {
                 for (offset, h) in &st.inflight {
                     // Another gateway's delivery: its ack may still be in
                     // that gateway's journal linger, and clocks differ.
-                    let grace = if h.mine {
+                    let grace = if h.owner == sub_me {
                         Duration::ZERO
                     } else {
                         FOREIGN_GRACE
@@ -364,11 +364,12 @@ impl RocketMqBroker {
             let Some(message) = self.held_msg(sub, (s, q, offset)).await? else {
                 continue;
             };
+            let me = sub.me;
             let Some(h) = sub.held_mut(s, q, offset) else {
                 continue;
             };
             h.attempt += 1;
-            let n = h.replace(now + opts.invisible);
+            let n = h.replace(me, now + opts.invisible);
             out.push(Delivery {
                 message,
                 receipt: crate::consume::receipt(s, q, offset, n),
@@ -397,8 +398,9 @@ impl RocketMqBroker {
         sub: &mut Sub,
         (s, q, offset): (Source, usize, u64),
     ) -> Result<(u64, bool)> {
+        let me = sub.me;
         let h = sub.held_mut(s, q, offset).ok_or(Error::BadReceipt)?;
-        let n = h.replace(h.visible_at.max(Instant::now() + SETTLE_HOLD));
+        let n = h.replace(me, h.visible_at.max(Instant::now() + SETTLE_HOLD));
         let rec = journal::held_rec(s, q, offset, h);
         sub.journal.pending.push(Rec::Held(vec![rec]));
         let stale = journal::flush(&self.client.producer, sub).await?;
@@ -516,13 +518,14 @@ impl RocketMqBroker {
             },
             Settle::Done | Settle::Later => None,
         };
+        let me = sub.me;
         let Some(h) = sub.held_mut(s, q, offset) else {
             return Err(Error::BadReceipt);
         };
         let backoff = self.backoff(h.attempt);
         match (how, msg) {
             (Settle::Later, _) => {
-                h.replace(Instant::now() + backoff);
+                h.replace(me, Instant::now() + backoff);
                 let rec = journal::held_rec(s, q, offset, h);
                 self.journal_note(sub, Rec::Held(vec![rec]));
                 return Ok(());

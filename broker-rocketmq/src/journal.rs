@@ -73,9 +73,10 @@ pub(crate) fn journal_group(offset_group: &str) -> String {
 }
 
 /// A message in flight: source (0 main, 1 retry), queue, offset, visible
-/// again at (ms since the epoch), attempt, receipt nonce, and the nonce of
+/// again at (ms since the epoch), attempt, receipt nonce, the nonce of
 /// the delivery it replaces (0 for a first delivery; absent in journals
-/// written before gateways could share a group).
+/// written before gateways could share a group), and the backend that
+/// delivered it (`Sub::me`; absent, 0, in journals written before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HeldRec(
     pub u8,
@@ -84,6 +85,7 @@ pub(crate) struct HeldRec(
     pub i64,
     pub u32,
     pub u64,
+    #[serde(default)] pub u64,
     #[serde(default)] pub u64,
 );
 
@@ -164,7 +166,16 @@ fn source(b: u8) -> Source {
 pub(crate) fn held_rec(s: Source, q: usize, offset: u64, h: &Held) -> HeldRec {
     let left = h.visible_at.saturating_duration_since(Instant::now());
     let at = now_ms() + left.as_millis() as i64;
-    HeldRec(src(s), q as u16, offset, at, h.attempt, h.nonce, h.prev)
+    HeldRec(
+        src(s),
+        q as u16,
+        offset,
+        at,
+        h.attempt,
+        h.nonce,
+        h.prev,
+        h.owner,
+    )
 }
 
 pub(crate) fn done_rec(s: Source, q: usize, offset: u64) -> DoneRec {
@@ -244,7 +255,7 @@ impl Sub {
     /// not expect, and it reloads and withholds what it lost. The rule
     /// reads nothing but the records, so every replay agrees.
     fn apply_held(&mut self, rec: HeldRec) {
-        let HeldRec(s, q, offset, visible_ms, attempt, nonce, prev) = rec;
+        let HeldRec(s, q, offset, visible_ms, attempt, nonce, prev, owner) = rec;
         let st = self.queue_at(s, q);
         if offset < st.committed || st.done.contains(&offset) {
             return;
@@ -270,7 +281,7 @@ impl Sub {
                 attempt,
                 nonce,
                 prev,
-                mine: false,
+                owner,
             },
         );
     }
@@ -299,30 +310,53 @@ pub(crate) async fn flush(producer: &DefaultMQProducer, sub: &mut Sub) -> Result
     if sub.journal.pending.is_empty() {
         return Ok(sub.journal.stale);
     }
-    let recs = std::mem::take(&mut sub.journal.pending);
-    let topic = journal_topic(&sub.group, &sub.topic);
-    let Some(body) = encode(&recs)? else {
-        tracing::warn!(
-            topic,
-            "a journal record over the size limit was not written"
-        );
-        return Ok(sub.journal.stale);
-    };
-    let offset = match append(producer, &topic, body).await {
-        Ok(o) => o,
-        Err(e) => {
-            // Kept for the next flush: they are facts still.
-            sub.journal.pending = recs;
-            return Err(e);
+    match append_pending(producer, sub, None).await? {
+        Some(_) => sub.journal.since_snapshot += 1,
+        None => {
+            // Retrying could never succeed, and holding them back would
+            // hold back every later record.
+            sub.journal.pending.clear();
+            tracing::warn!(
+                topic = journal_topic(&sub.group, &sub.topic),
+                "a journal record over the size limit was not written"
+            );
         }
-    };
-    noted(sub, offset);
-    sub.journal.since_snapshot += 1;
+    }
     Ok(sub.journal.stale)
 }
 
+/// Appends `sub`'s pending records, then `last` if given, as one journal
+/// message, and books where it landed ([`noted`]); `None` if the message
+/// would be over the size limit (nothing is written). The pending records
+/// are taken only once appended: a failed append keeps them for the next
+/// flush (they are facts still), while `last` is the caller's to build
+/// again.
+pub(crate) async fn append_pending(
+    producer: &DefaultMQProducer,
+    sub: &mut Sub,
+    last: Option<Rec>,
+) -> Result<Option<u64>> {
+    let topic = journal_topic(&sub.group, &sub.topic);
+    let body = match last {
+        None => encode(&sub.journal.pending)?,
+        Some(last) => {
+            sub.journal.pending.push(last);
+            let body = encode(&sub.journal.pending);
+            sub.journal.pending.pop();
+            body?
+        }
+    };
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let offset = append(producer, &topic, body).await?;
+    sub.journal.pending.clear();
+    noted(sub, offset);
+    Ok(Some(offset))
+}
+
 /// Books an append of this process at `offset`.
-pub(crate) fn noted(sub: &mut Sub, offset: u64) {
+fn noted(sub: &mut Sub, offset: u64) {
     if offset != sub.journal.next {
         sub.journal.stale = true;
     }
@@ -331,11 +365,7 @@ pub(crate) fn noted(sub: &mut Sub, offset: u64) {
 }
 
 /// Sends one journal message; its queue offset.
-pub(crate) async fn append(
-    producer: &DefaultMQProducer,
-    topic: &str,
-    body: Vec<u8>,
-) -> Result<u64> {
+async fn append(producer: &DefaultMQProducer, topic: &str, body: Vec<u8>) -> Result<u64> {
     let m = Message {
         topic: topic.to_owned(),
         body,
@@ -345,10 +375,9 @@ pub(crate) async fn append(
         born_ms: now_ms(),
     };
     let id = cellgate_broker_core::message_id(m.born_ms);
-    let res = sent(
-        "append to a journal",
-        producer.send(to_rocketmq(m, &id, None)?).await,
-    )?;
+    let m = to_rocketmq(m, &id, None)?;
+    let r = crate::busy::retry("append to a journal", |_| producer.send(m.clone())).await;
+    let res = sent("append to a journal", r)?;
     Ok(res.queue_offset)
 }
 
@@ -394,12 +423,13 @@ mod tests {
             retry: Vec::new(),
             ordered: false,
             journal: Journal::default(),
+            me: 0x5E1F,
         }
     }
 
     /// A claim of offset 5 of queue 0, invisible for `for_ms` from now.
     fn claim(nonce: u64, prev: u64, for_ms: i64) -> Rec {
-        Rec::Held(vec![HeldRec(0, 0, 5, now_ms() + for_ms, 1, nonce, prev)])
+        Rec::Held(vec![HeldRec(0, 0, 5, now_ms() + for_ms, 1, nonce, prev, 0)])
     }
 
     fn holder(s: &Sub) -> Option<u64> {
@@ -471,6 +501,36 @@ mod tests {
     }
 
     #[test]
+    fn replay_keeps_who_delivered_what() {
+        let mut s = sub();
+        let me = s.me;
+        let at = |offset| At {
+            offset,
+            first: false,
+        };
+        let by =
+            |nonce, prev, owner| Rec::Held(vec![HeldRec(0, 0, 5, now_ms(), 1, nonce, prev, owner)]);
+        s.apply(by(0xA, 0, 0xB0B), at(1));
+        assert_eq!(s.held(Source::Main, 0, 5).map(|h| h.owner), Some(0xB0B));
+        // This backend's redelivery, read back after a reload: still its
+        // own, so it falls due without another's grace.
+        s.apply(by(0xC, 0xA, me), at(2));
+        assert_eq!(s.held(Source::Main, 0, 5).map(|h| h.owner), Some(me));
+        // A snapshot carries owners too.
+        let snap = s.snapshot(3);
+        let mut t = sub();
+        t.me = 0xB0B;
+        t.apply(
+            snap,
+            At {
+                offset: 3,
+                first: true,
+            },
+        );
+        assert_eq!(t.held(Source::Main, 0, 5).map(|h| h.owner), Some(me));
+    }
+
+    #[test]
     fn a_record_past_the_broker_limit_is_not_encoded() {
         let small = Rec::Done(vec![(0, 0, 1)]);
         assert!(encode(std::slice::from_ref(&small)).unwrap().is_some());
@@ -486,12 +546,12 @@ mod tests {
         let recs: Vec<Rec> = serde_json::from_str(old).unwrap();
         assert_eq!(
             recs[0],
-            Rec::Held(vec![HeldRec(0, 0, 5, 1_700_000_000_000, 2, 171, 0)])
+            Rec::Held(vec![HeldRec(0, 0, 5, 1_700_000_000_000, 2, 171, 0, 0)])
         );
         assert!(matches!(
             &recs[1],
             Rec::Snapshot { seen: None, held, committed, ordered: false, .. }
-                if held[0].6 == 0 && committed.is_empty()
+                if held[0].6 == 0 && held[0].7 == 0 && committed.is_empty()
         ));
         let new = serde_json::to_string(&recs).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Rec>>(&new).unwrap(), recs);

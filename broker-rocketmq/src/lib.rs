@@ -21,6 +21,7 @@
 // rocketmq-client-rust's futures nest deeply (spike, "Engineering facts").
 #![recursion_limit = "256"]
 
+mod busy;
 mod client;
 pub mod consume;
 mod convert;
@@ -118,6 +119,10 @@ pub struct RocketMqBroker {
     txn_producers: txn::Producers,
     /// Queues trace hops for a writer task (`record_trace` cannot wait).
     trace: trace::TraceWriter,
+    /// This backend's id in the journals: the owner of its deliveries
+    /// (`consume::Sub::me`). Random, so gateways (and two backends of one
+    /// process) differ.
+    me: u64,
 }
 
 pub(crate) use cellgate_broker_core::now_ms;
@@ -177,6 +182,8 @@ impl RocketMqBroker {
             txn,
             txn_producers: Default::default(),
             trace,
+            // Never 0, which stands for "unknown" in older journals.
+            me: cellgate_broker_core::nonce() | 1,
         };
         // The trace writer sends without creating topics, so the trace
         // topic must exist; a cluster that refuses it still serves

@@ -91,6 +91,7 @@ impl RocketMqBroker {
             retry,
             ordered: false,
             journal: Default::default(),
+            me: self.me,
         };
         let loaded = committed(&sub);
         self.replay(&mut sub).await?;
@@ -190,29 +191,15 @@ impl RocketMqBroker {
             return journal::flush(&self.client.producer, sub).await.map(drop);
         }
         let jt = journal_topic(&sub.group, &sub.topic);
-        let mut recs = std::mem::take(&mut sub.journal.pending);
-        recs.push(sub.snapshot(sub.journal.next));
-        let body = match journal::encode(&recs)? {
-            Some(b) => b,
-            None => {
-                tracing::warn!(
-                    topic = jt,
-                    "the state is over the snapshot limit: not written"
-                );
-                recs.pop();
-                sub.journal.pending = recs;
-                return journal::flush(&self.client.producer, sub).await.map(drop);
-            }
+        let snapshot = sub.snapshot(sub.journal.next);
+        let Some(at) = journal::append_pending(&self.client.producer, sub, Some(snapshot)).await?
+        else {
+            tracing::warn!(
+                topic = jt,
+                "the state is over the snapshot limit: not written"
+            );
+            return journal::flush(&self.client.producer, sub).await.map(drop);
         };
-        let at = match journal::append(&self.client.producer, &jt, body).await {
-            Ok(at) => at,
-            Err(e) => {
-                recs.pop();
-                sub.journal.pending = recs;
-                return Err(e);
-            }
-        };
-        journal::noted(sub, at);
         sub.journal.since_snapshot = 0;
         if sub.journal.stale {
             // Records of another gateway came first: the snapshot lacks
@@ -242,11 +229,15 @@ impl RocketMqBroker {
             commit_offset: offset as i64,
             topic_request_header: qr.topic_header(),
         };
-        self.client
-            .handle()
-            .update_consumer_offset(&qr.addr, req, self.client.cfg.timeout_ms)
-            .await
-            .map_err(|e| remote("commit an offset", &e).into())
+        crate::busy::retry("commit an offset", |_| {
+            self.client.handle().update_consumer_offset(
+                &qr.addr,
+                req.clone(),
+                self.client.cfg.timeout_ms,
+            )
+        })
+        .await
+        .map_err(|e| remote("commit an offset", &e).into())
     }
 
     pub(crate) async fn lag_impl(

@@ -75,12 +75,15 @@ impl RocketMqBroker {
             topic_request: queue.topic_header(),
             ..Default::default()
         };
-        let out = self
-            .client
-            .handle()
-            .pull_outcome_from_broker(queue.addr.as_str(), req, self.client.cfg.timeout_ms)
-            .await
-            .map_err(|e| remote("pull", &e))?;
+        let out = crate::busy::retry("pull", |_| {
+            self.client.handle().pull_outcome_from_broker(
+                queue.addr.as_str(),
+                req.clone(),
+                self.client.cfg.timeout_ms,
+            )
+        })
+        .await
+        .map_err(|e| remote("pull", &e))?;
         let next = out.next_begin_offset();
         match out.pull_status() {
             PullStatus::Found => {

@@ -8,6 +8,7 @@ use cellgate_broker_core::{message_id, now_ms, Error, Message, PutResult, QueueS
 use futures_util::stream::{self, StreamExt};
 use uuid::Uuid;
 
+use crate::busy;
 use crate::client::Route;
 use crate::convert::to_rocketmq;
 use crate::error::{remote, sent};
@@ -211,15 +212,36 @@ impl RocketMqBroker {
         for o in run {
             msgs.push(to_rocketmq(o.msg, &o.id, o.deliver_at_ms)?);
         }
+        // Each try but the last sends a copy: a refused send is tried again.
+        let producer = &self.client.producer;
         let res = if msgs.len() == 1 {
             let m = msgs.pop().ok_or(Error::Closed)?;
-            sent("send", self.client.producer.send_to_queue(m, mq).await)?
+            let mut m = Some(m);
+            let r = busy::retry("send", |last| {
+                let m = if last { m.take() } else { m.clone() };
+                let mq = mq.clone();
+                async move {
+                    match m {
+                        Some(m) => producer.send_to_queue(m, mq).await,
+                        None => Ok(None),
+                    }
+                }
+            })
+            .await;
+            sent("send", r)?
         } else {
-            self.client
-                .producer
-                .send_batch_to_queue(msgs, mq)
-                .await
-                .map_err(|e| remote("send a batch", &e))?
+            let mut msgs = Some(msgs);
+            busy::retry("send a batch", |last| {
+                let msgs = if last { msgs.take() } else { msgs.clone() };
+                let mq = mq.clone();
+                async move {
+                    producer
+                        .send_batch_to_queue(msgs.unwrap_or_default(), mq)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| remote("send a batch", &e))?
         };
         let stored_ms = now_ms();
         Ok(ids

@@ -133,10 +133,12 @@ impl RocketMqBroker {
             CheetahString::from_static_str(MessageConst::PROPERTY_PRODUCER_GROUP),
             CheetahString::from_string(group.to_owned()),
         );
-        let res = sent(
-            "send a half message",
-            self.client.producer.send_to_queue(m, mq).await,
-        )?;
+        let producer = &self.client.producer;
+        let r = crate::busy::retry("send a half message", |_| {
+            producer.send_to_queue(m.clone(), mq.clone())
+        })
+        .await;
+        let res = sent("send a half message", r)?;
         let commit_log_offset = res
             .offset_msg_id
             .as_deref()
