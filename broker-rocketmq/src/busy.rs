@@ -1,19 +1,27 @@
 //! Calls the broker refused for now, tried again.
 //!
-//! A RocketMQ broker under load sheds requests before it runs them: a
-//! request that waited in its send queue longer than
-//! `waitTimeMillsInSendQueue` (200 ms by default) is answered
-//! `SYSTEM_BUSY` ("[TIMEOUT_CLEAN_QUEUE] broker busy"), and so is one that
-//! arrives while the commit log's page cache is busy. RocketMQ's own
-//! producer sends such a message again (`retryTimesWhenSendFailed`); the
-//! backend does the same for every call that such an answer leaves
-//! undone, a few times with a doubling pause, so that a burst on a shared
-//! broker costs latency rather than a failed publish or receive.
+//! A RocketMQ broker under load sheds requests before it runs them: one
+//! that waited in its send queue longer than `waitTimeMillsInSendQueue`
+//! (200 ms by default), or that arrives while its own page-cache check
+//! says the commit log is busy, is answered `SYSTEM_BUSY` ("[TIMEOUT_CLEAN_QUEUE]
+//! broker busy"). RocketMQ's own producer sends such a message again
+//! (`retryTimesWhenSendFailed`), but not a send to a chosen queue, which
+//! is how cellgate sends; so the backend tries again itself, a few times
+//! with a doubling pause, and a burst on a shared broker costs latency
+//! rather than a failed publish or receive.
 //!
-//! Only answers that say the request was *not* carried out are retried:
-//! `SYSTEM_BUSY` and `SERVICE_NOT_AVAILABLE` are given before the broker
-//! touches its store. A timeout, or any other error, may have landed, and
-//! is returned to the caller as it is.
+//! What is retried depends on whether the call may be repeated:
+//! - a send ([`Call::Send`]) only on `SYSTEM_BUSY`, which the broker gives
+//!   before it appends. `SERVICE_NOT_AVAILABLE` can come after the append
+//!   (a lapsed write lease, an append worker that dropped its answer), and
+//!   a second copy of a message is a duplicate;
+//! - a read or an idempotent write ([`Call::Repeatable`]: a pull, an
+//!   offset commit) on `SERVICE_NOT_AVAILABLE` too (a store not writable
+//!   yet, a broker shutting down).
+//!
+//! A timeout, or any other error, is returned to the caller as it is. A
+//! send to a topic (journal appends) is not wrapped: the client already
+//! retries those.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,8 +32,7 @@ use crate::error::response_code;
 
 /// RocketMQ's `SYSTEM_BUSY`.
 const SYSTEM_BUSY: i32 = 2;
-/// RocketMQ's `SERVICE_NOT_AVAILABLE` (a store not writable yet, or a
-/// broker shutting down).
+/// RocketMQ's `SERVICE_NOT_AVAILABLE`.
 const SERVICE_NOT_AVAILABLE: i32 = 14;
 
 /// Calls in all, the first included.
@@ -35,23 +42,38 @@ pub(crate) const TRIES: u32 = 4;
 /// still busy after it is worth an error).
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 
-/// Whether the broker answered that it did not carry the request out.
-pub(crate) fn refused(e: &ClientError) -> bool {
-    matches!(response_code(e), Some(SYSTEM_BUSY | SERVICE_NOT_AVAILABLE))
+/// What a retried call is, which decides what it is retried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// Stores a message: repeated only when it surely did not.
+    Send,
+    /// Repeating it changes nothing.
+    Repeatable,
 }
 
-/// Runs `call` (told whether it is the last try: a call that must give up
-/// what it sends can keep a copy for all but the last) until it succeeds,
-/// fails otherwise than [`refused`], or has been tried [`TRIES`] times.
-pub(crate) async fn retry<T, F, Fut>(op: &'static str, mut call: F) -> Result<T, ClientError>
+/// Whether the broker's answer to `call` says to try again.
+pub(crate) fn refused(call: Call, e: &ClientError) -> bool {
+    matches!(
+        (call, response_code(e)),
+        (_, Some(SYSTEM_BUSY)) | (Call::Repeatable, Some(SERVICE_NOT_AVAILABLE))
+    )
+}
+
+/// Runs `call` until it succeeds, fails otherwise than [`refused`], or
+/// has been tried [`TRIES`] times.
+pub(crate) async fn retry<T, F, Fut>(
+    op: &'static str,
+    kind: Call,
+    mut call: F,
+) -> Result<T, ClientError>
 where
-    F: FnMut(bool) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
     let mut pause = FIRST_PAUSE;
     for _ in 1..TRIES {
-        match call(false).await {
-            Err(e) if refused(&e) => {
+        match call().await {
+            Err(e) if refused(kind, &e) => {
                 tracing::debug!(op, error = %e, ?pause, "broker busy, trying again");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
@@ -59,7 +81,7 @@ where
             other => return other,
         }
     }
-    call(true).await
+    call().await
 }
 
 #[cfg(test)]
@@ -70,20 +92,17 @@ mod tests {
 
     use super::*;
 
+    /// A broker's answer, as the client reports it.
     fn answer(code: i32) -> ClientError {
-        ClientError::illegal_argument_source(MQClientException::new_with_code(code, "answer"))
+        ClientError::broker_operation_failed("SEND_MESSAGE", code, "answer")
     }
 
     /// Fails with `code` the first `fails` calls, then succeeds; counts
-    /// the calls and the last-try flags.
-    async fn run(code: i32, fails: u32) -> (Result<u32, ClientError>, u32, u32) {
+    /// the calls.
+    async fn run(kind: Call, code: i32, fails: u32) -> (Result<u32, ClientError>, u32) {
         let calls = AtomicU32::new(0);
-        let lasts = AtomicU32::new(0);
-        let r = retry("test", |last| {
+        let r = retry("test", kind, || {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            if last {
-                lasts.fetch_add(1, Ordering::SeqCst);
-            }
             async move {
                 match n < fails {
                     true => Err(answer(code)),
@@ -92,33 +111,53 @@ mod tests {
             }
         })
         .await;
-        (r, calls.into_inner(), lasts.into_inner())
+        (r, calls.into_inner())
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_broker_is_asked_again_after_a_pause() {
         let t0 = tokio::time::Instant::now();
-        let (r, calls, lasts) = run(SYSTEM_BUSY, 2).await;
+        let (r, calls) = run(Call::Send, SYSTEM_BUSY, 2).await;
         assert_eq!(r.ok(), Some(2));
-        assert_eq!((calls, lasts), (3, 0));
+        assert_eq!(calls, 3);
         assert_eq!(t0.elapsed(), Duration::from_millis(25 + 50));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_broker_busy_every_time_fails_after_the_last_try() {
-        let (r, calls, lasts) = run(SERVICE_NOT_AVAILABLE, 10).await;
+        let (r, calls) = run(Call::Repeatable, SERVICE_NOT_AVAILABLE, 10).await;
         let e = r.err().map(|e| response_code(&e));
         assert_eq!(e, Some(Some(SERVICE_NOT_AVAILABLE)));
-        assert_eq!((calls, lasts), (TRIES, 1));
+        assert_eq!(calls, TRIES);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_is_not_repeated_when_it_may_have_landed() {
+        // SERVICE_NOT_AVAILABLE may follow an append; SYSTEM_ERROR too.
+        for code in [SERVICE_NOT_AVAILABLE, 1] {
+            let (r, calls) = run(Call::Send, code, 1).await;
+            assert!(r.is_err());
+            assert_eq!(calls, 1, "code {code}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn other_errors_are_not_tried_again() {
-        // TOPIC_NOT_EXIST, and a system error that may follow a write.
+        // TOPIC_NOT_EXIST, and a system error.
         for code in [17, 1] {
-            let (r, calls, _) = run(code, 1).await;
+            let (r, calls) = run(Call::Repeatable, code, 1).await;
             assert!(r.is_err());
             assert_eq!(calls, 1, "code {code}");
         }
+    }
+
+    #[test]
+    fn a_code_inside_a_client_exception_counts_too() {
+        // How the client reports some broker answers (error.rs).
+        let e = ClientError::illegal_argument_source(MQClientException::new_with_code(
+            SYSTEM_BUSY,
+            "busy",
+        ));
+        assert!(refused(Call::Send, &e));
     }
 }

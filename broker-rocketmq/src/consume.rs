@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cellgate_broker_core::{
     broker::{dlq_topic, mark_dead, DELIVERY_ATTEMPTS},
@@ -88,7 +89,22 @@ impl Held {
         self.visible_at = visible_at;
         self.nonce
     }
+
+    /// Whether backend `me` delivers it again at `now`: its own deliveries
+    /// at their deadline, another's [`FOREIGN_GRACE`] after it.
+    pub fn due(&self, me: u64, now: Instant) -> bool {
+        let grace = match self.owner == me {
+            true => Duration::ZERO,
+            false => FOREIGN_GRACE,
+        };
+        self.visible_at + grace <= now
+    }
 }
+
+/// How much later than its own a gateway redelivers another's expired
+/// delivery: the other's ack may still be in its journal linger (10 ms),
+/// and clocks differ; 1 s is far above both.
+pub(crate) const FOREIGN_GRACE: Duration = Duration::from_secs(1);
 
 /// One queue of one pulled topic, for one group.
 #[derive(Debug, Default)]
@@ -338,5 +354,27 @@ mod tests {
         assert_eq!(q.finish(5), None);
         assert_eq!(q.committed, 13);
         assert!(q.done.is_empty());
+    }
+
+    #[test]
+    fn another_backends_delivery_falls_due_a_grace_later() {
+        let (me, other) = (0xA1, 0xB1);
+        let t0 = Instant::now();
+        let mut h = Held {
+            msg: None,
+            visible_at: t0,
+            attempt: 1,
+            nonce: 7,
+            prev: 0,
+            owner: other,
+        };
+        assert!(!h.due(me, t0));
+        assert!(!h.due(me, t0 + FOREIGN_GRACE - Duration::from_millis(1)));
+        assert!(h.due(me, t0 + FOREIGN_GRACE));
+        assert!(h.due(other, t0), "its owner's own, at the deadline");
+        // Replaced by `me` (a redelivery, after a reload or not): its own.
+        let n = h.replace(me, t0);
+        assert_eq!((h.prev, h.nonce, h.owner), (7, n, me));
+        assert!(h.due(me, t0));
     }
 }

@@ -28,10 +28,6 @@ const RESOLVE_TRIES: usize = 3;
 /// should the gateway die between its claim and the settle's record.
 const SETTLE_HOLD: Duration = Duration::from_secs(30);
 
-/// How much later than its own a gateway redelivers another's expired
-/// delivery: far above the journal's ack linger and ordinary clock skew.
-const FOREIGN_GRACE: Duration = Duration::from_secs(1);
-
 fn tag_expression(t: &TagFilter) -> String {
     match t {
         TagFilter::All => "*".into(),
@@ -338,18 +334,11 @@ impl RocketMqBroker {
         let max_attempts = self.delivery.max_attempts;
         let room = opts.max_messages.saturating_sub(out.len());
         let (mut due, mut dead) = (Vec::new(), Vec::new());
-        let sub_me = sub.me;
+        let me = sub.me;
         for s in [Source::Main, Source::Retry] {
             for (q, st) in sub.queues_mut(s).iter().enumerate() {
                 for (offset, h) in &st.inflight {
-                    // Another gateway's delivery: its ack may still be in
-                    // that gateway's journal linger, and clocks differ.
-                    let grace = if h.owner == sub_me {
-                        Duration::ZERO
-                    } else {
-                        FOREIGN_GRACE
-                    };
-                    if due.len() >= room || h.visible_at + grace > now {
+                    if due.len() >= room || !h.due(me, now) {
                         continue;
                     }
                     if h.attempt >= max_attempts {

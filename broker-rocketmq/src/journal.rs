@@ -375,9 +375,11 @@ async fn append(producer: &DefaultMQProducer, topic: &str, body: Vec<u8>) -> Res
         born_ms: now_ms(),
     };
     let id = cellgate_broker_core::message_id(m.born_ms);
-    let m = to_rocketmq(m, &id, None)?;
-    let r = crate::busy::retry("append to a journal", |_| producer.send(m.clone())).await;
-    let res = sent("append to a journal", r)?;
+    // A send to a topic: the client retries a busy broker itself.
+    let res = sent(
+        "append to a journal",
+        producer.send(to_rocketmq(m, &id, None)?).await,
+    )?;
     Ok(res.queue_offset)
 }
 

@@ -120,8 +120,9 @@ pub struct RocketMqBroker {
     /// Queues trace hops for a writer task (`record_trace` cannot wait).
     trace: trace::TraceWriter,
     /// This backend's id in the journals: the owner of its deliveries
-    /// (`consume::Sub::me`). Random, so gateways (and two backends of one
-    /// process) differ.
+    /// (`consume::Sub::me`). A `nonce()`: a counter with a random start, so
+    /// distinct among one process's backends and, but for a 2^-64 chance,
+    /// among gateways.
     me: u64,
 }
 

@@ -229,7 +229,7 @@ impl RocketMqBroker {
             commit_offset: offset as i64,
             topic_request_header: qr.topic_header(),
         };
-        crate::busy::retry("commit an offset", |_| {
+        crate::busy::retry("commit an offset", crate::busy::Call::Repeatable, || {
             self.client.handle().update_consumer_offset(
                 &qr.addr,
                 req.clone(),

@@ -75,7 +75,7 @@ impl RocketMqBroker {
             topic_request: queue.topic_header(),
             ..Default::default()
         };
-        let out = crate::busy::retry("pull", |_| {
+        let out = crate::busy::retry("pull", crate::busy::Call::Repeatable, || {
             self.client.handle().pull_outcome_from_broker(
                 queue.addr.as_str(),
                 req.clone(),

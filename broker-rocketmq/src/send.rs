@@ -8,7 +8,7 @@ use cellgate_broker_core::{message_id, now_ms, Error, Message, PutResult, QueueS
 use futures_util::stream::{self, StreamExt};
 use uuid::Uuid;
 
-use crate::busy;
+use crate::busy::{self, Call};
 use crate::client::Route;
 use crate::convert::to_rocketmq;
 use crate::error::{remote, sent};
@@ -212,33 +212,19 @@ impl RocketMqBroker {
         for o in run {
             msgs.push(to_rocketmq(o.msg, &o.id, o.deliver_at_ms)?);
         }
-        // Each try but the last sends a copy: a refused send is tried again.
+        // Each try sends a copy: the client takes the message, and a send
+        // the broker refused is tried again.
         let producer = &self.client.producer;
         let res = if msgs.len() == 1 {
             let m = msgs.pop().ok_or(Error::Closed)?;
-            let mut m = Some(m);
-            let r = busy::retry("send", |last| {
-                let m = if last { m.take() } else { m.clone() };
-                let mq = mq.clone();
-                async move {
-                    match m {
-                        Some(m) => producer.send_to_queue(m, mq).await,
-                        None => Ok(None),
-                    }
-                }
+            let r = busy::retry("send", Call::Send, || {
+                producer.send_to_queue(m.clone(), mq.clone())
             })
             .await;
             sent("send", r)?
         } else {
-            let mut msgs = Some(msgs);
-            busy::retry("send a batch", |last| {
-                let msgs = if last { msgs.take() } else { msgs.clone() };
-                let mq = mq.clone();
-                async move {
-                    producer
-                        .send_batch_to_queue(msgs.unwrap_or_default(), mq)
-                        .await
-                }
+            busy::retry("send a batch", Call::Send, || {
+                producer.send_batch_to_queue(msgs.clone(), mq.clone())
             })
             .await
             .map_err(|e| remote("send a batch", &e))?

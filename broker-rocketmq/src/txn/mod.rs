@@ -134,7 +134,7 @@ impl RocketMqBroker {
             CheetahString::from_string(group.to_owned()),
         );
         let producer = &self.client.producer;
-        let r = crate::busy::retry("send a half message", |_| {
+        let r = crate::busy::retry("send a half message", crate::busy::Call::Send, || {
             producer.send_to_queue(m.clone(), mq.clone())
         })
         .await;
