@@ -13,19 +13,24 @@ use cellgate_tests::server::ANT;
 use cellgate_tests::{edited_example, example, Api, Server};
 use serde_json::{json, Value};
 
-/// Receives until `quiet` passes with nothing new; acks as it goes.
+/// Receives until `quiet` passes with nothing new; acks as it goes. A
+/// topic the router has not created in this cell yet (its first copy makes
+/// it; a replay after kill -9 first waits out the lookup lag) is waited
+/// for, up to 15 s.
 async fn drain(api: &Api, group: &str, topic: &str, kind: &str, quiet: Duration) -> Vec<Value> {
     let mut out = Vec::new();
     let wait = quiet.as_millis() as u64;
+    let created_by = Instant::now() + Duration::from_secs(15);
+    let path = format!("/v1/groups/{group}/topics/{topic}/receive");
     loop {
-        let got = api
-            .receive(
-                group,
-                topic,
-                &json!({"subscription": kind, "max_messages": 256, "wait_ms": wait}),
-            )
-            .await
-            .unwrap();
+        let body = json!({"subscription": kind, "max_messages": 256, "wait_ms": wait});
+        let (st, v) = api.post(&path, &body).await.unwrap();
+        if st == 404 && v["error"]["field"] == "topic" && Instant::now() < created_by {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(st, 200, "receive: {v}");
+        let got = v["messages"].as_array().cloned().unwrap_or_default();
         if got.is_empty() {
             return out;
         }
