@@ -36,7 +36,7 @@ const SYSTEM_BUSY: i32 = 2;
 const SERVICE_NOT_AVAILABLE: i32 = 14;
 
 /// Calls in all, the first included.
-pub(crate) const TRIES: u32 = 4;
+const TRIES: u32 = 4;
 /// The pause before the second call; it doubles before each next one
 /// (25 + 50 + 100 ms: a burst's queue drains within that, and a broker
 /// still busy after it is worth an error).
@@ -52,7 +52,7 @@ pub(crate) enum Call {
 }
 
 /// Whether the broker's answer to `call` says to try again.
-pub(crate) fn refused(call: Call, e: &ClientError) -> bool {
+fn refused(call: Call, e: &ClientError) -> bool {
     matches!(
         (call, response_code(e)),
         (_, Some(SYSTEM_BUSY)) | (Call::Repeatable, Some(SERVICE_NOT_AVAILABLE))

@@ -104,7 +104,7 @@ impl Held {
 /// How much later than its own a gateway redelivers another's expired
 /// delivery: the other's ack may still be in its journal linger (10 ms),
 /// and clocks differ; 1 s is far above both.
-pub(crate) const FOREIGN_GRACE: Duration = Duration::from_secs(1);
+const FOREIGN_GRACE: Duration = Duration::from_secs(1);
 
 /// One queue of one pulled topic, for one group.
 #[derive(Debug, Default)]

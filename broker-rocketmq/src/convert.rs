@@ -51,9 +51,6 @@ pub(crate) fn to_rocketmq(
     b = b.keys(keys);
     if let Some(at) = deliver_at_ms {
         b = b.deliver_time_ms(at.max(0) as u64);
-        b = b
-            .raw_property(DUE_MS, at.to_string())
-            .map_err(|_| Error::Unsupported("a property name that RocketMQ reserves"))?;
     }
     for (k, v) in &m.properties {
         b = b
@@ -73,6 +70,14 @@ pub(crate) fn to_rocketmq(
         CheetahString::from_static_str(BORN_MS),
         CheetahString::from_string(m.born_ms.to_string()),
     );
+    if let Some(at) = deliver_at_ms {
+        // Internal, as `ID` and `BORN_MS`: not through the user-property
+        // check, which only user names can fail.
+        out.put_property(
+            CheetahString::from_static_str(DUE_MS),
+            CheetahString::from_string(at.to_string()),
+        );
+    }
     Ok(out)
 }
 

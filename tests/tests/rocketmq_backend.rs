@@ -63,6 +63,12 @@ async fn connect(c: &Cluster) -> RocketMqBroker {
     RocketMqBroker::connect(cfg).await.unwrap()
 }
 
+/// Two backends on one cluster: two gateways that may serve one group at
+/// once.
+async fn two_gateways(c: &Cluster) -> (Arc<RocketMqBroker>, Arc<RocketMqBroker>) {
+    (Arc::new(connect(c).await), Arc::new(connect(c).await))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_keep_ids_fields_and_order_and_read_back() {
     let c = Cluster::start("t1").unwrap();
@@ -414,8 +420,7 @@ async fn a_gateway_reloads_state_another_gateway_changed() {
 async fn gateways_sharing_a_group_deliver_each_message_once() {
     let c = Cluster::start("t8").unwrap();
     let (topic, group) = ("ANT|RZ00A%T8", "ANT|RZ00A%G8");
-    let a = Arc::new(connect(&c).await);
-    let b = Arc::new(connect(&c).await);
+    let (a, b) = two_gateways(&c).await;
     const N: usize = 400;
     let sent: HashSet<_> = a
         .send_batch(spread(topic, N))
@@ -477,8 +482,7 @@ async fn gateways_sharing_a_group_deliver_each_message_once() {
 async fn an_expired_delivery_comes_again_once_across_gateways() {
     let c = Cluster::start("t9").unwrap();
     let (topic, group) = ("ANT|RZ00A%T9", "ANT|RZ00A%G9");
-    let a = Arc::new(connect(&c).await);
-    let b = Arc::new(connect(&c).await);
+    let (a, b) = two_gateways(&c).await;
     const N: usize = 40;
     a.send_batch(spread(topic, N)).await.unwrap();
     let mut first = Vec::new();
