@@ -209,6 +209,30 @@ pub trait Broker: Send + Sync {
         topic: &'a str,
         id: &'a Uuid,
     ) -> BoxFuture<'a, Result<Option<StoredMessage>>>;
+    /// Those of `ids` that `topic` holds, for a router's replay ("is the
+    /// copy there already?"). Each was stored, if at all, at or after
+    /// `since_ms` by this broker's clock. Unlike [`Broker::get_by_id`] the
+    /// answer must be exact for messages stored before the call: a miss
+    /// means a second copy. The default asks [`Broker::get_by_id`] per id,
+    /// right for a backend whose id index is written with the message; a
+    /// backend that indexes behind its writes reads the topic instead.
+    fn find_ids<'a>(
+        &'a self,
+        topic: &'a str,
+        ids: &'a [Uuid],
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        let _ = since_ms;
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(m) = self.get_by_id(topic, id).await? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+    }
     fn get_by_key<'a>(
         &'a self,
         topic: &'a str,
@@ -265,10 +289,11 @@ pub trait Broker: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
     /// Changes whenever new messages become readable.
     fn appended(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// How long after a send [`Broker::get_by_id`] may still miss the
-    /// message: a remote broker indexes behind its writes. The router waits
-    /// this long before its replay looks copies up, so that a copy sent
-    /// just before a crash is found, not sent again. Zero by default.
+    /// How long after a send [`Broker::find_ids`] may still miss the
+    /// message: a remote broker makes a write readable a moment after it
+    /// answers, and a request sent just before a crash may still be on its
+    /// way. The router waits this long before its replay looks copies up,
+    /// so that such a copy is found, not sent again. Zero by default.
     fn lookup_lag(&self) -> Duration {
         Duration::ZERO
     }

@@ -236,6 +236,22 @@ impl Sub {
         }
     }
 
+    /// Moves the messages `old` held into the same offsets' deliveries
+    /// here, which a reload knows from the journal without their messages:
+    /// a redelivery then need not read them again. An offset names one
+    /// message for good, whoever delivered it since.
+    pub fn keep_bodies(&mut self, old: &mut Sub) {
+        for s in [Source::Main, Source::Retry] {
+            for (q, st) in old.queues_mut(s).iter_mut().enumerate() {
+                for (offset, h) in &mut st.inflight {
+                    if let Some(new) = self.held_mut(s, q, *offset) {
+                        new.msg = new.msg.take().or_else(|| h.msg.take());
+                    }
+                }
+            }
+        }
+    }
+
     /// The pulled topic of a source.
     pub fn topic_of(&self, s: Source) -> String {
         match s {

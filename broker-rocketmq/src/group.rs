@@ -174,7 +174,8 @@ impl RocketMqBroker {
     /// The loaded subscription in `guard`: loaded (journal replayed) on
     /// first use, when another gateway has written its journal, and
     /// whenever `when` says. A reload first appends what the current state
-    /// has not journaled yet (acks in their linger), or it would lose them.
+    /// has not journaled yet (acks in their linger), or it would lose them,
+    /// and keeps the messages it held (`Sub::keep_bodies`).
     pub(crate) async fn loaded<'g>(
         &self,
         guard: &'g mut Option<Sub>,
@@ -183,11 +184,12 @@ impl RocketMqBroker {
         mode: &ConsumeMode,
         when: Reload,
     ) -> Result<&'g mut Sub> {
+        let mut old = None;
         match guard {
             Some(sub) if !sub.journal.stale && when == Reload::IfStale => {}
             Some(sub) => {
                 journal::flush(&self.client.producer, sub).await?;
-                *guard = None;
+                old = guard.take();
             }
             None => {}
         }
@@ -203,6 +205,9 @@ impl RocketMqBroker {
                 break;
             }
             sub = self.load(group, topic, mode).await?;
+        }
+        if let Some(mut old) = old {
+            sub.keep_bodies(&mut old);
         }
         Ok(guard.insert(sub))
     }
@@ -450,8 +455,10 @@ impl RocketMqBroker {
             .loaded(&mut guard, group, topic, mode, Reload::IfStale)
             .await?;
         // Perhaps a receipt another gateway of the group issued since this
-        // one last read the journal, which has its delivery.
-        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) {
+        // one last read the journal, which has its delivery. One pull says
+        // whether the journal moved: a stale or forged receipt does not
+        // cost a replay.
+        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) && self.journal_moved(sub).await? {
             sub = self
                 .loaded(&mut guard, group, topic, mode, Reload::Always)
                 .await?;

@@ -18,9 +18,10 @@
 //!   offset are ignored: the committed offset is the truth below it.
 //! - Wall-clock times: a replaying process turns `at` (ms since the epoch)
 //!   back into its own monotonic clock.
-//! - A process that loads a subscription replays the journal and writes a
-//!   snapshot; after [`SNAPSHOT_EVERY`] appends it writes another, and moves
-//!   the start to it, so replay stays short.
+//! - A process that loads a subscription replays the journal; once the
+//!   journal holds [`SNAPSHOT_EVERY`] appends past its start (counting
+//!   those the replay read), the process writes a snapshot and moves the
+//!   start to it, so replay stays short.
 //! - A receive appends its `Held` record before it returns the deliveries;
 //!   every settled offset's `Done` record (also one that moves the
 //!   committed offset: the append is how a stale process notices) is
@@ -58,6 +59,8 @@ use crate::error::sent;
 pub(crate) const SNAPSHOT_EVERY: u32 = 256;
 /// How long acks wait for others to share their journal append.
 pub(crate) const LINGER: Duration = Duration::from_millis(10);
+/// The longest the flusher waits between tries of a failing append.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A snapshot larger than this is not written (the start stays put, and
 /// replay is longer): the broker's 4 MiB message limit.
 const MAX_SNAPSHOT_BYTES: usize = 3 << 20;
@@ -391,25 +394,37 @@ pub(crate) async fn flusher(
     producer: DefaultMQProducer,
     wake: Arc<tokio::sync::Notify>,
 ) {
+    // After a failed append, the wait before the next try: doubled per
+    // failure up to `MAX_BACKOFF`, so a cluster that is down is not asked
+    // a hundred times a second; back to `LINGER` once an append lands.
+    let mut pause = LINGER;
     loop {
         wake.notified().await;
-        tokio::time::sleep(LINGER).await;
+        tokio::time::sleep(pause).await;
         let Some(subs) = subs.upgrade() else { return };
         let slots: Vec<_> = subs
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         drop(subs);
+        let mut failed = false;
         for slot in slots {
             let mut guard = slot.lock().await;
             if let Some(sub) = guard.as_mut() {
                 if let Err(e) = flush(&producer, sub).await {
-                    tracing::warn!(error = %e, group = sub.group, "acks not journaled yet; retrying");
-                    // The records stayed pending: try again after a linger.
-                    wake.notify_one();
+                    tracing::warn!(error = %e, group = sub.group, retry_in = ?pause * 2, "acks not journaled yet");
+                    failed = true;
                 }
             }
         }
+        pause = match failed {
+            // The records stayed pending: try again.
+            true => {
+                wake.notify_one();
+                (pause * 2).min(MAX_BACKOFF)
+            }
+            false => LINGER,
+        };
     }
 }
 
@@ -436,6 +451,38 @@ mod tests {
 
     fn holder(s: &Sub) -> Option<u64> {
         s.held(Source::Main, 0, 5).map(|h| h.nonce)
+    }
+
+    #[test]
+    fn a_reload_keeps_the_messages_it_held() {
+        let at = At {
+            offset: 1,
+            first: false,
+        };
+        let mut old = sub();
+        let body = cellgate_broker_core::StoredMessage {
+            id: uuid::Uuid::nil(),
+            topic: "T".into(),
+            queue: 0,
+            queue_offset: 5,
+            log_pos: 0,
+            body: b"kept".to_vec(),
+            tag: None,
+            keys: Vec::new(),
+            properties: Default::default(),
+            born_ms: 0,
+            stored_ms: 0,
+        };
+        old.hold(Source::Main, 0, body, 1, Duration::from_secs(30));
+        // The reload knows the delivery (replaced since, by another
+        // gateway) from the journal alone.
+        let mut new = sub();
+        new.apply(claim(0xB, 0, 30_000), at);
+        assert!(new.held(Source::Main, 0, 5).unwrap().msg.is_none());
+        new.keep_bodies(&mut old);
+        let h = new.held(Source::Main, 0, 5).unwrap();
+        assert_eq!(h.nonce, 0xB, "the journal's delivery, not the old one");
+        assert_eq!(h.msg.as_ref().unwrap().body, b"kept");
     }
 
     #[test]

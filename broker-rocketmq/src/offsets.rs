@@ -128,8 +128,8 @@ impl RocketMqBroker {
         Ok(!got.messages.is_empty())
     }
 
-    /// Applies the subscription's journal from its start, then writes a
-    /// snapshot there (see `journal.rs`).
+    /// Applies the subscription's journal from its start, and writes a
+    /// snapshot when that was long (see `journal.rs`).
     async fn replay(&self, sub: &mut Sub) -> Result<()> {
         let jt = journal_topic(&sub.group, &sub.topic);
         self.ensure_topic(&jt, 1).await?;
@@ -173,7 +173,10 @@ impl RocketMqBroker {
         }
         sub.journal.next = next;
         sub.journal.replayed_to = next;
-        if replayed > 0 {
+        // Not one per load: gateways sharing a group reload often, and a
+        // snapshot is the whole state. A long replay counts toward the next.
+        sub.journal.since_snapshot = u32::try_from(replayed).unwrap_or(u32::MAX);
+        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
             self.snapshot(sub).await?;
         }
         Ok(())
@@ -260,13 +263,7 @@ impl RocketMqBroker {
         }
         let mut out = Vec::new();
         for (q, qr) in route.queues.iter().enumerate() {
-            let max = self
-                .client
-                .handle()
-                .max_offset(qr.addr.as_str(), &qr.mq(topic), self.client.cfg.timeout_ms)
-                .await
-                .map_err(|e| remote("read a queue's newest offset", &e))?
-                .max(0) as u64;
+            let max = self.max_offset(topic, qr).await?;
             let (committed, done, inflight) = sub.main.get(q).map_or((0, 0, 0), |st| {
                 (st.committed, st.done.len() as u64, st.inflight.len())
             });

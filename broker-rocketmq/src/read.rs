@@ -201,6 +201,17 @@ impl RocketMqBroker {
         Ok(out)
     }
 
+    /// The offset queue `qr` of `topic` will give its next message.
+    pub(crate) async fn max_offset(&self, topic: &str, qr: &QueueRef) -> Result<u64> {
+        let off = self
+            .client
+            .handle()
+            .max_offset(qr.addr.as_str(), &qr.mq(topic), self.client.cfg.timeout_ms)
+            .await
+            .map_err(|e| remote("read a queue's newest offset", &e))?;
+        Ok(off.max(0) as u64)
+    }
+
     /// The oldest `max` messages stored in `[from_ms, to_ms)`.
     pub(crate) async fn by_time(
         &self,
@@ -230,6 +241,43 @@ impl RocketMqBroker {
         }
         found.sort_by_key(|m| (m.stored_ms, m.id));
         found.truncate(max);
+        Ok(found)
+    }
+
+    /// Those of `ids` in `topic`, read from the queues themselves from
+    /// `since_ms` on ([`cellgate_broker_core::Broker::find_ids`]): the key
+    /// index can miss an entry (docs/rocketmq.md, "Replays read the
+    /// destination"), and a miss there is a duplicate copy. Reads each
+    /// queue to its end, or until every id is found.
+    pub(crate) async fn find_ids(
+        &self,
+        topic: &str,
+        ids: &[uuid::Uuid],
+        since_ms: i64,
+    ) -> Result<Vec<StoredMessage>> {
+        let mut wanted: std::collections::HashSet<uuid::Uuid> = ids.iter().copied().collect();
+        let mut found = Vec::new();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let route = match self.client.route(topic).await {
+            Ok(r) => r,
+            // No such topic here: it holds no copy.
+            Err(Error::UnknownTopic(_)) => return Ok(found),
+            Err(e) => return Err(e),
+        };
+        let starts = self.offsets_at(topic, &route, since_ms).await?;
+        for ((q, mut at), qr) in starts.into_iter().enumerate().zip(&route.queues) {
+            // Up to the end as of now: what is stored later is not a copy
+            // the caller asks about, and a busy queue would never be done.
+            let end = self.max_offset(topic, qr).await?;
+            while at < end && !wanted.is_empty() {
+                let got = self.read_queue(topic, q as u16, at, PULL_MAX).await?;
+                let Some(last) = got.last() else { break };
+                at = last.queue_offset + 1;
+                found.extend(got.into_iter().filter(|m| wanted.remove(&m.id)));
+            }
+        }
         Ok(found)
     }
 

@@ -7,10 +7,12 @@
 //! (`run`), reading and planning batches of original messages (`pass`,
 //! `plan`), journaling where their copies go and how far each source queue
 //! is done (`journal`), appending copies that keep the message id so a
-//! destination can tell a copy it already holds (`send`), and metrics.
+//! destination can tell a copy it already holds (`send`, `dedupe`), and
+//! metrics.
 
 #![forbid(unsafe_code)]
 
+mod dedupe;
 pub mod journal;
 pub mod metrics;
 mod pass;

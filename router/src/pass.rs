@@ -6,9 +6,12 @@
 //! encoded by the destination broker straight from them: nothing is
 //! decoded into owned messages or cloned per copy.
 
+use std::sync::Arc;
+
 use cellgate_broker_core::{Broker, Records};
 use cellgate_rules::{CellId, RuleSet};
 
+use crate::dedupe::{Cleared, Dedupe};
 use crate::journal::Journal;
 use crate::metrics::{KindLabels, RouterMetrics};
 use crate::plan;
@@ -33,19 +36,6 @@ pub(crate) struct Item {
     pub kinds: &'static str,
 }
 
-/// How a replay tells a copy that may exist already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dedupe {
-    /// Not a replay: no copy of these messages exists.
-    No,
-    /// The plans before were made under the same rules, so they name the
-    /// same destination: skip it if it holds the message id.
-    Planned,
-    /// The plans before may have been made under other rules: skip each
-    /// kind some cell holds a copy for.
-    AnyCell,
-}
-
 /// A pass's batches and its copies, by destination cell.
 pub(crate) struct Work {
     pub batches: Vec<Batch>,
@@ -54,6 +44,8 @@ pub(crate) struct Work {
     pub dedupe: Dedupe,
     /// Only messages stored up to then can have copies already.
     pub dedupe_until_ms: i64,
+    /// The replay's per-queue bound (dedupe.rs).
+    pub cleared: Arc<Cleared>,
     /// Some queue had a full batch: there may be more to read at once.
     pub full: bool,
     /// The earliest store time of a batch's first message.
@@ -84,13 +76,14 @@ pub(crate) async fn read(
     src: &dyn Broker,
     journal: &mut Journal,
     metrics: &RouterMetrics,
-    (dedupe, dedupe_until_ms): (Dedupe, i64),
+    (dedupe, dedupe_until_ms, cleared): (Dedupe, i64, Arc<Cleared>),
 ) -> Result<Work, Error> {
     let mut work = Work {
         batches: Vec::new(),
         dests: Vec::new(),
         dedupe,
         dedupe_until_ms,
+        cleared,
         full: false,
         oldest_ms: None,
     };

@@ -9,7 +9,7 @@
 //! copies of one source queue reach each destination in source order.
 //!
 //! After a start or a failed step the task replays: it reads again from the
-//! journal's `next`, skipping copies that exist already (`pass::Dedupe`),
+//! journal's `next`, skipping copies that exist already (dedupe.rs),
 //! until a step finds no full batch. The journal's `rules` says whether the
 //! plans being replayed were made under the rules in force (see
 //! journal.rs). With nothing to read the task waits for the source broker's
@@ -26,9 +26,10 @@ use cellgate_rules::{CellId, RuleSet, RulesHandle};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::dedupe::{Cleared, Dedupe};
 use crate::journal::Journal;
 use crate::metrics::RouterMetrics;
-use crate::pass::{self, Dedupe, Work};
+use crate::pass::{self, Work};
 use crate::{send, Error};
 
 /// How long a router woken from idle lets new messages gather before it
@@ -110,7 +111,7 @@ enum Step {
 }
 
 /// Where a cell task stands with replaying.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Replay {
     /// Messages read now may have copies already.
     active: bool,
@@ -124,6 +125,8 @@ struct Replay {
     /// The destinations' lookups see every copy sent before the replay
     /// began (their [`Broker::lookup_lag`] has passed since).
     settled: bool,
+    /// The source queues' offsets past which no copy exists.
+    cleared: Arc<Cleared>,
 }
 
 /// See [`Replay::until_ms`].
@@ -143,6 +146,7 @@ impl Replay {
             any_cell: false,
             until_ms: now_ms() + CLOCK_MARGIN_MS,
             settled: false,
+            cleared: Arc::default(),
         }
     }
 
@@ -272,7 +276,7 @@ impl Router {
         // Subscribed before reading: an append after the read wakes us.
         let mut appended = src.appended();
         appended.borrow_and_update();
-        let dedupe = (replay.dedupe(), replay.until_ms);
+        let dedupe = (replay.dedupe(), replay.until_ms, replay.cleared.clone());
         let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe).await?;
         // Copies of a queue reach each destination in source order: the
         // previous step's first.

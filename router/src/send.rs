@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use cellgate_broker_core::{Broker, CopyOf};
-use cellgate_rules::{CellId, RuleSet, TargetMask, ZoneType, COPY_FOR};
+use cellgate_rules::{CellId, RuleSet, ZoneType, COPY_FOR};
 use tokio::task::JoinSet;
 
+use crate::dedupe::{self, Ask, Dedupe};
 use crate::metrics::{RouteLabels, RouterMetrics};
-use crate::pass::{Dedupe, Work};
+use crate::pass::Work;
 use crate::{plan, BrokerDirectory, Error};
 
 /// Every cell's broker with the batches' names there, for
@@ -102,46 +103,9 @@ struct Dest<'a> {
     i: usize,
     broker: &'a dyn Broker,
     names: &'a Names,
-    all: &'a [(Arc<dyn Broker>, Names)],
+    all: &'a dedupe::AllCells,
     /// The destination's zone type (a route span attribute).
     zone: ZoneType,
-}
-
-/// The kinds of `kinds` no cell holds a copy of `id` (of batch `batch`)
-/// for yet.
-async fn not_placed(
-    all: &[(Arc<dyn Broker>, Names)],
-    batch: usize,
-    id: &uuid::Uuid,
-    kinds: &'static str,
-) -> Result<Option<&'static str>, Error> {
-    let mut placed = TargetMask::default();
-    for (b, names) in all {
-        let Some(Name { topic, .. }) = names.get(batch).and_then(Option::as_ref) else {
-            continue;
-        };
-        // The origin holds the original, without `COPY_FOR`.
-        if let Some(m) = b.get_by_id(topic, id).await? {
-            if let Some(k) = m
-                .properties
-                .get(COPY_FOR)
-                .and_then(|v| TargetMask::parse(v))
-            {
-                placed.r |= k.r;
-                placed.g |= k.g;
-                placed.c |= k.c;
-            }
-        }
-    }
-    let Some(want) = TargetMask::parse(kinds) else {
-        return Ok(None);
-    };
-    let left = TargetMask {
-        r: want.r && !placed.r,
-        g: want.g && !placed.g,
-        c: want.c && !placed.c,
-    };
-    Ok((left != TargetMask::default()).then(|| left.as_str()))
 }
 
 /// Appends the copies of `work` for one destination with one
@@ -162,9 +126,7 @@ async fn send(
     let Some((dest, items)) = work.dests.get(i) else {
         return Ok(());
     };
-    let mut copies = Vec::with_capacity(items.len());
-    // The batch of each copy (for its tenant label).
-    let mut batch_of = Vec::with_capacity(items.len());
+    let mut asks = Vec::with_capacity(items.len());
     for it in items {
         let Some(r) = work
             .batches
@@ -177,34 +139,30 @@ async fn send(
             metrics.error("bad_name");
             continue;
         };
-        // Only a replay can meet a copy already there.
-        // Stored after the replay began: never read before.
-        let dedupe = if r.stored_ms() <= work.dedupe_until_ms {
-            work.dedupe
-        } else {
-            Dedupe::No
-        };
-        let kinds = match dedupe {
-            Dedupe::No => Some(it.kinds),
-            // A copy carries `COPY_FOR`; what lacks it is the original
-            // (a destination that is the origin, by takeover): not a copy.
-            Dedupe::Planned => {
-                let held = broker.get_by_id(topic, &r.id()).await?;
-                (!held.is_some_and(|m| m.properties.contains_key(COPY_FOR))).then_some(it.kinds)
-            }
-            Dedupe::AnyCell => not_placed(all, it.batch as usize, &r.id(), it.kinds).await?,
-        };
+        asks.push(Ask {
+            batch: it.batch as usize,
+            record: r,
+            topic,
+            kinds: it.kinds,
+        });
+    }
+    // Only a replay can meet a copy already there.
+    let kinds = dedupe::to_copy(work, broker, all, &asks).await?;
+    let mut copies = Vec::with_capacity(asks.len());
+    // The batch of each copy (for its tenant label).
+    let mut batch_of = Vec::with_capacity(asks.len());
+    for (a, kinds) in asks.iter().zip(kinds) {
         let Some(kinds) = kinds else {
             metrics.dedupe_hits.inc();
             continue;
         };
         copies.push(CopyOf {
-            source: r,
-            topic,
+            source: a.record,
+            topic: a.topic,
             set: (COPY_FOR, kinds),
-            select: plan::select_of(&r),
+            select: plan::select_of(&a.record),
         });
-        batch_of.push(it.batch as usize);
+        batch_of.push(a.batch);
     }
     if copies.is_empty() {
         return Ok(());

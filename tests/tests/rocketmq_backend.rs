@@ -125,6 +125,26 @@ async fn sends_keep_ids_fields_and_order_and_read_back() {
         .unwrap()
         .iter()
         .any(|(t, q)| t == topic && *q == 8));
+
+    // The router's replay reads the queues themselves, from a time on:
+    // every id stored is found, in whichever queue, and nothing else.
+    let spread_out = b.send_batch(spread(topic, 40)).await.unwrap();
+    let mut asked: Vec<_> = sent.iter().chain(&spread_out).map(|r| r.id).collect();
+    let want: HashSet<_> = asked.iter().copied().collect();
+    asked.push(unknown);
+    let since = sent[0].stored_ms - 10_000;
+    let found = b.find_ids(topic, &asked, since).await.unwrap();
+    let found_ids: HashSet<_> = found.iter().map(|m| m.id).collect();
+    assert_eq!(found.len(), want.len(), "each found once");
+    assert_eq!(found_ids, want);
+    assert!(found.iter().any(|m| m.id == sent[2].id && m.body == b"m2"));
+    let later = spread_out.iter().map(|r| r.stored_ms).max().unwrap() + 60_000;
+    assert!(b.find_ids(topic, &asked, later).await.unwrap().is_empty());
+    assert!(b
+        .find_ids("ANT|RZ00A%NOPE", &asked, since)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// One call's round-robin messages share a queue (one RocketMQ batch, as
