@@ -209,13 +209,15 @@ pub trait Broker: Send + Sync {
         topic: &'a str,
         id: &'a Uuid,
     ) -> BoxFuture<'a, Result<Option<StoredMessage>>>;
-    /// Those of `ids` that `topic` holds, for a router's replay ("is the
-    /// copy there already?"). Each was stored, if at all, at or after
-    /// `since_ms` by this broker's clock. Unlike [`Broker::get_by_id`] the
-    /// answer must be exact for messages stored before the call: a miss
-    /// means a second copy. The default asks [`Broker::get_by_id`] per id,
-    /// right for a backend whose id index is written with the message; a
-    /// backend that indexes behind its writes reads the topic instead.
+    /// The messages `topic` itself holds under any of `ids`, for a
+    /// router's replay ("is the copy there already?"). Each was stored, if
+    /// at all, at or after `since_ms` by this broker's clock (the caller
+    /// allows for skew). Unlike [`Broker::get_by_id`] the answer must be
+    /// exact for messages stored before the call (a miss means a second
+    /// copy) and name only `topic` (a broker may hold a message and its
+    /// copy). The default asks [`Broker::get_by_id`] per id, right for a
+    /// backend whose id index is written with the message and kept per
+    /// topic; a backend that indexes behind its writes reads the topic.
     fn find_ids<'a>(
         &'a self,
         topic: &'a str,
@@ -227,7 +229,7 @@ pub trait Broker: Send + Sync {
             let mut out = Vec::new();
             for id in ids {
                 if let Some(m) = self.get_by_id(topic, id).await? {
-                    out.push(m);
+                    out.extend((m.topic == topic).then_some(m));
                 }
             }
             Ok(out)

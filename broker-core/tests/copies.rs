@@ -97,6 +97,32 @@ async fn records_and_their_copies_match_the_owned_paths() {
     assert_eq!(a.get_by_key("A|Y%T", "order-7").unwrap().len(), 1);
 }
 
+/// A takeover can put a message and its copy in one broker, under one id:
+/// the router's replay asks for the copy's topic and must get only that.
+#[tokio::test]
+async fn find_ids_names_only_the_topic_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    let original = b.send(msg(1), QueueSelect::Queue(0)).await.unwrap();
+    let lone = b.send(msg(2), QueueSelect::Queue(0)).await.unwrap();
+    let mut copy = msg(1);
+    copy.topic = "A|Y%T".into();
+    b.send_copies(vec![(copy, QueueSelect::Queue(0), original.id)])
+        .await
+        .unwrap();
+    let ids = [original.id, lone.id];
+    let in_y = Broker::find_ids(&b, "A|Y%T", &ids, 0).await.unwrap();
+    assert_eq!(in_y.len(), 1);
+    assert_eq!((in_y[0].id, in_y[0].topic.as_str()), (original.id, "A|Y%T"));
+    let in_t = Broker::find_ids(&b, "A|X%T", &ids, 0).await.unwrap();
+    assert!(in_t.iter().all(|m| m.topic == "A|X%T"));
+    assert_eq!(in_t.len(), 2);
+    assert!(Broker::find_ids(&b, "A|Z%T", &ids, 0)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test]
 async fn records_below_retention_are_skipped_as_read_from_skips_them() {
     let dir = tempfile::tempdir().unwrap();

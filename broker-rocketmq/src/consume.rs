@@ -225,6 +225,24 @@ impl Sub {
         self.queues(s).get(q)?.inflight.get(&offset)
     }
 
+    /// Every queue, main then retry, with its source and index.
+    pub fn all_queues(&self) -> impl Iterator<Item = (Source, usize, &QueueState)> {
+        [Source::Main, Source::Retry]
+            .into_iter()
+            .flat_map(move |s| {
+                self.queues(s)
+                    .iter()
+                    .enumerate()
+                    .map(move |(q, st)| (s, q, st))
+            })
+    }
+
+    /// The delivery a receipt names: `offset`'s, if its nonce is still
+    /// `nonce` (a redelivery since voids the receipt).
+    pub fn held_with(&self, (s, q, offset): (Source, usize, u64), nonce: u64) -> Option<&Held> {
+        self.held(s, q, offset).filter(|h| h.nonce == nonce)
+    }
+
     pub fn held_mut(&mut self, s: Source, q: usize, offset: u64) -> Option<&mut Held> {
         self.queues_mut(s).get_mut(q)?.inflight.get_mut(&offset)
     }

@@ -68,6 +68,16 @@ pub(crate) fn remote(op: &'static str, e: &ClientError) -> Error {
 /// The outcome of one synchronous send named `op`: the client's error, or
 /// its "no result" (which a synchronous send should never give), as an
 /// error that names the call.
+/// A call that lost to other gateways of its group, which kept writing
+/// the group's journal while it tried (see journal.rs): the client may
+/// simply call again.
+pub(crate) fn contended(op: &'static str) -> cellgate_broker_core::Error {
+    cellgate_broker_core::Error::Remote {
+        op,
+        detail: "other gateways of the group kept writing its state; try again".into(),
+    }
+}
+
 pub(crate) fn sent<T>(
     op: &'static str,
     r: Result<Option<T>, ClientError>,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::client::QueueRef;
 use crate::consume::{offset_group, parse_receipt, resend, unwrap_retry, QueueState, Source, Sub};
+use crate::error::contended;
 use crate::journal::{self, Rec};
 use crate::{now_ms, RocketMqBroker};
 
@@ -27,6 +28,10 @@ const RESOLVE_TRIES: usize = 3;
 /// How long a delivery being settled with a copy stays claimed (invisible)
 /// should the gateway die between its claim and the settle's record.
 const SETTLE_HOLD: Duration = Duration::from_secs(30);
+
+/// Dead letters one receive sends at most (the rest wait for the next):
+/// bounds the claim's journal record and the receive's time.
+const DEAD_PER_CALL: usize = 256;
 
 fn tag_expression(t: &TagFilter) -> String {
     match t {
@@ -107,7 +112,7 @@ impl RocketMqBroker {
             sub.journal.pending.push(Rec::Held(held));
         }
         if journal::flush(&self.client.producer, sub).await? && !out.is_empty() {
-            let claimed_at = sub.journal.last_append.unwrap_or(u64::MAX);
+            let claimed_at = sub.journal.claimed_at();
             let key = (group, topic, &opts.mode);
             self.resolve_claims(&mut guard, key, claimed_at, &mut out)
                 .await?;
@@ -347,7 +352,9 @@ impl RocketMqBroker {
                         continue;
                     }
                     if h.attempt >= max_attempts {
-                        dead.push((s, q, *offset));
+                        if dead.len() < DEAD_PER_CALL {
+                            dead.push((s, q, *offset));
+                        }
                     } else {
                         due.push((s, q, *offset));
                     }
@@ -370,35 +377,42 @@ impl RocketMqBroker {
                 attempt: h.attempt,
             });
         }
+        // A dead letter is a copy, which cannot be taken back: claim first,
+        // all in one append. Claims that met another gateway's records wait
+        // for the next call, which reloads and knows whether they won.
+        if dead.is_empty() || !self.claim(sub, &dead).await?.1 {
+            return Ok(());
+        }
         for key in dead {
-            // A dead letter is a copy, which cannot be taken back: claim
-            // first. A claim that met another gateway's records waits for
-            // the next call, which reloads and knows whether it won.
-            if !self.claim(sub, key).await?.1 {
-                return Ok(());
-            }
             self.settle_one(sub, key, Settle::DeadLetter).await?;
         }
         Ok(())
     }
 
-    /// Journals a claim of a delivery (a new nonce replacing the current
-    /// one, invisible meanwhile) before a settle that sends a copy, so that
-    /// another gateway's redelivery and the copy cannot both count. Returns
-    /// the claim's nonce, and whether it is known to have won: it landed
+    /// Journals a claim of deliveries (a new nonce replacing each current
+    /// one, invisible meanwhile), in one append, before a settle that sends
+    /// a copy, so that another gateway's redelivery and the copy cannot
+    /// both count. Returns the claims' nonces (of the keys held; others are
+    /// skipped), and whether they are known to have won: the append landed
     /// where this process expected, after every record it had read.
     async fn claim(
         &self,
         sub: &mut Sub,
-        (s, q, offset): (Source, usize, u64),
-    ) -> Result<(u64, bool)> {
+        keys: &[(Source, usize, u64)],
+    ) -> Result<(Vec<u64>, bool)> {
         let me = sub.me;
-        let h = sub.held_mut(s, q, offset).ok_or(Error::BadReceipt)?;
-        let n = h.replace(me, h.visible_at.max(Instant::now() + SETTLE_HOLD));
-        let rec = journal::held_rec(s, q, offset, h);
-        sub.journal.pending.push(Rec::Held(vec![rec]));
+        let until = Instant::now() + SETTLE_HOLD;
+        let (mut recs, mut nonces) = (Vec::with_capacity(keys.len()), Vec::new());
+        for &(s, q, offset) in keys {
+            let Some(h) = sub.held_mut(s, q, offset) else {
+                continue;
+            };
+            nonces.push(h.replace(me, h.visible_at.max(until)));
+            recs.push(journal::held_rec(s, q, offset, h));
+        }
+        sub.journal.pending.push(Rec::Held(recs));
         let stale = journal::flush(&self.client.producer, sub).await?;
-        Ok((n, !stale))
+        Ok((nonces, !stale))
     }
 
     /// The message of a delivery, read again if the state came from the
@@ -458,15 +472,12 @@ impl RocketMqBroker {
         // one last read the journal, which has its delivery. One pull says
         // whether the journal moved: a stale or forged receipt does not
         // cost a replay.
-        if sub.held(s, q, offset).is_none_or(|h| h.nonce != n) && self.journal_moved(sub).await? {
+        if sub.held_with((s, q, offset), n).is_none() && self.journal_moved_soon(sub).await? {
             sub = self
                 .loaded(&mut guard, group, topic, mode, Reload::Always)
                 .await?;
         }
-        let held = sub
-            .held(s, q, offset)
-            .filter(|h| h.nonce == n)
-            .ok_or(Error::BadReceipt)?;
+        let held = sub.held_with((s, q, offset), n).ok_or(Error::BadReceipt)?;
         let how = if ack {
             Settle::Done
         } else if held.attempt >= self.delivery.max_attempts {
@@ -477,19 +488,16 @@ impl RocketMqBroker {
             Settle::Retry
         };
         if matches!(how, Settle::Retry | Settle::DeadLetter) {
-            let (mine, won) = self.claim(sub, (s, q, offset)).await?;
+            let (mine, won) = self.claim(sub, &[(s, q, offset)]).await?;
+            let mine = mine.first().copied().ok_or(Error::BadReceipt)?;
             if !won {
-                let claimed_at = sub.journal.last_append.unwrap_or(u64::MAX);
+                let claimed_at = sub.journal.claimed_at();
                 let key = (group, topic, mode);
                 sub = self
                     .reload_past(&mut guard, key, claimed_at)
                     .await?
-                    .ok_or_else(|| Error::Remote {
-                        op: "settle a delivery",
-                        detail: "other gateways of the group are writing its state; try again"
-                            .into(),
-                    })?;
-                if sub.held(s, q, offset).is_none_or(|h| h.nonce != mine) {
+                    .ok_or_else(|| contended("settle a delivery"))?;
+                if sub.held_with((s, q, offset), mine).is_none() {
                     // Another gateway's redelivery came first.
                     return Err(Error::BadReceipt);
                 }

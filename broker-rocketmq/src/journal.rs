@@ -20,8 +20,10 @@
 //!   back into its own monotonic clock.
 //! - A process that loads a subscription replays the journal; once the
 //!   journal holds [`SNAPSHOT_EVERY`] appends past its start (counting
-//!   those the replay read), the process writes a snapshot and moves the
-//!   start to it, so replay stays short.
+//!   those the replay read), or the start is older than
+//!   [`SNAPSHOT_AGE_MS`], the process writes a snapshot and moves the
+//!   start to it, so replay stays short. A start the broker no longer
+//!   retains is replayed from its oldest record (logged).
 //! - A receive appends its `Held` record before it returns the deliveries;
 //!   every settled offset's `Done` record (also one that moves the
 //!   committed offset: the append is how a stale process notices) is
@@ -57,10 +59,17 @@ use crate::error::sent;
 
 /// Appends between snapshots.
 pub(crate) const SNAPSHOT_EVERY: u32 = 256;
+/// A load whose journal starts longer ago than this writes a snapshot,
+/// so that a quiet group's start stays well within the broker's retention
+/// (72 h by default).
+pub(crate) const SNAPSHOT_AGE_MS: i64 = 3_600_000;
 /// How long acks wait for others to share their journal append.
 pub(crate) const LINGER: Duration = Duration::from_millis(10);
-/// The longest the flusher waits between tries of a failing append.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest the flusher waits between tries of a failing append: well
+/// under the grace another gateway gives a delivery's owner before it
+/// redelivers (`consume::FOREIGN_GRACE`, 1 s), so acks held back by a
+/// failure still land within it once the append works again.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// A snapshot larger than this is not written (the start stays put, and
 /// replay is longer): the broker's 4 MiB message limit.
 const MAX_SNAPSHOT_BYTES: usize = 3 << 20;
@@ -150,6 +159,17 @@ pub(crate) struct Journal {
     pub replayed_to: u64,
 }
 
+// === impl Journal ===
+
+impl Journal {
+    /// Where this process's claims of its last append stand in the
+    /// journal's order: its offset, or past everything if nothing was
+    /// appended (no replay then reaches it, and the claims are withheld).
+    pub fn claimed_at(&self) -> u64 {
+        self.last_append.unwrap_or(u64::MAX)
+    }
+}
+
 fn src(s: Source) -> u8 {
     match s {
         Source::Main => 0,
@@ -191,12 +211,10 @@ impl Sub {
     /// The whole state as one record, to be appended at `seen`.
     pub fn snapshot(&self, seen: u64) -> Rec {
         let (mut held, mut done, mut committed) = (Vec::new(), Vec::new(), Vec::new());
-        for s in [Source::Main, Source::Retry] {
-            for (q, st) in self.queues(s).iter().enumerate() {
-                held.extend(st.inflight.iter().map(|(o, h)| held_rec(s, q, *o, h)));
-                done.extend(st.done.iter().map(|o| done_rec(s, q, *o)));
-                committed.push(done_rec(s, q, st.committed));
-            }
+        for (s, q, st) in self.all_queues() {
+            held.extend(st.inflight.iter().map(|(o, h)| held_rec(s, q, *o, h)));
+            done.extend(st.done.iter().map(|o| done_rec(s, q, *o)));
+            committed.push(done_rec(s, q, st.committed));
         }
         Rec::Snapshot {
             held,
@@ -412,7 +430,7 @@ pub(crate) async fn flusher(
             let mut guard = slot.lock().await;
             if let Some(sub) = guard.as_mut() {
                 if let Err(e) = flush(&producer, sub).await {
-                    tracing::warn!(error = %e, group = sub.group, retry_in = ?pause * 2, "acks not journaled yet");
+                    tracing::warn!(error = %e, group = sub.group, retry_in = ?(pause * 2).min(MAX_BACKOFF), "acks not journaled yet");
                     failed = true;
                 }
             }

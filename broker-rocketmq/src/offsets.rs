@@ -6,21 +6,15 @@ use rocketmq_protocol::protocol::header::query_consumer_offset_request_header::Q
 use rocketmq_protocol::protocol::header::update_consumer_offset_header::UpdateConsumerOffsetRequestHeader;
 
 use crate::consume::{offset_group, QueueState, Source, Sub};
-use crate::error::{remote, response_code, QUERY_NOT_FOUND};
+use crate::error::{contended, remote, response_code, QUERY_NOT_FOUND};
 use crate::group::Reload;
 use crate::journal::{self, journal_group, journal_topic, Rec};
-use crate::RocketMqBroker;
+use crate::{now_ms, RocketMqBroker};
 
 /// Each queue's committed offset, main then retry.
 fn committed(sub: &Sub) -> Vec<(Source, usize, u64)> {
-    [Source::Main, Source::Retry]
-        .into_iter()
-        .flat_map(|s| {
-            sub.queues(s)
-                .iter()
-                .enumerate()
-                .map(move |(q, st)| (s, q, st.committed))
-        })
+    sub.all_queues()
+        .map(|(s, q, st)| (s, q, st.committed))
         .collect()
 }
 
@@ -128,6 +122,17 @@ impl RocketMqBroker {
         Ok(!got.messages.is_empty())
     }
 
+    /// [`RocketMqBroker::journal_moved`], asked again after a linger if
+    /// not: the other gateway's append is acknowledged a moment before a
+    /// pull can read it, and its consumer may be that quick.
+    pub(crate) async fn journal_moved_soon(&self, sub: &Sub) -> Result<bool> {
+        if self.journal_moved(sub).await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(journal::LINGER).await;
+        self.journal_moved(sub).await
+    }
+
     /// Applies the subscription's journal from its start, and writes a
     /// snapshot when that was long (see `journal.rs`).
     async fn replay(&self, sub: &mut Sub) -> Result<()> {
@@ -146,13 +151,29 @@ impl RocketMqBroker {
             .ok_or_else(|| Error::UnknownTopic(jt.clone()))?;
         let mut next = start;
         let mut replayed = 0usize;
+        // The store time of the journal's start.
+        let mut oldest_ms = None;
         loop {
             // Pulled as the journal's group: the pull also creates that
             // group in the broker, which its offset commit needs.
             let got = self.pull(&jg, &jt, (0, qr), next, 64, "*").await?;
             let Some(last) = got.messages.last().map(|m| m.queue_offset) else {
+                if got.next > next {
+                    // The start is below what the broker retains (a group
+                    // quiet for longer than the retention): what was there
+                    // is gone, and the committed offsets stand for it.
+                    tracing::warn!(
+                        topic = jt,
+                        from = next,
+                        to = got.next,
+                        "journal start not retained; replaying from the oldest record"
+                    );
+                    next = got.next;
+                    continue;
+                }
                 break;
             };
+            oldest_ms.get_or_insert(got.messages.first().map_or(0, |m| m.stored_ms));
             for m in got.messages {
                 let at = journal::At {
                     offset: m.queue_offset,
@@ -174,9 +195,11 @@ impl RocketMqBroker {
         sub.journal.next = next;
         sub.journal.replayed_to = next;
         // Not one per load: gateways sharing a group reload often, and a
-        // snapshot is the whole state. A long replay counts toward the next.
+        // snapshot is the whole state. A long replay counts toward the next;
+        // an old start is moved up before retention can remove it.
         sub.journal.since_snapshot = u32::try_from(replayed).unwrap_or(u32::MAX);
-        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY {
+        let old = oldest_ms.is_some_and(|t| now_ms() - t > journal::SNAPSHOT_AGE_MS);
+        if sub.journal.since_snapshot >= journal::SNAPSHOT_EVERY || old {
             self.snapshot(sub).await?;
         }
         Ok(())
@@ -310,9 +333,6 @@ impl RocketMqBroker {
                 return Ok(());
             }
         }
-        Err(Error::Remote {
-            op: "reset a group",
-            detail: "other gateways kept writing the group's state; try again".into(),
-        })
+        Err(contended("reset a group"))
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use cellgate_broker_core::{message_id, now_ms, Error, Message, PutResult, QueueSelect, Result};
 use futures_util::stream::{self, StreamExt};
+use rocketmq_client_rust::{DefaultMQProducer, SendResult};
+use rocketmq_model::common::message::message_queue::MessageQueue;
+use rocketmq_model::common::message::message_single::Message as RmqMessage;
 use uuid::Uuid;
 
 use crate::busy::{self, Call};
@@ -212,17 +215,12 @@ impl RocketMqBroker {
         for o in run {
             msgs.push(to_rocketmq(o.msg, &o.id, o.deliver_at_ms)?);
         }
-        // Each try sends a copy: the client takes the message, and a send
-        // the broker refused is tried again.
         let producer = &self.client.producer;
         let res = if msgs.len() == 1 {
             let m = msgs.pop().ok_or(Error::Closed)?;
-            let r = busy::retry("send", Call::Send, || {
-                producer.send_to_queue(m.clone(), mq.clone())
-            })
-            .await;
-            sent("send", r)?
+            send_to_queue(producer, "send", m, &mq).await?
         } else {
+            // As in `send_to_queue`: a copy per try.
             busy::retry("send a batch", Call::Send, || {
                 producer.send_batch_to_queue(msgs.clone(), mq.clone())
             })
@@ -242,4 +240,21 @@ impl RocketMqBroker {
             })
             .collect())
     }
+}
+
+/// Sends one message to `mq`, again while the broker is busy (busy.rs).
+/// Each try sends a copy: the client takes the message and hands nothing
+/// back when the broker refuses it. (Against a 1–2 ms round trip, the
+/// first copy costs microseconds.)
+pub(crate) async fn send_to_queue(
+    producer: &DefaultMQProducer,
+    op: &'static str,
+    m: RmqMessage,
+    mq: &MessageQueue,
+) -> Result<SendResult> {
+    let r = busy::retry(op, Call::Send, || {
+        producer.send_to_queue(m.clone(), mq.clone())
+    })
+    .await;
+    sent(op, r)
 }

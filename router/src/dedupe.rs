@@ -1,6 +1,7 @@
 //! A replay's question, "does this destination hold the copy already?",
 //! asked once per destination topic per step ([`Broker::find_ids`]), not
-//! once per message.
+//! once per message; under unknown rules, "which kinds does some cell hold
+//! a copy for?", asked once per step of every cell and topic.
 //!
 //! ## How far a replay looks
 //!
@@ -85,6 +86,11 @@ pub(crate) struct Ask<'a> {
 /// Every cell's broker with the batches' names there.
 pub(crate) type AllCells = [(Arc<dyn Broker>, Names)];
 
+/// The copies some cell holds of a step's messages, with the kinds each
+/// is for: asked once per step ([`Dedupe::AnyCell`]), by whichever
+/// destination task comes first; the others wait for its answer.
+pub(crate) type Placed = tokio::sync::OnceCell<HashMap<Uuid, TargetMask>>;
+
 /// For each of `asks`, the kinds still to copy to `dest`; `None` when the
 /// copies are all there.
 pub(crate) async fn to_copy(
@@ -96,7 +102,7 @@ pub(crate) async fn to_copy(
     let mut out: Vec<Option<&'static str>> = asks.iter().map(|a| Some(a.kinds)).collect();
     // The asks a copy may exist for, by index.
     let doubt: Vec<usize> = (0..asks.len())
-        .filter(|&i| in_doubt(work, &asks[i]))
+        .filter(|&i| in_doubt(work, asks[i].batch, &asks[i].record))
         .collect();
     if doubt.is_empty() {
         return Ok(out);
@@ -104,31 +110,26 @@ pub(crate) async fn to_copy(
     match work.dedupe {
         Dedupe::No => {}
         Dedupe::Planned => {
-            let held = copies_in(dest, doubt.iter().map(|&i| (asks[i].topic, &asks[i]))).await?;
+            let asked = doubt.iter().map(|&i| (asks[i].topic, &asks[i].record));
+            let held = held_in(dest, asked).await?;
             for i in doubt {
                 let a = &asks[i];
-                if held.contains_key(&a.record.id()) {
+                let id = a.record.id();
+                if held.copies.contains_key(&id) {
                     out[i] = None;
-                } else if let Some(b) = work.batches.get(a.batch) {
+                } else if let (false, Some(b)) =
+                    (held.found.contains(&id), work.batches.get(a.batch))
+                {
                     work.cleared
                         .missing(&b.topic, b.queue, a.record.queue_offset());
                 }
             }
         }
         Dedupe::AnyCell => {
-            let mut placed: HashMap<Uuid, TargetMask> = HashMap::new();
-            for (broker, names) in all {
-                let here = doubt.iter().filter_map(|&i| {
-                    let Name { topic, .. } = names.get(asks[i].batch)?.as_ref()?;
-                    Some((topic.as_str(), &asks[i]))
-                });
-                for (id, k) in copies_in(&**broker, here).await? {
-                    let p = placed.entry(id).or_default();
-                    p.r |= k.r;
-                    p.g |= k.g;
-                    p.c |= k.c;
-                }
-            }
+            let placed = work
+                .placed
+                .get_or_try_init(|| placed_anywhere(work, all))
+                .await?;
             for i in doubt {
                 let got = placed.get(&asks[i].record.id()).copied();
                 out[i] = left(asks[i].kinds, got.unwrap_or_default());
@@ -138,43 +139,90 @@ pub(crate) async fn to_copy(
     Ok(out)
 }
 
-/// Whether a copy of `a` may exist already.
-fn in_doubt(work: &Work, a: &Ask<'_>) -> bool {
-    if work.dedupe == Dedupe::No || a.record.stored_ms() > work.dedupe_until_ms {
+/// Whether a copy of `record` (of batch `batch`) may exist already.
+fn in_doubt(work: &Work, batch: usize, record: &RecordRef<'_>) -> bool {
+    if work.dedupe == Dedupe::No || record.stored_ms() > work.dedupe_until_ms {
         return false;
     }
-    let Some(b) = work.batches.get(a.batch) else {
+    let Some(b) = work.batches.get(batch) else {
         return false;
     };
     !(work.dedupe == Dedupe::Planned
         && work
             .cleared
-            .covers(&b.topic, b.queue, a.record.queue_offset()))
+            .covers(&b.topic, b.queue, record.queue_offset()))
 }
 
-/// The copies `broker` holds of the asked ids, each with the kinds it is
-/// for: one [`Broker::find_ids`] per topic. The original (no `COPY_FOR`,
-/// in a destination that is its origin, by takeover) is not a copy.
-async fn copies_in<'a>(
-    broker: &dyn Broker,
-    asks: impl Iterator<Item = (&'a str, &'a Ask<'a>)>,
-) -> Result<HashMap<Uuid, TargetMask>, Error> {
-    let mut by_topic: BTreeMap<&str, (Vec<Uuid>, i64)> = BTreeMap::new();
-    for (topic, a) in asks {
-        let (ids, since) = by_topic.entry(topic).or_insert((Vec::new(), i64::MAX));
-        ids.push(a.record.id());
-        *since = (*since).min(a.record.stored_ms().saturating_sub(SKEW_MS));
+/// [`Placed`]: every cell asked for every message of the step in doubt,
+/// under that cell's name for its topic.
+async fn placed_anywhere(work: &Work, all: &AllCells) -> Result<HashMap<Uuid, TargetMask>, Error> {
+    let mut doubt: Vec<(usize, RecordRef<'_>)> = Vec::new();
+    let mut seen = HashSet::new();
+    for it in work.dests.iter().flat_map(|(_, items)| items) {
+        let batch = it.batch as usize;
+        let Some(r) = work
+            .batches
+            .get(batch)
+            .and_then(|b| b.records.get(it.record as usize))
+        else {
+            continue;
+        };
+        if seen.insert((it.batch, it.record)) && in_doubt(work, batch, &r) {
+            doubt.push((batch, r));
+        }
     }
-    let mut out = HashMap::new();
+    let mut placed: HashMap<Uuid, TargetMask> = HashMap::new();
+    for (broker, names) in all {
+        let here = doubt.iter().filter_map(|(batch, r)| {
+            let Name { topic, .. } = names.get(*batch)?.as_ref()?;
+            Some((topic.as_str(), r))
+        });
+        for (id, k) in held_in(&**broker, here).await?.copies {
+            let p = placed.entry(id).or_default();
+            p.r |= k.r;
+            p.g |= k.g;
+            p.c |= k.c;
+        }
+    }
+    Ok(placed)
+}
+
+/// What a broker holds of some messages, each asked in one topic.
+#[derive(Default)]
+struct Held {
+    /// Ids found at all.
+    found: HashSet<Uuid>,
+    /// Of those, the copies, with the kinds each is for. What lacks
+    /// `COPY_FOR` is an original, not a copy.
+    copies: HashMap<Uuid, TargetMask>,
+}
+
+/// [`Held`] of the asked records in `broker`: one [`Broker::find_ids`] per
+/// topic, from the oldest record's store time less [`SKEW_MS`].
+async fn held_in<'a>(
+    broker: &dyn Broker,
+    asks: impl Iterator<Item = (&'a str, &'a RecordRef<'a>)>,
+) -> Result<Held, Error> {
+    let mut by_topic: BTreeMap<&str, (Vec<Uuid>, i64)> = BTreeMap::new();
+    for (topic, r) in asks {
+        let (ids, since) = by_topic.entry(topic).or_insert((Vec::new(), i64::MAX));
+        ids.push(r.id());
+        *since = (*since).min(r.stored_ms().saturating_sub(SKEW_MS));
+    }
+    let mut out = Held::default();
     for (topic, (ids, since)) in by_topic {
         let asked: HashSet<Uuid> = ids.iter().copied().collect();
         for m in broker.find_ids(topic, &ids, since).await? {
-            let kinds = m
+            if m.topic != topic || !asked.contains(&m.id) {
+                continue;
+            }
+            out.found.insert(m.id);
+            if let Some(k) = m
                 .properties
                 .get(COPY_FOR)
-                .and_then(|v| TargetMask::parse(v));
-            if let (true, Some(k)) = (asked.contains(&m.id), kinds) {
-                out.insert(m.id, k);
+                .and_then(|v| TargetMask::parse(v))
+            {
+                out.copies.insert(m.id, k);
             }
         }
     }

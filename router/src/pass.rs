@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cellgate_broker_core::{Broker, Records};
 use cellgate_rules::{CellId, RuleSet};
 
-use crate::dedupe::{Cleared, Dedupe};
+use crate::dedupe::{Cleared, Dedupe, Placed};
 use crate::journal::Journal;
 use crate::metrics::{KindLabels, RouterMetrics};
 use crate::plan;
@@ -46,6 +46,8 @@ pub(crate) struct Work {
     pub dedupe_until_ms: i64,
     /// The replay's per-queue bound (dedupe.rs).
     pub cleared: Arc<Cleared>,
+    /// Under unknown rules: the copies any cell holds (dedupe.rs).
+    pub placed: Placed,
     /// Some queue had a full batch: there may be more to read at once.
     pub full: bool,
     /// The earliest store time of a batch's first message.
@@ -84,6 +86,7 @@ pub(crate) async fn read(
         dedupe,
         dedupe_until_ms,
         cleared,
+        placed: Placed::default(),
         full: false,
         oldest_ms: None,
     };

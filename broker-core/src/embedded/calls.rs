@@ -71,6 +71,18 @@ impl EmbeddedBroker {
             })
     }
 
+    /// Those of `ids` stored in `topic` itself: one broker can hold a
+    /// message and its copies (a takeover serves another cell's topics),
+    /// all under one id.
+    pub fn find_ids(&self, topic: &str, ids: &[Uuid]) -> Result<Vec<StoredMessage>> {
+        let mut out = Vec::new();
+        for id in ids {
+            let all = self.store.get_all_by_id(id)?;
+            out.extend(all.into_iter().filter(|m| m.topic == topic));
+        }
+        Ok(out)
+    }
+
     /// The message as consumers see it; one still held (delayed, or a half
     /// message) is shown under its destination topic with `__STATE`
     /// `scheduled` or `transaction_half`.

@@ -242,7 +242,7 @@ impl EmbeddedBroker {
             st.fired.clone()
         };
         self.timer_file
-            .write(&self.store.dir().join("timer.json"), &fired, || Ok(()))
+            .put(&self.store.dir().join("timer.json"), &fired)
     }
 
     /// Writes held messages older than half the retention age again, so

@@ -282,6 +282,16 @@ impl Broker for EmbeddedBroker {
         Box::pin(ready(EmbeddedBroker::get_by_id(self, id)))
     }
 
+    /// Exact at any time: the id index is written with each record.
+    fn find_ids<'a>(
+        &'a self,
+        topic: &'a str,
+        ids: &'a [Uuid],
+        _since_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        Box::pin(ready(EmbeddedBroker::find_ids(self, topic, ids)))
+    }
+
     fn get_by_key<'a>(
         &'a self,
         topic: &'a str,

@@ -393,10 +393,7 @@ impl EmbeddedBroker {
             }
             book.half_low()
         };
-        self.txn_file.write(
-            &self.store.dir().join("txn.json"),
-            &TxnFile { half_low },
-            || Ok(()),
-        )
+        self.txn_file
+            .put(&self.store.dir().join("txn.json"), &TxnFile { half_low })
     }
 }

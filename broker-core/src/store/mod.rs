@@ -382,6 +382,11 @@ pub(crate) struct JsonFile {
 // === impl JsonFile ===
 
 impl JsonFile {
+    /// [`JsonFile::write`] of a file that vouches for nothing else.
+    pub(crate) fn put<T: Serialize>(&self, path: &Path, v: &T) -> Result<()> {
+        self.write(path, v, || Ok(()))
+    }
+
     /// Writes `v` to `path` unless it is what was written last; `before`
     /// runs first, and only when there is something to write (what the
     /// file vouches for must be durable before it says so).

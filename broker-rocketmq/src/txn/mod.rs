@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::client::RouteCache;
 use crate::convert::to_rocketmq;
-use crate::error::{remote, sent};
+use crate::error::remote;
 use crate::{now_ms, RocketMqBroker};
 
 mod book;
@@ -133,12 +133,8 @@ impl RocketMqBroker {
             CheetahString::from_static_str(MessageConst::PROPERTY_PRODUCER_GROUP),
             CheetahString::from_string(group.to_owned()),
         );
-        let producer = &self.client.producer;
-        let r = crate::busy::retry("send a half message", crate::busy::Call::Send, || {
-            producer.send_to_queue(m.clone(), mq.clone())
-        })
-        .await;
-        let res = sent("send a half message", r)?;
+        let res = crate::send::send_to_queue(&self.client.producer, "send a half message", m, &mq)
+            .await?;
         let commit_log_offset = res
             .offset_msg_id
             .as_deref()
