@@ -316,3 +316,14 @@ impl Bed {
         })
     }
 }
+
+/// `cellgate serve` on the example topology with every cell on `backend`
+/// (see [`Bed`]), with `extra` arguments. Keep the `Bed`: it owns the
+/// clusters.
+pub fn start_on(backend: Backend, extra: &[&str]) -> (tempfile::TempDir, Bed, crate::Server) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let bed = Bed::new(backend, dir.path(), &[]).unwrap_or_else(|e| panic!("test bed: {e:#}"));
+    let s = crate::Server::start(&bed.config, &dir.path().join("data"), extra)
+        .unwrap_or_else(|e| panic!("cellgate serve did not start: {e:#}"));
+    (dir, bed, s)
+}

@@ -1,17 +1,28 @@
 //! Every endpoint's happy path, over real sockets against `cellgate serve`
-//! on the example topology (single cell: the router comes later).
+//! on the example topology, on both backends: each cell on the embedded
+//! broker, or on RocketMQ clusters (the `_on_rocketmq` twins).
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
+use cellgate_tests::rocketmq::{start_on, Backend};
 use cellgate_tests::server::{ADMIN, ANT};
-use cellgate_tests::{now_ms, start_example as start, Api, Server};
+use cellgate_tests::{now_ms, Api, Server};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn publish_receive_ack_keeps_every_field() {
-    let (_d, s) = start(&[]);
+    publish_receive_ack_keeps_every_field_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_receive_ack_keeps_every_field_on_rocketmq() {
+    publish_receive_ack_keeps_every_field_on(Backend::RocketMq).await;
+}
+
+async fn publish_receive_ack_keeps_every_field_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     let sent = json!({
         "body": "bill for B", "tag": "TagA", "keys": ["order-1", "order-2"],
@@ -77,8 +88,17 @@ async fn publish_receive_ack_keeps_every_field() {
 
 #[tokio::test]
 async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag() {
+    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag_on_rocketmq() {
+    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(Backend::RocketMq).await;
+}
+
+async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(backend: Backend) {
     // One cell at a time: no router, so nothing arrives from other cells.
-    let (_d, s) = start(&["--no-router"]);
+    let (_d, _bed, s) = start_on(backend, &["--no-router"]);
     let rz00 = Api::new(&s, ANT, "RZ00A");
     // uid 12300 -> shard 00 -> RZ00A; uid 12375 -> shard 75 -> RZ03A.
     let mine = rz00
@@ -139,7 +159,16 @@ async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag() {
 
 #[tokio::test]
 async fn batch_and_oneway_publish() {
-    let (_d, s) = start(&[]);
+    batch_and_oneway_publish_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_and_oneway_publish_on_rocketmq() {
+    batch_and_oneway_publish_on(Backend::RocketMq).await;
+}
+
+async fn batch_and_oneway_publish_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     let (st, v) = api
         .post(
@@ -174,7 +203,16 @@ async fn batch_and_oneway_publish() {
 
 #[tokio::test]
 async fn nack_and_invisibility_redeliver_then_dead_letter() {
-    let (_d, s) = start(&["--retry-levels", "200ms", "--max-attempts", "3"]);
+    nack_and_invisibility_redeliver_then_dead_letter_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_and_invisibility_redeliver_then_dead_letter_on_rocketmq() {
+    nack_and_invisibility_redeliver_then_dead_letter_on(Backend::RocketMq).await;
+}
+
+async fn nack_and_invisibility_redeliver_then_dead_letter_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &["--retry-levels", "200ms", "--max-attempts", "3"]);
     let api = Api::new(&s, ANT, "RZ00A");
     api.publish("T3", &json!({"body": "flaky"})).await.unwrap();
     let first = api
@@ -226,7 +264,16 @@ async fn nack_and_invisibility_redeliver_then_dead_letter() {
 
 #[tokio::test]
 async fn tag_filter_and_broadcast() {
-    let (_d, s) = start(&[]);
+    tag_filter_and_broadcast_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filter_and_broadcast_on_rocketmq() {
+    tag_filter_and_broadcast_on(Backend::RocketMq).await;
+}
+
+async fn tag_filter_and_broadcast_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     for tag in ["A", "B", "C"] {
         api.publish("T4", &json!({"body": tag, "tag": tag}))
@@ -257,7 +304,16 @@ async fn tag_filter_and_broadcast() {
 
 #[tokio::test]
 async fn reset_rewinds_a_group() {
-    let (_d, s) = start(&[]);
+    reset_rewinds_a_group_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_rewinds_a_group_on_rocketmq() {
+    reset_rewinds_a_group_on(Backend::RocketMq).await;
+}
+
+async fn reset_rewinds_a_group_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     let before = now_ms() - 1;
     for i in 0..3 {
@@ -283,7 +339,16 @@ async fn reset_rewinds_a_group() {
 
 #[tokio::test]
 async fn query_by_id_and_by_key() {
-    let (_d, s) = start(&[]);
+    query_by_id_and_by_key_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_by_id_and_by_key_on_rocketmq() {
+    query_by_id_and_by_key_on(Backend::RocketMq).await;
+}
+
+async fn query_by_id_and_by_key_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     let r = api
         .publish("T6", &json!({"body": "x", "keys": ["order-9"]}))
@@ -320,7 +385,16 @@ async fn query_by_id_and_by_key() {
 
 #[tokio::test]
 async fn operations_endpoints() {
-    let (_d, s) = start(&["--cell", "RZ00A"]);
+    operations_endpoints_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_on_rocketmq() {
+    operations_endpoints_on(Backend::RocketMq).await;
+}
+
+async fn operations_endpoints_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &["--cell", "RZ00A"]);
     let http = reqwest::Client::new();
     let get = |p: &str| http.get(s.url(p)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
@@ -364,7 +438,16 @@ async fn operations_endpoints() {
 
 #[tokio::test]
 async fn long_poll_wakes_on_publish() {
-    let (_d, s) = start(&[]);
+    long_poll_wakes_on_publish_on(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_publish_on_rocketmq() {
+    long_poll_wakes_on_publish_on(Backend::RocketMq).await;
+}
+
+async fn long_poll_wakes_on_publish_on(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     // Create the topic and the group's position first.
     assert!(api.receive("G", "T9", &json!({})).await.unwrap().is_empty());

@@ -1,6 +1,6 @@
 //! Acknowledged means stored: kill -9 in the middle of publishing, or a
 //! SIGTERM with requests in flight, loses no acknowledged message and
-//! duplicates none.
+//! duplicates none; on both backends.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cellgate_tests::rocketmq::{start_on, Backend};
 use cellgate_tests::server::ANT;
-use cellgate_tests::{example, Api, Server};
+use cellgate_tests::Api;
 use serde_json::json;
 
 /// Publishers that record every acknowledged (id → body) until `stop`.
@@ -51,9 +52,12 @@ async fn publish_until(
     out
 }
 
-/// Every acknowledged message is there, by id and exactly once in a full read.
-async fn assert_all_there(api: &Api, acked: &HashMap<String, String>) {
-    for (id, body) in acked {
+/// Every acknowledged message is there, exactly once in a full read, and
+/// (`by_id`) found by its id. Not asked of RocketMQ, whose key index (the
+/// Rust port's) can miss an entry (docs/rocketmq.md): there the full read
+/// is the proof.
+async fn assert_all_there(api: &Api, acked: &HashMap<String, String>, by_id: bool) {
+    for (id, body) in acked.iter().filter(|_| by_id) {
         let (st, m) = api
             .get(&format!("/v1/topics/T/messages/{id}"))
             .await
@@ -62,6 +66,7 @@ async fn assert_all_there(api: &Api, acked: &HashMap<String, String>) {
         assert_eq!(m["body"], body.as_str());
     }
     let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut bodies: HashMap<String, String> = HashMap::new();
     loop {
         let got = api
             .receive("GALL", "T", &json!({"max_messages": 256}))
@@ -71,27 +76,36 @@ async fn assert_all_there(api: &Api, acked: &HashMap<String, String>) {
             break;
         }
         for m in &got {
-            *seen
-                .entry(m["message_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+            let id = m["message_id"].as_str().unwrap().to_owned();
+            bodies.insert(id.clone(), m["body"].as_str().unwrap_or("").to_owned());
+            *seen.entry(id).or_default() += 1;
         }
         api.ack("GALL", "T", &got).await.unwrap();
     }
-    for id in acked.keys() {
+    for (id, body) in acked {
         assert_eq!(
             seen.get(id),
             Some(&1),
             "{id} delivered {:?} times",
             seen.get(id)
         );
+        assert_eq!(bodies.get(id), Some(body), "{id}");
     }
     assert!(seen.values().all(|n| *n == 1), "a message was stored twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_publishing_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), &[]).unwrap();
+    kill_9_during_publishing(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_publishing_loses_nothing_acknowledged_on_rocketmq() {
+    kill_9_during_publishing(Backend::RocketMq).await;
+}
+
+async fn kill_9_during_publishing(backend: Backend) {
+    let (_d, _bed, mut s) = start_on(backend, &[]);
     let api = Api::new(&s, ANT, "RZ00A");
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pid = s.pid().unwrap();
@@ -115,18 +129,21 @@ async fn kill_9_during_publishing_loses_nothing_acknowledged() {
     );
     s.restart().unwrap();
     let api = Api::new(&s, ANT, "RZ00A");
-    assert_all_there(&api, &acked).await;
+    assert_all_there(&api, &acked, backend == Backend::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start(
-        &example("ldc.yaml"),
-        &dir.path().join("data"),
-        &["--drain-timeout", "5s"],
-    )
-    .unwrap();
+    graceful_shutdown(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_and_loses_nothing_on_rocketmq() {
+    graceful_shutdown(Backend::RocketMq).await;
+}
+
+async fn graceful_shutdown(backend: Backend) {
+    let (_d, _bed, mut s) = start_on(backend, &["--drain-timeout", "5s"]);
     let api = Api::new(&s, ANT, "RZ00A");
     // A long poll in flight when SIGTERM comes is answered, not cut.
     let poller = api.clone();
@@ -169,5 +186,5 @@ async fn graceful_shutdown_drains_and_loses_nothing() {
     );
     s.restart().unwrap();
     let api = Api::new(&s, ANT, "RZ00A");
-    assert_all_there(&api, &acked).await;
+    assert_all_there(&api, &acked, backend == Backend::Embedded).await;
 }

@@ -4,14 +4,25 @@
 
 #![allow(clippy::unwrap_used)]
 
+use cellgate_tests::rocketmq::{start_on, Backend};
 use cellgate_tests::server::{ANT, BETA};
-use cellgate_tests::{example, Api, Server};
+use cellgate_tests::Api;
 use serde_json::json;
 
 #[tokio::test]
 async fn tenants_share_names_but_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&example("ldc.yaml"), &dir.path().join("data"), &[]).unwrap();
+    isolation(Backend::Embedded).await;
+}
+
+/// On RocketMQ the tenants' topics and groups share one cluster: only
+/// their physical names (`NS|CELL%NAME`) keep them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_share_names_but_nothing_else_on_rocketmq() {
+    isolation(Backend::RocketMq).await;
+}
+
+async fn isolation(backend: Backend) {
+    let (_d, _bed, s) = start_on(backend, &[]);
     let ant = Api::new(&s, ANT, "RZ00A");
     let beta = Api::new(&s, BETA, "RZ00A");
     let a = ant

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cellgate_tests::rocketmq::{Backend, Bed};
+use cellgate_tests::rocketmq::{start_on, Backend};
 use cellgate_tests::server::{ANT, BETA};
-use cellgate_tests::{now_ms, start_example as start, Api, Server};
+use cellgate_tests::{now_ms, start_example as start, Api};
 use serde_json::{json, Value};
 
 /// Receives (local subscription) until `n` messages came or `within`
@@ -124,12 +124,6 @@ async fn txn(api: &Api, topic: &str, body: &str) -> String {
 
 /// `cellgate serve` on the example topology with its cells on `backend`;
 /// the bed keeps the RocketMQ clusters (if any) running.
-fn start_on(backend: Backend, extra: &[&str]) -> (tempfile::TempDir, Bed, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let bed = Bed::new(backend, dir.path(), &[]).unwrap();
-    let s = Server::start(&bed.config, &dir.path().join("data"), extra).unwrap();
-    (dir, bed, s)
-}
 
 #[tokio::test]
 async fn transactions_commit_roll_back_and_conflict() {
