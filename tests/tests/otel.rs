@@ -12,22 +12,25 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
 
 use cellgate_tests::otlp::{attr, grpc_receiver, hex, receiver, spans_until};
+use cellgate_tests::rocketmq::{Backend, Bed};
 use cellgate_tests::{cellgate, edited_example, example, Api, Server};
 
 const ANT: &str = "ant-demo-token";
 const APP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const APP_SPAN: &str = "00f067aa0ba902b7";
 
-fn start(endpoint: &str) -> (tempfile::TempDir, Server) {
+/// `cellgate serve` exporting to `endpoint`, every cell on `backend`.
+fn start(endpoint: &str, backend: Backend) -> (tempfile::TempDir, Bed, Server) {
     let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new(backend, dir.path(), &[]).unwrap();
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         // Export quickly: the test waits for what it asserts.
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
     ];
-    let s = Server::start_env(&example("ldc.yaml"), &dir.path().join("data"), &[], &env).unwrap();
-    (dir, s)
+    let s = Server::start_env(&bed.config, &dir.path().join("data"), &[], &env).unwrap();
+    (dir, bed, s)
 }
 
 /// Receives the one message waiting for `group` in `api`'s cell and acks it.
@@ -53,8 +56,19 @@ async fn consume_one(api: &Api, group: &str, kind: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_a_message_across_cells() {
+    across_cells(Backend::Embedded).await;
+}
+
+/// The cells on two RocketMQ clusters: the context travels in the
+/// messages' properties through RocketMQ and across clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_a_message_across_cells_on_rocketmq() {
+    across_cells(Backend::RocketMq).await;
+}
+
+async fn across_cells(backend: Backend) {
     let (endpoint, got) = receiver().await;
-    let (_dir, s) = start(&endpoint);
+    let (_dir, _bed, s) = start(&endpoint, backend);
     let api = Api::new(&s, ANT, "RZ00A");
     // uid 12300: shard 00 is RZ00A's own, so the router copies to the
     // GZone and the city's CZone only: two other cells.
@@ -208,7 +222,7 @@ async fn one_trace_follows_a_message_across_cells() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_receive_links_to_each_message_instead() {
     let (endpoint, got) = receiver().await;
-    let (_dir, s) = start(&endpoint);
+    let (_dir, _bed, s) = start(&endpoint, Backend::Embedded);
     let api = Api::new(&s, ANT, "RZ00A");
     let mut traces = Vec::new();
     for i in 0..2 {
