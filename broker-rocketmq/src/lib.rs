@@ -133,6 +133,12 @@ pub(crate) use cellgate_broker_core::now_ms;
 /// send still on its way when its sender died.
 const LOOKUP_LAG: Duration = Duration::from_secs(1);
 
+/// The topic whose route names the brokers a new topic is created on
+/// (RocketMQ's default topic for creation).
+const CREATE_KEY: &str = "TBW102";
+/// Route lookups, 100 ms apart, before a new topic's route is assumed.
+const ROUTE_TRIES: usize = 20;
+
 // === impl RocketMqBroker ===
 
 impl RocketMqBroker {
@@ -240,19 +246,26 @@ impl RocketMqBroker {
             .admin
             .lock()
             .await
-            .create_topic("TBW102", topic, i32::from(queues), Default::default())
+            .create_topic(CREATE_KEY, topic, i32::from(queues), Default::default())
             .await
             .map_err(|e| error::remote("create a topic", &e))?;
-        // The name server learns of the topic from the broker: wait for it.
-        let mut last = None;
-        for _ in 0..50 {
-            match self.client.refresh_route(topic).await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
+        // The name server learns of the topic from the broker: wait a
+        // little for it, then go on with the route the creation implies
+        // (a topic just created is never "unknown" to the caller).
+        for _ in 0..ROUTE_TRIES {
+            if self.client.refresh_route(topic).await.is_ok() {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(last.unwrap_or(CoreError::UnknownTopic(topic.to_owned())))
+        tracing::warn!(
+            topic,
+            "the name server does not list a topic just created yet; using the brokers it was created on"
+        );
+        self.client
+            .assume_route(CREATE_KEY, topic, queues)
+            .await
+            .map(drop)
     }
 }
 

@@ -189,11 +189,9 @@ async fn batch_and_oneway_publish_on(backend: Backend) {
     let mut bodies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while bodies.len() < 4 && Instant::now() < deadline {
-        for m in api
-            .receive("G", "T2", &json!({"wait_ms": 500}))
-            .await
-            .unwrap()
-        {
+        let got = api.receive("G", "T2", &json!({"wait_ms": 500})).await;
+        let got = got.unwrap_or_else(|e| panic!("{e:#}\n{}", s.log_text()));
+        for m in got {
             bodies.push(m["body"].as_str().unwrap().to_owned());
         }
     }
@@ -337,6 +335,19 @@ async fn reset_rewinds_a_group_on(backend: Backend) {
     assert_eq!(api.receive("G", "T5", &json!({})).await.unwrap().len(), 3);
 }
 
+/// GETs `path` until it answers 200 with a body `done` accepts, or 5 s
+/// pass; returns the last answer.
+async fn get_until(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, v) = api.get(path).await.unwrap();
+        if (st == 200 && done(&v)) || Instant::now() > deadline {
+            return (st, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn query_by_id_and_by_key() {
     query_by_id_and_by_key_on(Backend::Embedded).await;
@@ -358,15 +369,14 @@ async fn query_by_id_and_by_key_on(backend: Backend) {
         .await
         .unwrap();
     let id = r["message_id"].as_str().unwrap();
-    let (st, m) = api
-        .get(&format!("/v1/topics/T6/messages/{id}"))
-        .await
-        .unwrap();
+    // RocketMQ indexes ids and keys a moment after the send: ask again.
+    let (st, m) = get_until(&api, &format!("/v1/topics/T6/messages/{id}"), |_| true).await;
     assert_eq!(
         (st, m["body"].clone(), m["topic"].clone()),
         (200, json!("x"), json!("T6"))
     );
-    let (st, v) = api.get("/v1/topics/T6/messages?key=order-9").await.unwrap();
+    let both = |v: &Value| v["messages"].as_array().is_some_and(|m| m.len() >= 2);
+    let (st, v) = get_until(&api, "/v1/topics/T6/messages?key=order-9", both).await;
     assert_eq!(st, 200);
     assert_eq!(v["messages"].as_array().unwrap().len(), 2);
     // The same id under another topic, or in another cell: not found.
