@@ -6,6 +6,9 @@
 //! it once because the gateway package has integration tests. Set
 //! `CELLGATE_BIN` to test another build.
 
+// The RocketMQ client's futures nest deeply (the test bed's probe).
+#![recursion_limit = "256"]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

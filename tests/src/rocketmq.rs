@@ -109,8 +109,64 @@ impl Drop for KillOnDrop {
 }
 
 impl Cluster {
-    /// Starts a cluster and waits until its broker has registered.
+    /// Starts a cluster and waits until its broker has registered. Tried
+    /// up to three times: the ports are the OS's picks, released before
+    /// the servers bind them, so a test starting clusters beside another
+    /// can lose one to a race.
     pub fn start(name: &str) -> anyhow::Result<Cluster> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Cluster::start_once(name) {
+                Ok(c) => {
+                    c.warm()?;
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
+    }
+
+    /// Sends one message through the backend, trying for up to 30 s. A
+    /// broker says "started" before it serves well: the first one started
+    /// after a build (its binary not yet in the page cache) can take
+    /// seconds over its first requests, and a test's first publish is not
+    /// the place to find that out. The probe topic has no `%`, so it is
+    /// never taken for a cellgate topic.
+    fn warm(&self) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.namesrv_port);
+        // On a thread of its own: tests call this from inside a runtime.
+        let probe = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                use cellgate_broker_core::{Broker, Message, QueueSelect};
+                let until = Instant::now() + Duration::from_secs(30);
+                let cfg = cellgate_broker_rocketmq::Config::new(vec![addr]);
+                let b = cellgate_broker_rocketmq::RocketMqBroker::connect(cfg).await?;
+                let msg = Message {
+                    topic: "CELLGATE_PROBE".into(),
+                    body: b"probe".to_vec(),
+                    ..Message::default()
+                };
+                loop {
+                    match b.send(msg.clone(), QueueSelect::Queue(0)).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if Instant::now() > until => {
+                            bail!("the cluster does not serve: {e}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+        });
+        probe
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe panicked"))?
+    }
+
+    fn start_once(name: &str) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("rmq-").tempdir()?;
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home)?;

@@ -197,6 +197,14 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test's server log, so that a CI failure says why (the
+        // log's directory goes with the test).
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- the server's log, last 40 lines ---\n{tail}\n---");
+        }
     }
 }
 
