@@ -229,41 +229,6 @@ impl Client {
         Ok(route)
     }
 
-    /// Caches the route of `topic`, just created with `queues` queues on
-    /// the masters that `key`'s route names (where `create_topic` creates
-    /// it), without the name server: that learns of a new topic from the
-    /// broker's registration, which a loaded broker can make seconds late.
-    /// Sends and pulls go to the broker itself, so they need not wait.
-    pub async fn assume_route(
-        &self,
-        key: &str,
-        topic: &str,
-        queues: u16,
-    ) -> Result<Arc<Route>, cellgate_broker_core::Error> {
-        let via = self.route(key).await?;
-        let mut brokers: Vec<&QueueRef> = Vec::new();
-        for q in &via.queues {
-            if !brokers.iter().any(|b| b.broker_name == q.broker_name) {
-                brokers.push(q);
-            }
-        }
-        let queues = brokers
-            .into_iter()
-            .flat_map(|b| {
-                (0..i32::from(queues)).map(|queue_id| QueueRef {
-                    broker_name: b.broker_name.clone(),
-                    addr: b.addr.clone(),
-                    queue_id,
-                })
-            })
-            .collect();
-        let route = Arc::new(Route { queues });
-        if let Ok(mut m) = self.routes.write() {
-            m.insert(topic.to_owned(), route.clone());
-        }
-        Ok(route)
-    }
-
     /// The route cache, for the transaction listener (called synchronously
     /// by the client: it reads routes looked up before).
     pub fn route_cache(&self) -> RouteCache {

@@ -136,8 +136,11 @@ const LOOKUP_LAG: Duration = Duration::from_secs(1);
 /// The topic whose route names the brokers a new topic is created on
 /// (RocketMQ's default topic for creation).
 const CREATE_KEY: &str = "TBW102";
-/// Route lookups, 100 ms apart, before a new topic's route is assumed.
-const ROUTE_TRIES: usize = 20;
+/// Route lookups, 100 ms apart, before a new topic counts as not
+/// routable yet.
+const ROUTE_TRIES: usize = 100;
+/// Lookups between repeated creations of a topic the name server lacks.
+const RECREATE_EVERY: usize = 10;
 
 // === impl RocketMqBroker ===
 
@@ -241,31 +244,35 @@ impl RocketMqBroker {
         self.client.route(topic).await
     }
 
+    /// Creates `topic` with `queues` queues and waits until the name
+    /// server lists it: sends need its route from there. The broker
+    /// registers a new topic at once, but its periodic registration of
+    /// all topics (10 s after it starts, then every 30 s) can carry a list
+    /// taken before the creation and drop the topic again; so the creation
+    /// is repeated (idempotent) every [`RECREATE_EVERY`] lookups, which
+    /// registers it anew.
     async fn create(&self, topic: &str, queues: u16) -> Result<()> {
-        self.client
-            .admin
-            .lock()
-            .await
-            .create_topic(CREATE_KEY, topic, i32::from(queues), Default::default())
-            .await
-            .map_err(|e| error::remote("create a topic", &e))?;
-        // The name server learns of the topic from the broker: wait a
-        // little for it, then go on with the route the creation implies
-        // (a topic just created is never "unknown" to the caller).
-        for _ in 0..ROUTE_TRIES {
+        for attempt in 0..ROUTE_TRIES {
+            if attempt % RECREATE_EVERY == 0 {
+                self.client
+                    .admin
+                    .lock()
+                    .await
+                    .create_topic(CREATE_KEY, topic, i32::from(queues), Default::default())
+                    .await
+                    .map_err(|e| error::remote("create a topic", &e))?;
+            }
             if self.client.refresh_route(topic).await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tracing::warn!(
-            topic,
-            "the name server does not list a topic just created yet; using the brokers it was created on"
-        );
-        self.client
-            .assume_route(CREATE_KEY, topic, queues)
-            .await
-            .map(drop)
+        // Created, but not routable: "unknown" would be wrong, "try again"
+        // is right.
+        Err(CoreError::Remote {
+            op: "create a topic",
+            detail: format!("the name server does not list {topic} yet; try again"),
+        })
     }
 }
 
