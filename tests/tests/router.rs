@@ -122,9 +122,13 @@ fn warnings(dir: &std::path::Path) -> String {
     lines.join("\n")
 }
 
-/// Every rzone subscriber's messages: message id → the cells it came from.
+/// Every rzone subscriber's messages: message id → the cells it came
+/// from. A message that comes twice is also printed with where each came
+/// from (cell, queue, offset, attempt): two offsets mean two copies, one
+/// offset a delivery made twice.
 async fn rzone_receipts(api: &Api, group: &str, topic: &str) -> HashMap<String, Vec<&'static str>> {
     let mut seen: HashMap<String, Vec<&'static str>> = HashMap::new();
+    let mut at: HashMap<String, Vec<String>> = HashMap::new();
     for cell in ["RZ00A", "RZ01A", "RZ02A", "RZ03A"] {
         for m in drain(
             &api.cell(cell),
@@ -137,10 +141,17 @@ async fn rzone_receipts(api: &Api, group: &str, topic: &str) -> HashMap<String, 
         )
         .await
         {
-            seen.entry(m["message_id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(cell);
+            let id = m["message_id"].as_str().unwrap().to_owned();
+            let place = format!(
+                "{cell} q{} @{} attempt {}",
+                m["queue"], m["offset"], m["delivery_attempt"]
+            );
+            at.entry(id.clone()).or_default().push(place);
+            seen.entry(id).or_default().push(cell);
         }
+    }
+    for (id, places) in at.iter().filter(|(_, p)| p.len() > 1) {
+        eprintln!("received twice: {id}: {places:?}");
     }
     seen
 }
