@@ -53,22 +53,26 @@ const SKEW_MS: i64 = 10_000;
 /// destinations' send tasks, read by the next step's; a std mutex because
 /// each use is a map lookup or insert, never held across an await.
 #[derive(Debug, Default)]
-pub(crate) struct Cleared(Mutex<HashMap<(String, u16), u64>>);
+pub(crate) struct Cleared(Mutex<HashMap<String, HashMap<u16, u64>>>);
 
 // === impl Cleared ===
 
 impl Cleared {
     fn covers(&self, topic: &str, queue: u16, offset: u64) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // One key allocation per message, during a replay only.
-        map.get(&(topic.to_owned(), queue))
+        map.get(topic)
+            .and_then(|queues| queues.get(&queue))
             .is_some_and(|from| offset >= *from)
     }
 
     /// A message at `offset` lacks a copy it was planned to have.
     fn missing(&self, topic: &str, queue: u16, offset: u64) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let from = map.entry((topic.to_owned(), queue)).or_insert(u64::MAX);
+        let queues = match map.get_mut(topic) {
+            Some(q) => q,
+            None => map.entry(topic.to_owned()).or_default(),
+        };
+        let from = queues.entry(queue).or_insert(u64::MAX);
         *from = (*from).min(offset.saturating_add(BATCH as u64));
     }
 }
@@ -80,7 +84,9 @@ pub(crate) struct Ask<'a> {
     pub record: RecordRef<'a>,
     /// The copy's physical topic in the destination.
     pub topic: &'a str,
-    pub kinds: &'static str,
+    /// The kinds to copy; [`to_copy`] narrows them to those not placed
+    /// yet, `None` when none is left.
+    pub kinds: Option<&'static str>,
 }
 
 /// Every cell's broker with the batches' names there.
@@ -91,52 +97,49 @@ pub(crate) type AllCells = [(Arc<dyn Broker>, Names)];
 /// destination task comes first; the others wait for its answer.
 pub(crate) type Placed = tokio::sync::OnceCell<HashMap<Uuid, TargetMask>>;
 
-/// For each of `asks`, the kinds still to copy to `dest`; `None` when the
-/// copies are all there.
+/// Narrows each of `asks` to the kinds still to copy to `dest` (see
+/// [`Ask::kinds`]). Not a replay: nothing to do, nothing allocated.
 pub(crate) async fn to_copy(
     work: &Work,
     dest: &dyn Broker,
     all: &AllCells,
-    asks: &[Ask<'_>],
-) -> Result<Vec<Option<&'static str>>, Error> {
-    let mut out: Vec<Option<&'static str>> = asks.iter().map(|a| Some(a.kinds)).collect();
+    asks: &mut [Ask<'_>],
+) -> Result<(), Error> {
+    if work.dedupe == Dedupe::No {
+        return Ok(());
+    }
     // The asks a copy may exist for, by index.
     let doubt: Vec<usize> = (0..asks.len())
         .filter(|&i| in_doubt(work, asks[i].batch, &asks[i].record))
         .collect();
     if doubt.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
-    match work.dedupe {
-        Dedupe::No => {}
-        Dedupe::Planned => {
-            let asked = doubt.iter().map(|&i| (asks[i].topic, &asks[i].record));
-            let held = held_in(dest, asked).await?;
-            for i in doubt {
-                let a = &asks[i];
-                let id = a.record.id();
-                if held.copies.contains_key(&id) {
-                    out[i] = None;
-                } else if let (false, Some(b)) =
-                    (held.found.contains(&id), work.batches.get(a.batch))
-                {
-                    work.cleared
-                        .missing(&b.topic, b.queue, a.record.queue_offset());
-                }
-            }
+    if work.dedupe == Dedupe::AnyCell {
+        let placed = work
+            .placed
+            .get_or_try_init(|| placed_anywhere(work, all))
+            .await?;
+        for i in doubt {
+            let a = &mut asks[i];
+            let got = placed.get(&a.record.id()).copied().unwrap_or_default();
+            a.kinds = a.kinds.and_then(|k| left(k, got));
         }
-        Dedupe::AnyCell => {
-            let placed = work
-                .placed
-                .get_or_try_init(|| placed_anywhere(work, all))
-                .await?;
-            for i in doubt {
-                let got = placed.get(&asks[i].record.id()).copied();
-                out[i] = left(asks[i].kinds, got.unwrap_or_default());
-            }
+        return Ok(());
+    }
+    let asked = doubt.iter().map(|&i| (asks[i].topic, &asks[i].record));
+    let held = held_in(dest, asked).await?;
+    for i in doubt {
+        let a = &mut asks[i];
+        let id = a.record.id();
+        if held.copies.contains_key(&id) {
+            a.kinds = None;
+        } else if let (false, Some(b)) = (held.found.contains(&id), work.batches.get(a.batch)) {
+            work.cleared
+                .missing(&b.topic, b.queue, a.record.queue_offset());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether a copy of `record` (of batch `batch`) may exist already.
@@ -179,9 +182,7 @@ async fn placed_anywhere(work: &Work, all: &AllCells) -> Result<HashMap<Uuid, Ta
         });
         for (id, k) in held_in(&**broker, here).await?.copies {
             let p = placed.entry(id).or_default();
-            p.r |= k.r;
-            p.g |= k.g;
-            p.c |= k.c;
+            *p = p.union(k);
         }
     }
     Ok(placed)
@@ -231,13 +232,8 @@ async fn held_in<'a>(
 
 /// The kinds of `want` that `placed` lacks, if any.
 fn left(want: &'static str, placed: TargetMask) -> Option<&'static str> {
-    let want = TargetMask::parse(want)?;
-    let left = TargetMask {
-        r: want.r && !placed.r,
-        g: want.g && !placed.g,
-        c: want.c && !placed.c,
-    };
-    (left != TargetMask::default()).then(|| left.as_str())
+    let left = TargetMask::parse(want)?.minus(placed);
+    (!left.is_empty()).then(|| left.as_str())
 }
 
 #[cfg(test)]

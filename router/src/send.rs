@@ -13,10 +13,6 @@ use crate::metrics::{RouteLabels, RouterMetrics};
 use crate::pass::Work;
 use crate::{plan, BrokerDirectory, Error};
 
-/// Every cell's broker with the batches' names there, for
-/// [`Dedupe::AnyCell`] (a backend may index ids per topic).
-type AllCells = Arc<Vec<(Arc<dyn Broker>, Names)>>;
-
 /// One batch's names in one destination.
 pub(crate) struct Name {
     /// The copy's physical topic.
@@ -49,7 +45,7 @@ pub(crate) fn spawn(
             all.push((b, names_in(rules, origin, work, id)));
         }
     }
-    let all: AllCells = Arc::new(all);
+    let all: Arc<dedupe::AllCells> = all.into();
     let mut sends = Vec::with_capacity(work.dests.len());
     for (i, (dest, _)) in work.dests.iter().enumerate() {
         let Some(dest_id) = rules.cell_id(dest) else {
@@ -143,16 +139,16 @@ async fn send(
             batch: it.batch as usize,
             record: r,
             topic,
-            kinds: it.kinds,
+            kinds: Some(it.kinds),
         });
     }
     // Only a replay can meet a copy already there.
-    let kinds = dedupe::to_copy(work, broker, all, &asks).await?;
+    dedupe::to_copy(work, broker, all, &mut asks).await?;
     let mut copies = Vec::with_capacity(asks.len());
     // The batch of each copy (for its tenant label).
     let mut batch_of = Vec::with_capacity(asks.len());
-    for (a, kinds) in asks.iter().zip(kinds) {
-        let Some(kinds) = kinds else {
+    for a in &asks {
+        let Some(kinds) = a.kinds else {
             metrics.dedupe_hits.inc();
             continue;
         };

@@ -53,6 +53,28 @@ impl TargetMask {
         }
     }
 
+    /// The kinds either mask has.
+    pub fn union(self, o: TargetMask) -> TargetMask {
+        TargetMask {
+            r: self.r || o.r,
+            g: self.g || o.g,
+            c: self.c || o.c,
+        }
+    }
+
+    /// The kinds of `self` that `o` lacks.
+    pub fn minus(self, o: TargetMask) -> TargetMask {
+        TargetMask {
+            r: self.r && !o.r,
+            g: self.g && !o.g,
+            c: self.c && !o.c,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == TargetMask::default()
+    }
+
     /// `"R,G,C"`-style, `"none"` when empty. Static, so writing it as a
     /// property does not allocate.
     pub fn as_str(&self) -> &'static str {

@@ -354,3 +354,12 @@ fn a_topic_must_fit_in_every_cell_it_may_be_copied_to() {
     // Groups are not copied: only their own cell counts.
     assert!(r.physical_name(ant, rz00, &topic, Resource::Group).is_ok());
 }
+
+#[test]
+fn target_masks_combine_and_subtract() {
+    let m = |s: &str| TargetMask::parse(s).unwrap();
+    assert_eq!(m("R").union(m("G,C")), m("R,G,C"));
+    assert_eq!(m("R,G").minus(m("R")), m("G"));
+    assert!(m("R").minus(m("R,C")).is_empty());
+    assert!(!m("C").is_empty());
+}
