@@ -11,7 +11,8 @@
 //!    normal, transactional) so each ratio compares neighbours.
 //!
 //! Run: `cargo bench -p cellgate-broker-core --bench message_types`;
-//! `BENCH_SCALE` scales the counts. Without `--bench` it runs a smoke pass.
+//! `BENCH_SCALE` scales the counts; `BENCH_ONLY=txn` runs part 2 alone.
+//! Without `--bench` it runs a smoke pass.
 //! Prints markdown.
 
 #![allow(clippy::unwrap_used)]
@@ -188,8 +189,11 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let b = broker(&dir.path().join("delay"));
-        lateness(b, ((100_000.0 * s) as usize).max(100)).await;
+        // `BENCH_ONLY=txn` skips part 1 (for profiling part 2 alone).
+        if std::env::var("BENCH_ONLY").as_deref() != Ok("txn") {
+            let b = broker(&dir.path().join("delay"));
+            lateness(b, ((100_000.0 * s) as usize).max(100)).await;
+        }
         let b = broker(&dir.path().join("txn"));
         let n = ((100_000.0 * s) as usize).max(PRODUCERS);
         println!("### Transactional publish + commit vs normal publish\n");

@@ -98,6 +98,10 @@ pub enum DecodeError {
     Layout,
     #[error("{0} is not UTF-8")]
     Utf8(&'static str),
+    /// A record that keeps its body in the record at this log position:
+    /// only the store, which can read that record, decodes it whole.
+    #[error("the body is in the record at log position {0}")]
+    BodyElsewhere(u64),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,7 +7,7 @@
 //!      0    4 len        bytes after this field (crc .. end of body)
 //!      4    4 crc        CRC32C of bytes [8, 4 + len)
 //!      8    1 version    1
-//!      9    1 flags      0 (reserved)
+//!      9    1 flags      bit 0: BODY_AT (see below); other bits 0
 //!     10    2 queue      queue id within the topic
 //!     12    8 queue_off  offset of the record in its consume queue
 //!     20    8 born_ms    producer time, ms since the Unix epoch
@@ -23,6 +23,11 @@
 //! props: u16 count, then per entry u16 key len + bytes, u32 value len + bytes
 //! ```
 //!
+//! With `BODY_AT` set, the body section is 12 bytes, `pos u64, len u32`:
+//! the body is the body of the record at log position `pos`, `len` bytes
+//! (a transaction's commit stores its message without a second copy of the
+//! half message's body; `shared_body.rs`).
+//!
 //! ## Invariants
 //!
 //! - `len` = 64 + the five section lengths, and `8 <= 4 + len`; a `len` of 0
@@ -32,6 +37,10 @@
 //! - Strings (topic, tag, keys, property keys and values) are UTF-8.
 //! - A record never spans two segments; [`END_OF_SEGMENT`] as `len` marks the
 //!   unused tail of a segment.
+//! - A `BODY_AT` record refers to a record earlier in *the same segment*,
+//!   one that holds its body itself. Retention deletes whole segments and
+//!   recovery cuts only a log's tail, so whatever keeps the referring
+//!   record keeps the record it refers to; and no chain or cycle can form.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +49,9 @@ use uuid::Uuid;
 use crate::error::{DecodeError, Error};
 
 mod encoded;
+mod shared_body;
 pub use encoded::{CopyOf, RecordRef, Records};
+pub use shared_body::{body_of, decode_parts, encode_unsealed_at, encoded_len_at, BodyAt};
 
 /// Fixed part of a record, `len` and `crc` included.
 pub const HEADER: usize = 68;
@@ -143,6 +154,11 @@ pub fn encode(m: &Message, s: &Stamp, len: usize, out: &mut Vec<u8>) {
 /// writer lock (reading the message's scattered allocations is the slow
 /// part) and only seals under it, where queue offsets are assigned.
 pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
+    encode_sections(m, 0, &m.body, len, out);
+}
+
+/// [`encode_unsealed`] with the flags byte and body section given.
+fn encode_sections(m: &Message, flags: u8, body: &[u8], len: usize, out: &mut Vec<u8>) {
     let start = out.len();
     let tag = m.tag.as_deref().unwrap_or("");
     let keys_len: usize = 2 + m.keys.iter().map(|k| 2 + k.len()).sum::<usize>();
@@ -160,7 +176,7 @@ pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
     };
     w.put(&((len - 4) as u32).to_le_bytes());
     w.put(&[0; 4]); // crc, filled in below
-    w.put(&[VERSION, 0]);
+    w.put(&[VERSION, flags]);
     w.put(&[0; 10]); // queue, queue_offset: sealed
     w.put(&m.born_ms.to_le_bytes());
     w.put(&[0; 24]); // stored_ms, id: sealed
@@ -168,7 +184,7 @@ pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
     w.put(&(tag.len() as u16).to_le_bytes());
     w.put(&(keys_len as u32).to_le_bytes());
     w.put(&(props_len as u32).to_le_bytes());
-    w.put(&(m.body.len() as u32).to_le_bytes());
+    w.put(&(body.len() as u32).to_le_bytes());
     w.put(m.topic.as_bytes());
     w.put(tag.as_bytes());
     w.put(&(m.keys.len() as u16).to_le_bytes());
@@ -183,7 +199,7 @@ pub fn encode_unsealed(m: &Message, len: usize, out: &mut Vec<u8>) {
         w.put(&(v.len() as u32).to_le_bytes());
         w.put(v.as_bytes());
     }
-    w.put(&m.body);
+    w.put(body);
     debug_assert_eq!(w.at, len);
 }
 
@@ -296,7 +312,10 @@ struct Parsed<'a> {
     tag: &'a str,
     keys: &'a [u8],
     props: &'a [u8],
+    /// Empty when `body_at` is set.
     body: &'a [u8],
+    /// Where the body is, for a `BODY_AT` record.
+    body_at: Option<BodyAt>,
     born_ms: i64,
     stored_ms: i64,
 }
@@ -333,7 +352,8 @@ fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    if c.take(1)?[0] != 0 {
+    let flags = c.take(1)?[0];
+    if flags & !shared_body::BODY_AT != 0 {
         // Reserved flags: a record with any set was not written by us.
         return Err(DecodeError::Layout);
     }
@@ -359,7 +379,12 @@ fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let tag = c.str(tag_len, "tag")?;
     let keys = c.take(keys_len)?;
     let props = c.take(props_len)?;
-    let body = c.take(body_len)?;
+    let mut body = c.take(body_len)?;
+    let mut body_at = None;
+    if flags & shared_body::BODY_AT != 0 {
+        body_at = Some(BodyAt::decode(body)?);
+        body = &[];
+    }
     Ok(Parsed {
         id: Uuid::from_bytes(id),
         topic,
@@ -369,15 +394,25 @@ fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
         keys,
         props,
         body,
+        body_at,
         born_ms,
         stored_ms,
     })
 }
 
 /// Decodes the record at the start of `buf` (which may hold more after it).
-/// Checks the length, the checksum and the layout; never panics.
+/// Checks the length, the checksum and the layout; never panics. A record
+/// whose body is elsewhere is refused ([`DecodeError::BodyElsewhere`]):
+/// [`decode_parts`] returns it with the body's place.
 pub fn decode(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
-    let p = parse(buf)?;
+    match decode_parts(buf, log_pos)? {
+        (m, None) => Ok(m),
+        (_, Some(at)) => Err(DecodeError::BodyElsewhere(at.pos)),
+    }
+}
+
+/// [`decode`]'s work, on a parsed record.
+fn decode_parsed(p: &Parsed<'_>, log_pos: u64) -> Result<StoredMessage, DecodeError> {
     let mut keys = Vec::with_capacity(1);
     for_each_key(p.keys, |k| keys.push(k.to_owned()))?;
     let mut properties = BTreeMap::new();

@@ -5,7 +5,9 @@
 //! `__REAL_QUEUE` properties, producer group in [`PRODUCER_GROUP`]). Its id
 //! is the transaction id. Consumers never see it. Then:
 //! - **commit** stores the message in its topic under the same id — that
-//!   record *is* the durable commit decision;
+//!   record *is* the durable commit decision. It refers to the half's body
+//!   rather than copying it when both lie in one segment
+//!   (`record/shared_body.rs`);
 //! - **rollback** (asked for, or after `max_checks` unanswered check-backs)
 //!   appends a small record to [`OP_TOPIC`] keyed by the transaction id,
 //!   with the reason in [`REASON`].
@@ -130,6 +132,8 @@ pub struct TxnCheck {
 pub(crate) struct Entry {
     pub info: TxnInfo,
     pub half_offset: u64,
+    /// The half message's log position: a commit refers to its body.
+    pub half_pos: u64,
     pub queue: u16,
     /// The message while pending, when small: a commit then needs no read.
     pub cached: Option<Message>,

@@ -10,7 +10,6 @@
 //! or the next invisibility deadline, whichever comes first — no polling.
 
 mod calls;
-mod commit;
 mod delay;
 mod deliver;
 mod txn;
@@ -95,9 +94,8 @@ pub struct EmbeddedBroker {
     /// the timer's: short sections, never across an await.
     txns: Mutex<crate::txn::Book>,
     txn_cfg: TxnConfig,
-    /// Commits waiting for their shared write (see `commit.rs`).
-    commits: Arc<commit::Commits>,
-    /// Wakes the check-back clock when a transaction starts.
+    /// Wakes the check-back clock when a transaction starts with the
+    /// earliest check due.
     txn_wake: Arc<Notify>,
     /// Wakes every check-back poller when checks are issued (pollers of
     /// all groups share it: a poller re-checks its own group's queue).
@@ -122,7 +120,6 @@ impl EmbeddedBroker {
             timer: Arc::default(),
             txns: Mutex::new(Book::default()),
             txn_cfg: TxnConfig::default(),
-            commits: Arc::default(),
             txn_wake: Arc::default(),
             checks_ready: Notify::new(),
             trace,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{now_ms, EmbeddedBroker};
 use crate::error::{Error, Result};
 use crate::record::{Message, StoredMessage};
-use crate::store::{read_json, PutResult, QueueSelect};
+use crate::store::{read_json, Put, PutResult, QueueSelect};
 use crate::timer::{REAL_QUEUE, REAL_TOPIC};
 use crate::txn::{
     Decision, Entry, TxnCheck, TxnInfo, TxnState, HALF_TOPIC, OP_TOPIC, PRODUCER_GROUP, REASON,
@@ -60,11 +60,7 @@ impl EmbeddedBroker {
         half.properties.insert(REAL_QUEUE.into(), queue.to_string());
         half.properties
             .insert(PRODUCER_GROUP.into(), producer_group.to_owned());
-        // Shares a store call with other transactions' writes.
-        let r = self
-            .commits
-            .put(&self.store, half, QueueSelect::Queue(0), None)
-            .await?;
+        let r = self.store.put(half, QueueSelect::Queue(0)).await?;
         let next_check = r.stored_ms + self.txn_cfg.first_check.as_millis() as i64;
         let entry = Entry {
             info: TxnInfo {
@@ -75,12 +71,21 @@ impl EmbeddedBroker {
                 checks: 0,
             },
             half_offset: r.queue_offset,
+            half_pos: r.log_pos,
             queue,
             cached: (msg.body.len() <= CACHE_BODY).then_some(msg),
             next_check,
         };
-        self.txns.lock().map_err(|_| Error::Closed)?.insert(entry);
-        self.txn_wake.notify_one();
+        let first = {
+            let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
+            book.insert(entry);
+            book.checks_due.first().is_some_and(|&(_, id)| id == r.id)
+        };
+        // The clock sleeps until the first check due: only a new first
+        // one needs it awake (a wake per send cost a task switch each).
+        if first {
+            self.txn_wake.notify_one();
+        }
         Ok(PutResult { queue, ..r })
     }
 
@@ -120,6 +125,7 @@ impl EmbeddedBroker {
                 checks,
             },
             half_offset: half.queue_offset,
+            half_pos: half.log_pos,
             queue,
             cached: None,
             next_check,
@@ -159,7 +165,14 @@ impl EmbeddedBroker {
                     })
                 }
             }
-            let e = e.clone();
+            // The cached message moves to the decision, not copied: a
+            // decided entry drops it anyway, and a failed commit reads the
+            // half again.
+            let cached = e.cached.take();
+            let e = Entry {
+                cached,
+                ..e.clone()
+            };
             book.set_state(id, TxnState::Deciding, now_ms());
             e
         };
@@ -169,7 +182,8 @@ impl EmbeddedBroker {
                 reason: reason.to_owned(),
             },
         };
-        let written = self.write_decision(&entry, d, reason).await;
+        let mut entry = entry;
+        let written = self.write_decision(&mut entry, d, reason).await;
         let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
         match written {
             Ok(()) => {
@@ -187,11 +201,11 @@ impl EmbeddedBroker {
         }
     }
 
-    async fn write_decision(&self, e: &Entry, d: Decision, reason: &str) -> Result<()> {
+    async fn write_decision(&self, e: &mut Entry, d: Decision, reason: &str) -> Result<()> {
         match d {
             Decision::Commit => {
-                let msg = match &e.cached {
-                    Some(m) => m.clone(),
+                let msg = match e.cached.take() {
+                    Some(m) => m,
                     None => {
                         let half = self
                             .store
@@ -203,9 +217,13 @@ impl EmbeddedBroker {
                     }
                 };
                 let select = QueueSelect::Queue(e.queue);
-                self.commits
-                    .put(&self.store, msg, select, Some(e.info.id))
-                    .await?;
+                let commit = Put {
+                    msg,
+                    select,
+                    keep_id: Some(e.info.id),
+                    body_at: Some(e.half_pos),
+                };
+                self.store.put_one(commit).await?;
             }
             Decision::Rollback => {
                 let op = Message {

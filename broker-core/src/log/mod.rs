@@ -142,6 +142,12 @@ impl Batch<'_> {
         Ok(pos)
     }
 
+    /// Whether a record of `len` bytes pushed now lands in the segment
+    /// that holds position `pos` (no roll in between).
+    pub fn lands_with(&self, pos: u64, len: usize) -> bool {
+        pos >= self.active.base && *self.next + len as u64 + 4 <= self.active.end()
+    }
+
     fn chunk_for_current(&mut self) -> &mut Vec<u8> {
         let starts_new = match self.pending.chunks.last() {
             Some((seg, start, bytes)) => {
@@ -382,6 +388,11 @@ impl<S: Send + 'static> CommitLog<S> {
 
     pub fn min_pos(&self) -> u64 {
         self.shared.min.load(Ordering::Relaxed)
+    }
+
+    /// The base of the retained segment holding `pos`, if any.
+    pub fn segment_base(&self, pos: u64) -> Option<u64> {
+        self.shared.segment_at(pos).map(|s| s.base)
     }
 
     /// Reads the record of `len` bytes at `pos` into `buf`.

@@ -61,6 +61,11 @@ impl Records {
             have: bytes.len(),
         })?;
         let p = parse(rec)?;
+        // A batch is self-contained: whoever reads it has no log to fetch a
+        // body from. The store resolves such records before pushing them.
+        if let Some(at) = p.body_at {
+            return Err(DecodeError::BodyElsewhere(at.pos));
+        }
         // Checked once here, so the walks in `RecordRef` cannot fail.
         for_each_key(p.keys, |_| ())?;
         for_each_prop(p.props, |_, _| ())?;

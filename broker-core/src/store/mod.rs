@@ -39,6 +39,7 @@ use crate::record::RecordMeta;
 
 mod open;
 mod put;
+pub(crate) use put::Put;
 mod read;
 
 /// How a store behaves.

@@ -26,6 +26,25 @@ struct Prepared {
     tag_hash: u32,
     /// A copy keeps its origin's message id; others get a new one.
     keep_id: Option<uuid::Uuid>,
+    /// The log position of an earlier record with the same body: the
+    /// record is encoded referring to it (`len` is then that size), and
+    /// written whole (`whole_len`) if it would land in another segment.
+    body_at: Option<u64>,
+    whole_len: usize,
+}
+
+/// One message of [`Store::put_one`] or [`Store::put_many`].
+#[derive(Debug)]
+pub(crate) struct Put {
+    pub msg: Message,
+    pub select: QueueSelect,
+    /// Kept (a copy, a transaction's commit) or new.
+    pub keep_id: Option<uuid::Uuid>,
+    /// The log position of a stored record whose body is `msg.body`, byte
+    /// for byte (a commit's half message): the store may write `msg`
+    /// referring to that body instead of a second copy (see
+    /// `record/shared_body.rs`).
+    pub body_at: Option<u64>,
 }
 
 thread_local! {
@@ -46,6 +65,16 @@ impl Store {
     /// Stores one message; returns once it is durable under the policy.
     pub async fn put(&self, msg: Message, select: QueueSelect) -> Result<PutResult> {
         let prepared = self.prepare(msg, &select, &mut None)?;
+        self.put_prepared(prepared).await
+    }
+
+    /// [`Store::put`] for a [`Put`]: a transaction's commit.
+    pub(crate) async fn put_one(&self, put: Put) -> Result<PutResult> {
+        let prepared = self.prepare_put(put, &mut None)?;
+        self.put_prepared(prepared).await
+    }
+
+    async fn put_prepared(&self, prepared: Prepared) -> Result<PutResult> {
         let mut result = None;
         let (end, behind) = self.append([prepared], |r| result = Some(r))?;
         self.finish(end, behind).await?;
@@ -72,25 +101,26 @@ impl Store {
         &self,
         msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
     ) -> Result<Vec<PutResult>> {
-        let msgs = msgs.into_iter().map(|(m, s, id)| (m, s, Some(id)));
+        let msgs = msgs.into_iter().map(|(msg, select, id)| Put {
+            msg,
+            select,
+            keep_id: Some(id),
+            body_at: None,
+        });
         self.put_many(msgs).await
     }
 
     /// Stores messages in order with one write and one durability wait,
-    /// each keeping its id when it has one (a transaction's commit) or
-    /// getting a new one (a half message): `put_batch` and `put_copies`
-    /// in one call.
-    pub async fn put_many(
+    /// each as its [`Put`] says.
+    async fn put_many(
         &self,
-        msgs: impl IntoIterator<Item = (Message, QueueSelect, Option<uuid::Uuid>)>,
+        msgs: impl IntoIterator<Item = Put>,
     ) -> Result<Vec<PutResult>> {
         let msgs = msgs.into_iter();
         let mut prepared = Vec::with_capacity(msgs.size_hint().0);
         let mut last = None;
-        for (m, sel, id) in msgs {
-            let mut p = self.prepare(m, &sel, &mut last)?;
-            p.keep_id = id;
-            prepared.push(p);
+        for put in msgs {
+            prepared.push(self.prepare_put(put, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
         let (end, behind) = self.append(prepared, |r| results.push(r))?;
@@ -104,6 +134,20 @@ impl Store {
     pub fn pick_queue(&self, topic: &str, sel: &QueueSelect) -> Result<u16> {
         let t = self.topic(topic)?;
         select_queue(&t, topic, sel)
+    }
+
+    /// [`Store::prepare`] for a [`Put`].
+    fn prepare_put(&self, put: Put, last: &mut Option<Arc<Topic>>) -> Result<Prepared> {
+        let mut p = self.prepare(put.msg, &put.select, last)?;
+        p.keep_id = put.keep_id;
+        // Only worth it when the reference is much smaller than the body.
+        if p.msg.body.len() > 64 {
+            if let Some(at) = put.body_at {
+                p.body_at = Some(at);
+                p.len = record::encoded_len_at(&p.msg)?;
+            }
+        }
+        Ok(p)
     }
 
     /// Checks a message and picks its queue; `last` caches the topic of the
@@ -138,6 +182,8 @@ impl Store {
             queue,
             len,
             keep_id: None,
+            body_at: None,
+            whole_len: len,
         })
     }
 
@@ -157,7 +203,16 @@ impl Store {
             // small allocations, often cold in cache) is the slow part, and
             // producers on other threads can encode meanwhile.
             for p in prepared.as_ref() {
-                record::encode_unsealed(&p.msg, p.len, &mut scratch);
+                match p.body_at {
+                    Some(pos) => {
+                        let at = record::BodyAt {
+                            pos,
+                            len: p.msg.body.len() as u32,
+                        };
+                        record::encode_unsealed_at(&p.msg, at, p.len, &mut scratch);
+                    }
+                    None => record::encode_unsealed(&p.msg, p.len, &mut scratch),
+                }
             }
             let r = self.append_encoded(prepared.as_mut(), &scratch, out);
             if scratch.capacity() > SCRATCH_KEEP {
@@ -192,15 +247,31 @@ impl Store {
                     queue_offset: offset,
                     stored_ms,
                 };
-                let len = p.len;
-                // Always there: `append` encoded exactly `len` bytes each.
-                let rec = encoded.get(at..at + len).ok_or(Error::Closed)?;
-                at += len;
-                let pos = batch.push(len, |buf| {
-                    let start = buf.len();
-                    buf.extend_from_slice(rec);
-                    record::seal(&mut buf[start..], &stamp);
-                })?;
+                // Always there: `append` encoded exactly `p.len` bytes each.
+                let rec = encoded.get(at..at + p.len).ok_or(Error::Closed)?;
+                at += p.len;
+                let (pos, len) = match p.body_at {
+                    // The invariant of `BODY_AT`: the body's record is in
+                    // the segment this one lands in. Rare (the segment
+                    // rolled since the half): written whole, encoded here.
+                    Some(body) if !batch.lands_with(body, p.len) => {
+                        let whole = p.whole_len;
+                        let pos = batch.push(whole, |buf| {
+                            let start = buf.len();
+                            record::encode_unsealed(&p.msg, whole, buf);
+                            record::seal(&mut buf[start..], &stamp);
+                        })?;
+                        (pos, whole)
+                    }
+                    _ => {
+                        let pos = batch.push(p.len, |buf| {
+                            let start = buf.len();
+                            buf.extend_from_slice(rec);
+                            record::seal(&mut buf[start..], &stamp);
+                        })?;
+                        (pos, p.len)
+                    }
+                };
                 q.assigned.store(offset + 1, Ordering::Release);
                 let entry = Entry {
                     log_pos: pos,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::cq::{ConsumeQueue, Entry};
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::record::{self, StoredMessage};
 
 impl Store {
@@ -100,17 +100,41 @@ impl Store {
         self.read_at(e.log_pos, e.size as usize)
     }
 
-    fn read_at(&self, pos: u64, size: usize) -> Result<StoredMessage> {
+    /// The record of `size` bytes at `pos`, with its body read from where
+    /// it is kept (`record/shared_body.rs`).
+    pub(super) fn read_at(&self, pos: u64, size: usize) -> Result<StoredMessage> {
         let mut buf = Vec::new();
         self.log.read(pos, size, &mut buf)?;
-        record::decode(&buf, pos).map_err(|why| Error::Corrupt { pos, why })
+        let corrupt = |why| Error::Corrupt { pos, why };
+        let (mut m, body_at) = record::decode_parts(&buf, pos).map_err(corrupt)?;
+        if let Some(at) = body_at {
+            // The format's invariant: an earlier record of the same
+            // segment. Checked, so a damaged record cannot send a read
+            // anywhere else (or in a circle).
+            if at.pos >= pos || self.log.segment_base(at.pos) != self.log.segment_base(pos) {
+                return Err(corrupt(DecodeError::BodyElsewhere(at.pos)));
+            }
+            self.read_unsized_into(at.pos, &mut buf)?;
+            let body = record::body_of(&buf).map_err(|why| Error::Corrupt { pos: at.pos, why })?;
+            if body.len() != at.len as usize {
+                return Err(corrupt(DecodeError::Layout));
+            }
+            m.body = body.to_vec();
+        }
+        Ok(m)
     }
 
     fn read_unsized(&self, pos: u64) -> Result<StoredMessage> {
-        let mut head = Vec::new();
-        self.log.read(pos, 4, &mut head)?;
-        match record::frame(&head, self.cfg.log.segment_bytes as usize) {
-            Ok(record::Frame::Record(n)) => self.read_at(pos, n),
+        let mut buf = Vec::new();
+        self.read_unsized_into(pos, &mut buf)?;
+        self.read_at(pos, buf.len())
+    }
+
+    /// Reads the whole record at `pos`, whatever its size, into `buf`.
+    fn read_unsized_into(&self, pos: u64, buf: &mut Vec<u8>) -> Result<()> {
+        self.log.read(pos, 4, buf)?;
+        match record::frame(buf, self.cfg.log.segment_bytes as usize) {
+            Ok(record::Frame::Record(n)) => self.log.read(pos, n, buf),
             Ok(_) => Err(Error::OutOfRange {
                 pos,
                 min: self.log.min_pos(),

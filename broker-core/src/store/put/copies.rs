@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{select_queue, Prepared, SCRATCH, SCRATCH_KEEP};
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::keys::KeyHashes;
 use crate::record::{self, CopyOf, Message, Records};
 use crate::store::{PutResult, Store, Topic};
@@ -31,10 +31,20 @@ impl Store {
         let mut buf = Vec::new();
         for e in &entries {
             self.log.read(e.log_pos, e.size as usize, &mut buf)?;
-            out.push(&buf, e.log_pos).map_err(|why| Error::Corrupt {
-                pos: e.log_pos,
-                why,
-            })?;
+            match out.push(&buf, e.log_pos) {
+                Ok(()) => {}
+                // A commit sharing its half's body: copied whole, so the
+                // batch stands on its own.
+                Err(DecodeError::BodyElsewhere(_)) => {
+                    out.push_stored(self.read_at(e.log_pos, e.size as usize)?)?
+                }
+                Err(why) => {
+                    return Err(Error::Corrupt {
+                        pos: e.log_pos,
+                        why,
+                    })
+                }
+            }
         }
         Ok(out)
     }
@@ -96,6 +106,8 @@ impl Store {
             queue,
             len,
             keep_id: Some(c.source.id()),
+            body_at: None,
+            whole_len: len,
         })
     }
 }
