@@ -112,10 +112,7 @@ impl Store {
 
     /// Stores messages in order with one write and one durability wait,
     /// each as its [`Put`] says.
-    async fn put_many(
-        &self,
-        msgs: impl IntoIterator<Item = Put>,
-    ) -> Result<Vec<PutResult>> {
+    async fn put_many(&self, msgs: impl IntoIterator<Item = Put>) -> Result<Vec<PutResult>> {
         let msgs = msgs.into_iter();
         let mut prepared = Vec::with_capacity(msgs.size_hint().0);
         let mut last = None;
