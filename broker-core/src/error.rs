@@ -43,6 +43,14 @@ pub enum Error {
     /// Bytes on disk that are not a valid record.
     #[error("corrupt record at log position {pos}: {why}")]
     Corrupt { pos: u64, why: DecodeError },
+    /// A record whose body is kept in another record (a transaction's
+    /// commit) names a record that cannot hold it.
+    #[error("the record at log position {pos} refers to its body at {at}, but {why}")]
+    BadBodyRef {
+        pos: u64,
+        at: u64,
+        why: &'static str,
+    },
     /// A read below the oldest retained position or above the newest.
     #[error("log position {pos} is outside the retained log [{min}, {max})")]
     OutOfRange { pos: u64, min: u64, max: u64 },

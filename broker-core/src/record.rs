@@ -38,7 +38,7 @@
 //! - A record never spans two segments; [`END_OF_SEGMENT`] as `len` marks the
 //!   unused tail of a segment.
 //! - A `BODY_AT` record refers to a record earlier in *the same segment*,
-//!   one that holds its body itself. Retention deletes whole segments and
+//!   with the same message id, one that holds its body itself. Retention deletes whole segments and
 //!   recovery cuts only a log's tail, so whatever keeps the referring
 //!   record keeps the record it refers to; and no chain or cycle can form.
 
@@ -447,9 +447,10 @@ pub struct RecordMeta {
     pub stored_ms: i64,
 }
 
-/// Verifies the record at the start of `buf` exactly as [`decode`] does
-/// (same bytes, same result), but copies out only what recovery needs: no
-/// body, no properties. A full scan decodes every record of the log.
+/// Verifies the record at the start of `buf` exactly as [`decode_parts`]
+/// does (same bytes, same result), but copies out only what recovery
+/// needs: no body, no properties. A full scan decodes every record of the
+/// log, those whose body is elsewhere included.
 pub fn decode_meta(buf: &[u8]) -> Result<RecordMeta, DecodeError> {
     let p = parse(buf)?;
     let mut keys = Vec::with_capacity(1);

@@ -136,6 +136,7 @@ pub(crate) struct Entry {
     pub half_pos: u64,
     pub queue: u16,
     /// The message while pending, when small: a commit then needs no read.
+    /// Moved out by the first decision attempt (a retry reads the half).
     pub cached: Option<Message>,
     pub next_check: i64,
 }

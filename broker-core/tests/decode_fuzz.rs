@@ -20,8 +20,8 @@
 //! lengths of `u32::MAX`); they must be refused at once.
 
 use cellgate_broker_core::record::{
-    decode, decode_meta, encode, encoded_len, tag_hash, Message, Stamp, StoredMessage,
-    END_OF_SEGMENT, HEADER,
+    decode, decode_meta, decode_parts, encode, encoded_len, tag_hash, Message, Stamp,
+    StoredMessage, END_OF_SEGMENT, HEADER,
 };
 use cellgate_broker_core::{DecodeError, Error};
 use proptest::collection::{btree_map, vec};
@@ -153,9 +153,24 @@ fn frame_oracle(buf: &[u8]) -> Result<usize, DecodeError> {
 /// error where the reference knows it, and that an Ok is genuine.
 fn check(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
     let got = decode(buf, log_pos);
-    // Recovery's lighter decoder accepts and refuses exactly the same bytes.
+    // `decode` is `decode_parts` refusing a record whose body is elsewhere
+    // (flags bit 0, a 12-byte body section: `record/shared_body.rs`).
+    let parts = decode_parts(buf, log_pos);
+    match (&parts, &got) {
+        (Ok((m, None)), Ok(d)) => assert_eq!(m, d),
+        (Ok((m, Some(at))), Err(DecodeError::BodyElsewhere(p))) => {
+            assert_eq!(at.pos, *p);
+            assert!(m.body.is_empty());
+            assert_eq!((buf[9], le32(buf, 64)), (1, 12), "only a BODY_AT record");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("decode {got:?} but decode_parts {parts:?} for {buf:02x?}"),
+    }
+    // Recovery's lighter decoder accepts and refuses exactly the bytes
+    // `decode_parts` does.
     let meta = decode_meta(buf);
-    match (&got, &meta) {
+    let whole = parts.map(|(m, _)| m);
+    match (&whole, &meta) {
         (Ok(d), Ok(m)) => assert_eq!(
             (
                 &m.id,
@@ -178,7 +193,7 @@ fn check(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
             "decode_meta disagrees with decode on {buf:02x?}"
         ),
         (Err(a), Err(b)) => assert_eq!(a, b, "decode_meta disagrees with decode on {buf:02x?}"),
-        _ => panic!("decode {got:?} but decode_meta {meta:?} for {buf:02x?}"),
+        _ => panic!("decode_parts {whole:?} but decode_meta {meta:?} for {buf:02x?}"),
     }
     match frame_oracle(buf) {
         Err(want) => assert_eq!(got, Err(want), "input {buf:02x?}"),
@@ -195,7 +210,10 @@ fn check(buf: &[u8], log_pos: u64) -> Result<StoredMessage, DecodeError> {
                 }
             }
             Err(e) => assert!(
-                matches!(e, DecodeError::Layout | DecodeError::Utf8(_)),
+                matches!(
+                    e,
+                    DecodeError::Layout | DecodeError::Utf8(_) | DecodeError::BodyElsewhere(_)
+                ),
                 "frame, checksum, version and lengths are right, yet {e:?} for {buf:02x?}"
             ),
         },
@@ -876,11 +894,34 @@ fn error_utf8() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn nonzero_flags_are_refused() {
+fn unknown_flags_are_refused() {
+    for flags in [2, 0x80, 0xff] {
+        let mut r = sample();
+        r[9] = flags;
+        seal(&mut r);
+        assert_eq!(decode_parts(&r, 0).err(), Some(DecodeError::Layout));
+    }
+    // BODY_AT (bit 0) is known, but only with a 12-byte body section.
     let mut r = sample();
     r[9] = 1;
     seal(&mut r);
-    assert!(decode(&r, 0).is_err(), "{:?}", decode(&r, 0));
+    assert_eq!(decode_parts(&r, 0).err(), Some(DecodeError::Layout));
+}
+
+#[test]
+fn a_body_at_record_passes_the_oracle_and_names_its_target() {
+    // A record whose body section is a reference: pos 4096, len 1024.
+    let mut body = 4096u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&1024u32.to_le_bytes());
+    let mut r = raw((0, 0, 2, 2, 12), &[&[0, 0], &[0, 0], &body]);
+    r[9] = 1;
+    seal(&mut r);
+    assert_eq!(check(&r, 7).err(), Some(DecodeError::BodyElsewhere(4096)));
+    let (m, at) = decode_parts(&r, 7).unwrap();
+    assert_eq!(
+        (at.map(|a| (a.pos, a.len)), m.body.len()),
+        (Some((4096, 1024)), 0)
+    );
 }
 
 #[test]

@@ -373,8 +373,8 @@ async fn reset_to_time_replays_and_errors_are_typed() {
     assert_eq!(e.to_string(), "topic NOPE does not exist");
 }
 
-/// Concurrent commits share store writes (`embedded/commit.rs`): every one
-/// lands exactly once, under its transaction id, and survives a restart.
+/// Concurrent commits: every one lands exactly once, under its
+/// transaction id, and survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_each_land_once() {
     use cellgate_broker_core::Decision;

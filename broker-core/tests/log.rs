@@ -143,3 +143,56 @@ async fn concurrent_sync_appends_share_fsyncs_and_all_land() {
     );
     assert_eq!(seen.len(), 640);
 }
+
+/// `Batch::lands_with` is exactly "`push` will not roll": at the exact fit
+/// (`next + len + 4 == end`), one byte over it, and everywhere between.
+/// The store relies on it to keep a commit in its half's segment.
+#[tokio::test]
+async fn lands_with_agrees_with_the_roll_at_every_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(
+        dir.path(),
+        FlushPolicy::Async {
+            interval: Duration::from_millis(10),
+        },
+    );
+    const SEG: u64 = 4096;
+    let mut prev = 0u64;
+    let mut next = 0u64;
+    let (mut exact, mut over) = (0, 0);
+    for i in 0..400u64 {
+        // Aim at the boundaries: once at the exact fit, once a byte over,
+        // otherwise a length that varies.
+        let left = SEG - next % SEG;
+        let len = match i % 3 {
+            0 if (72..600).contains(&left) => (left - 4) as usize,
+            1 if (72..600).contains(&left) => (left - 3) as usize,
+            _ => 68 + (i as usize * 37) % 400,
+        };
+        let (landed, pos) = log
+            .append_with(|b, _| {
+                let lands = b.lands_with(prev, len);
+                let pos = b.push(len, |buf| buf.resize(buf.len() + len, 1))?;
+                Ok((lands, pos))
+            })
+            .unwrap()
+            .0;
+        assert_eq!(
+            landed,
+            pos / SEG == prev / SEG,
+            "record {i}: len {len} after {prev}, placed at {pos}"
+        );
+        if len as u64 + 4 == left {
+            exact += 1;
+        }
+        if len as u64 + 3 == left {
+            over += 1;
+        }
+        prev = pos;
+        next = pos + len as u64;
+    }
+    assert!(
+        exact > 0 && over > 0,
+        "boundaries hit: {exact} exact, {over} over"
+    );
+}

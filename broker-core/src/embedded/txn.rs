@@ -17,6 +17,14 @@ use crate::txn::{
     Decision, Entry, TxnCheck, TxnInfo, TxnState, HALF_TOPIC, OP_TOPIC, PRODUCER_GROUP, REASON,
 };
 
+/// What [`EmbeddedBroker::begin_decision`] found.
+enum Begun {
+    /// Pending: decide this entry (now `Deciding`).
+    Decide(Entry),
+    /// The same decision was taken already: its answer.
+    Taken(TxnInfo),
+}
+
 /// Pending messages up to this size stay in memory until decided.
 const CACHE_BODY: usize = 64 << 10;
 /// How long the book remembers a decision (the store answers after).
@@ -135,46 +143,9 @@ impl EmbeddedBroker {
     /// Commits or rolls back. Repeating a decision returns the same state;
     /// the opposite decision is a conflict.
     pub(crate) async fn decide(&self, id: &Uuid, d: Decision, reason: &str) -> Result<TxnInfo> {
-        let entry = {
-            let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
-            if !book.entries.contains_key(id) {
-                if !book.loaded {
-                    return Err(Error::Recovering);
-                }
-                drop(book);
-                let found = self.lookup(id)?.ok_or(Error::UnknownTransaction(*id))?;
-                book = self.txns.lock().map_err(|_| Error::Closed)?;
-                book.entries.entry(*id).or_insert(found);
-            }
-            let e = book
-                .entries
-                .get_mut(id)
-                .ok_or(Error::UnknownTransaction(*id))?;
-            match (&e.info.state, d) {
-                (TxnState::Pending, _) => {}
-                (TxnState::Committed, Decision::Commit)
-                | (TxnState::RolledBack { .. }, Decision::Rollback) => return Ok(e.info.clone()),
-                (state, _) => {
-                    return Err(Error::TransactionConflict {
-                        id: *id,
-                        state: state.as_str(),
-                        reason: match state {
-                            TxnState::RolledBack { reason } => reason.clone(),
-                            _ => String::new(),
-                        },
-                    })
-                }
-            }
-            // The cached message moves to the decision, not copied: a
-            // decided entry drops it anyway, and a failed commit reads the
-            // half again.
-            let cached = e.cached.take();
-            let e = Entry {
-                cached,
-                ..e.clone()
-            };
-            book.set_state(id, TxnState::Deciding, now_ms());
-            e
+        let mut entry = match self.begin_decision(id, d)? {
+            Begun::Decide(e) => e,
+            Begun::Taken(info) => return Ok(info),
         };
         let state = match d {
             Decision::Commit => TxnState::Committed,
@@ -182,7 +153,6 @@ impl EmbeddedBroker {
                 reason: reason.to_owned(),
             },
         };
-        let mut entry = entry;
         let written = self.write_decision(&mut entry, d, reason).await;
         let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
         match written {
@@ -195,10 +165,62 @@ impl EmbeddedBroker {
                     .unwrap_or(entry.info))
             }
             Err(e) => {
+                // Pending again, its check-back due as before: wake the
+                // clock if that is now the first (it may be past due).
                 book.set_state(id, TxnState::Pending, now_ms());
+                let first = book.checks_due.first().is_some_and(|&(_, f)| f == *id);
+                drop(book);
+                if first {
+                    self.txn_wake.notify_one();
+                }
                 Err(e)
             }
         }
+    }
+
+    /// The book's side of a decision's start: the entry to decide (marked
+    /// `Deciding`), or the same decision's answer if it was taken already.
+    fn begin_decision(&self, id: &Uuid, d: Decision) -> Result<Begun> {
+        let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
+        if !book.entries.contains_key(id) {
+            if !book.loaded {
+                return Err(Error::Recovering);
+            }
+            drop(book);
+            let found = self.lookup(id)?.ok_or(Error::UnknownTransaction(*id))?;
+            book = self.txns.lock().map_err(|_| Error::Closed)?;
+            book.entries.entry(*id).or_insert(found);
+        }
+        let e = book
+            .entries
+            .get_mut(id)
+            .ok_or(Error::UnknownTransaction(*id))?;
+        match (&e.info.state, d) {
+            (TxnState::Pending, _) => {}
+            (TxnState::Committed, Decision::Commit)
+            | (TxnState::RolledBack { .. }, Decision::Rollback) => {
+                return Ok(Begun::Taken(e.info.clone()))
+            }
+            (state, _) => {
+                return Err(Error::TransactionConflict {
+                    id: *id,
+                    state: state.as_str(),
+                    reason: match state {
+                        TxnState::RolledBack { reason } => reason.clone(),
+                        _ => String::new(),
+                    },
+                })
+            }
+        }
+        // The cached message moves to the decision, not copied: a decided
+        // entry drops it anyway, and a failed commit reads the half again.
+        let cached = e.cached.take();
+        let e = Entry {
+            cached,
+            ..e.clone()
+        };
+        book.set_state(id, TxnState::Deciding, now_ms());
+        Ok(Begun::Decide(e))
     }
 
     async fn write_decision(&self, e: &mut Entry, d: Decision, reason: &str) -> Result<()> {

@@ -14,6 +14,7 @@
 
 use super::{decode_parsed, encode_sections, encoded_len, parse, Message, StoredMessage, Writer};
 use crate::error::{DecodeError, Error};
+use uuid::Uuid;
 
 /// The flags bit of a record whose body section is a [`BodyAt`].
 pub(super) const BODY_AT: u8 = 1;
@@ -71,21 +72,19 @@ pub fn decode_parts(
     Ok((decode_parsed(&p, log_pos)?, p.body_at))
 }
 
-/// The body of the record at the start of `buf`, checked as
-/// [`super::decode`] checks the record. A record that refers elsewhere is
-/// refused: a body is never a reference to a reference.
-pub fn body_of(buf: &[u8]) -> Result<&[u8], DecodeError> {
+/// The message id and body of the record at the start of `buf`, checked
+/// as [`super::decode`] checks the record. A record that refers elsewhere
+/// is refused: a body is never a reference to a reference.
+pub fn body_of(buf: &[u8]) -> Result<(Uuid, &[u8]), DecodeError> {
     let p = parse(buf)?;
     match p.body_at {
         Some(at) => Err(DecodeError::BodyElsewhere(at.pos)),
-        None => Ok(p.body),
+        None => Ok((p.id, p.body)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
-
     use super::*;
     use crate::record::tests::sample;
     use crate::record::{decode, encode, seal, Records, Stamp};
@@ -144,7 +143,7 @@ mod tests {
         let len = encoded_len(&m).unwrap();
         let mut buf = Vec::new();
         encode(&m, &stamp(), len, &mut buf);
-        assert_eq!(body_of(&buf).unwrap(), b"hello");
+        assert_eq!(body_of(&buf).unwrap().1, b"hello");
         assert_eq!(decode_parts(&buf, 0).unwrap().1, None);
     }
 

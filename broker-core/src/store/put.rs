@@ -9,6 +9,7 @@ use crate::cq::Entry;
 use crate::dispatch::Meta;
 use crate::error::{Error, Result};
 use crate::keys::KeyHashes;
+use crate::log::Batch;
 use crate::record::{self, Message, Stamp};
 
 mod copies;
@@ -33,7 +34,8 @@ struct Prepared {
     whole_len: usize,
 }
 
-/// One message of [`Store::put_one`] or [`Store::put_many`].
+/// One message of [`Store::put_one`] (a transaction's commit) or of
+/// `put_many` (the router's copies: `body_at` is `None` there).
 #[derive(Debug)]
 pub(crate) struct Put {
     pub msg: Message,
@@ -56,6 +58,9 @@ thread_local! {
 /// The largest scratch buffer kept after a put (a 4 MiB message should not
 /// pin 4 MiB per thread).
 const SCRATCH_KEEP: usize = 1 << 20;
+
+/// The smallest body a commit shares with its half instead of copying.
+const SHARE_BODY_FROM: usize = 256;
 
 /// Undispatched records past which a put helps dispatch (see `finish`):
 /// about 20 MiB of 1 KiB messages.
@@ -137,8 +142,9 @@ impl Store {
     fn prepare_put(&self, put: Put, last: &mut Option<Arc<Topic>>) -> Result<Prepared> {
         let mut p = self.prepare(put.msg, &put.select, last)?;
         p.keep_id = put.keep_id;
-        // Only worth it when the reference is much smaller than the body.
-        if p.msg.body.len() > 64 {
+        // Every read of a referring record reads its half too: below a
+        // few hundred bytes of body, the bytes saved are not worth that.
+        if p.msg.body.len() >= SHARE_BODY_FROM {
             if let Some(at) = put.body_at {
                 p.body_at = Some(at);
                 p.len = record::encoded_len_at(&p.msg)?;
@@ -247,28 +253,7 @@ impl Store {
                 // Always there: `append` encoded exactly `p.len` bytes each.
                 let rec = encoded.get(at..at + p.len).ok_or(Error::Closed)?;
                 at += p.len;
-                let (pos, len) = match p.body_at {
-                    // The invariant of `BODY_AT`: the body's record is in
-                    // the segment this one lands in. Rare (the segment
-                    // rolled since the half): written whole, encoded here.
-                    Some(body) if !batch.lands_with(body, p.len) => {
-                        let whole = p.whole_len;
-                        let pos = batch.push(whole, |buf| {
-                            let start = buf.len();
-                            record::encode_unsealed(&p.msg, whole, buf);
-                            record::seal(&mut buf[start..], &stamp);
-                        })?;
-                        (pos, whole)
-                    }
-                    _ => {
-                        let pos = batch.push(p.len, |buf| {
-                            let start = buf.len();
-                            buf.extend_from_slice(rec);
-                            record::seal(&mut buf[start..], &stamp);
-                        })?;
-                        (pos, p.len)
-                    }
-                };
+                let (pos, len) = push_prepared(batch, p, rec, &stamp)?;
                 q.assigned.store(offset + 1, Ordering::Release);
                 let entry = Entry {
                     log_pos: pos,
@@ -307,6 +292,35 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Places one record, sealed with `stamp`: `rec` as encoded, or, for a
+/// record that would refer to a body in another segment (`BODY_AT`'s
+/// invariant: same segment; rare, the segment rolled since its half),
+/// `p.msg` whole, encoded here. Returns its position and size.
+fn push_prepared(
+    batch: &mut Batch<'_>,
+    p: &Prepared,
+    rec: &[u8],
+    stamp: &Stamp,
+) -> Result<(u64, usize)> {
+    let whole = match p.body_at {
+        Some(body) if !batch.lands_with(body, p.len) => p.whole_len,
+        _ => {
+            let pos = batch.push(p.len, |buf| {
+                let start = buf.len();
+                buf.extend_from_slice(rec);
+                record::seal(&mut buf[start..], stamp);
+            })?;
+            return Ok((pos, p.len));
+        }
+    };
+    let pos = batch.push(whole, |buf| {
+        let start = buf.len();
+        record::encode_unsealed(&p.msg, whole, buf);
+        record::seal(&mut buf[start..], stamp);
+    })?;
+    Ok((pos, whole))
 }
 
 fn select_queue(topic: &Topic, name: &str, sel: &QueueSelect) -> Result<u16> {

@@ -9,8 +9,13 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::cq::{ConsumeQueue, Entry};
-use crate::error::{DecodeError, Error, Result};
-use crate::record::{self, StoredMessage};
+use crate::error::{Error, Result};
+use crate::record::{self, BodyAt, StoredMessage};
+
+/// Decodes the record at the start of `buf`, read at `pos`.
+pub(super) fn decode_at(buf: &[u8], pos: u64) -> Result<(StoredMessage, Option<BodyAt>)> {
+    record::decode_parts(buf, pos).map_err(|why| Error::Corrupt { pos, why })
+}
 
 impl Store {
     /// A receiver of the dispatched position: it changes whenever new
@@ -105,29 +110,19 @@ impl Store {
     pub(super) fn read_at(&self, pos: u64, size: usize) -> Result<StoredMessage> {
         let mut buf = Vec::new();
         self.log.read(pos, size, &mut buf)?;
-        let corrupt = |why| Error::Corrupt { pos, why };
-        let (mut m, body_at) = record::decode_parts(&buf, pos).map_err(corrupt)?;
+        let (mut m, body_at) = decode_at(&buf, pos)?;
         if let Some(at) = body_at {
-            // The format's invariant: an earlier record of the same
-            // segment. Checked, so a damaged record cannot send a read
-            // anywhere else (or in a circle).
-            if at.pos >= pos || self.log.segment_base(at.pos) != self.log.segment_base(pos) {
-                return Err(corrupt(DecodeError::BodyElsewhere(at.pos)));
-            }
-            self.read_unsized_into(at.pos, &mut buf)?;
-            let body = record::body_of(&buf).map_err(|why| Error::Corrupt { pos: at.pos, why })?;
-            if body.len() != at.len as usize {
-                return Err(corrupt(DecodeError::Layout));
-            }
-            m.body = body.to_vec();
+            self.fill_body(&mut m, at)?;
         }
         Ok(m)
     }
 
-    fn read_unsized(&self, pos: u64) -> Result<StoredMessage> {
+    /// The whole record at `pos`, whatever its size, decoded; a body kept
+    /// elsewhere is not read yet (a lookup reads it only for a match).
+    fn read_unsized(&self, pos: u64) -> Result<(StoredMessage, Option<BodyAt>)> {
         let mut buf = Vec::new();
         self.read_unsized_into(pos, &mut buf)?;
-        self.read_at(pos, buf.len())
+        decode_at(&buf, pos)
     }
 
     /// Reads the whole record at `pos`, whatever its size, into `buf`.
@@ -142,6 +137,35 @@ impl Store {
             }),
             Err(why) => Err(Error::Corrupt { pos, why }),
         }
+    }
+
+    /// Reads `m`'s body from the record `at` names. The format's invariant
+    /// is checked (an earlier record of the same segment, holding its body
+    /// itself, with the same message id: a commit and its half share the
+    /// transaction id), so a damaged or stray reference is an error, never
+    /// another message's body.
+    pub(super) fn fill_body(&self, m: &mut StoredMessage, at: BodyAt) -> Result<()> {
+        let bad = |why| Error::BadBodyRef {
+            pos: m.log_pos,
+            at: at.pos,
+            why,
+        };
+        if at.pos >= m.log_pos || self.log.segment_base(at.pos) != self.log.segment_base(m.log_pos)
+        {
+            return Err(bad("not an earlier record of the same segment"));
+        }
+        let mut buf = Vec::new();
+        self.read_unsized_into(at.pos, &mut buf)?;
+        let (id, body) =
+            record::body_of(&buf).map_err(|why| Error::Corrupt { pos: at.pos, why })?;
+        if id != m.id {
+            return Err(bad("the record there is another message's"));
+        }
+        if body.len() != at.len as usize {
+            return Err(bad("the body there has another length"));
+        }
+        m.body = body.to_vec();
+        Ok(())
     }
 
     /// Log positions the key index holds for a lookup, once dispatch has
@@ -165,13 +189,7 @@ impl Store {
     /// in its own, under the same id.
     pub fn get_all_by_id(&self, id: &Uuid) -> Result<Vec<StoredMessage>> {
         let cands = self.candidates(|k| k.by_id(id))?;
-        let mut out: Vec<StoredMessage> = cands
-            .into_iter()
-            .filter_map(|pos| self.read_unsized(pos).ok())
-            .filter(|m| m.id == *id)
-            .collect();
-        out.sort_by_key(|m| m.log_pos);
-        Ok(out)
+        self.matching(cands, |m| m.id == *id)
     }
 
     /// The message at `offset` of a queue, if retained.
@@ -231,12 +249,30 @@ impl Store {
     /// Retained messages of `topic` carrying `key`, oldest first.
     pub fn get_by_key(&self, topic: &str, key: &str) -> Result<Vec<StoredMessage>> {
         let cands = self.candidates(|k| k.by_key(topic, key))?;
+        self.matching(cands, |m| {
+            m.topic == topic && m.keys.iter().any(|k| k == key)
+        })
+    }
+
+    /// The records at the index's candidate positions that `is` accepts,
+    /// oldest first. A candidate that cannot be read is skipped (a hash
+    /// collision, or a position retention removed); a match whose body
+    /// cannot be read is an error, not a message silently missing.
+    fn matching(
+        &self,
+        cands: Vec<u64>,
+        is: impl Fn(&StoredMessage) -> bool,
+    ) -> Result<Vec<StoredMessage>> {
         let mut out = Vec::new();
         for pos in cands {
-            if let Ok(m) = self.read_unsized(pos) {
-                if m.topic == topic && m.keys.iter().any(|k| k == key) {
-                    out.push(m);
+            let Ok((mut m, body_at)) = self.read_unsized(pos) else {
+                continue;
+            };
+            if is(&m) {
+                if let Some(at) = body_at {
+                    self.fill_body(&mut m, at)?;
                 }
+                out.push(m);
             }
         }
         out.sort_by_key(|m| m.log_pos);

@@ -33,10 +33,14 @@ impl Store {
             self.log.read(e.log_pos, e.size as usize, &mut buf)?;
             match out.push(&buf, e.log_pos) {
                 Ok(()) => {}
-                // A commit sharing its half's body: copied whole, so the
+                // A commit sharing its half's body: pushed whole, so the
                 // batch stands on its own.
                 Err(DecodeError::BodyElsewhere(_)) => {
-                    out.push_stored(self.read_at(e.log_pos, e.size as usize)?)?
+                    let (mut m, at) = super::super::read::decode_at(&buf, e.log_pos)?;
+                    if let Some(at) = at {
+                        self.fill_body(&mut m, at)?;
+                    }
+                    out.push_stored(m)?
                 }
                 Err(why) => {
                     return Err(Error::Corrupt {
