@@ -161,7 +161,11 @@ impl ApiError {
                 "{what} is not supported by this cell's broker backend"
             ))
             .field(field),
-            B::Io { .. } | B::Corrupt { .. } | B::OutOfRange { .. } | B::Config(_) => {
+            B::Io { .. }
+            | B::Corrupt { .. }
+            | B::BadBodyRef { .. }
+            | B::OutOfRange { .. }
+            | B::Config(_) => {
                 tracing::error!(error = %e, "broker failure");
                 Self::unavailable("the cell's broker failed; the error is in the gateway log")
             }
