@@ -577,13 +577,19 @@ mod tests {
         let len = encoded_len(&m).unwrap();
         let mut buf = Vec::new();
         encode(&m, &s, len, &mut buf);
-        for cut in 0..buf.len() {
-            assert!(decode(&buf[..cut], 0).is_err(), "prefix {cut}");
+        refuses_every_tear_and_flip(&buf, |b| decode(b, 0).is_err());
+    }
+
+    /// `refused` holds for every proper prefix of `rec` and for `rec` with
+    /// any one byte after the length flipped.
+    pub(crate) fn refuses_every_tear_and_flip(rec: &[u8], refused: impl Fn(&[u8]) -> bool) {
+        for cut in 0..rec.len() {
+            assert!(refused(&rec[..cut]), "prefix {cut}");
         }
-        for i in 4..buf.len() {
-            let mut b = buf.clone();
+        for i in 4..rec.len() {
+            let mut b = rec.to_vec();
             b[i] ^= 0x40;
-            assert!(decode(&b, 0).is_err(), "flip at {i}");
+            assert!(refused(&b), "flip at {i}");
         }
     }
 

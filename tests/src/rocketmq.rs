@@ -311,6 +311,26 @@ impl Drop for Cluster {
     }
 }
 
+/// Two tests of one scenario, `async fn body(Backend)`: `$embedded` on the
+/// embedded broker, `$rocketmq` on two RocketMQ clusters (on two worker
+/// threads: the clusters' clients block briefly). Attributes before the
+/// names (doc comments) go on the RocketMQ test.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
+        #[tokio::test]
+        async fn $embedded() {
+            $body($crate::rocketmq::Backend::Embedded).await;
+        }
+
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rocketmq() {
+            $body($crate::rocketmq::Backend::RocketMq).await;
+        }
+    };
+}
+
 /// Which broker backs the cells of an end-to-end test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

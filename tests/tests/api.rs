@@ -11,15 +11,11 @@ use cellgate_tests::server::{ADMIN, ANT};
 use cellgate_tests::{now_ms, Api, Server};
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn publish_receive_ack_keeps_every_field() {
-    publish_receive_ack_keeps_every_field_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_receive_ack_keeps_every_field_on_rocketmq() {
-    publish_receive_ack_keeps_every_field_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    publish_receive_ack_keeps_every_field,
+    publish_receive_ack_keeps_every_field_on_rocketmq,
+    publish_receive_ack_keeps_every_field_on
+);
 
 async fn publish_receive_ack_keeps_every_field_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -86,15 +82,11 @@ async fn publish_receive_ack_keeps_every_field_on(backend: Backend) {
     assert!(got[0].get("body").is_none());
 }
 
-#[tokio::test]
-async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag() {
-    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag_on_rocketmq() {
-    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    subscription_kinds_filter_in_the_broker_and_leave_no_lag,
+    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on_rocketmq,
+    subscription_kinds_filter_in_the_broker_and_leave_no_lag_on
+);
 
 async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(backend: Backend) {
     // One cell at a time: no router, so nothing arrives from other cells.
@@ -157,15 +149,11 @@ async fn subscription_kinds_filter_in_the_broker_and_leave_no_lag_on(backend: Ba
     assert_eq!(got.len(), 1);
 }
 
-#[tokio::test]
-async fn batch_and_oneway_publish() {
-    batch_and_oneway_publish_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_and_oneway_publish_on_rocketmq() {
-    batch_and_oneway_publish_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    batch_and_oneway_publish,
+    batch_and_oneway_publish_on_rocketmq,
+    batch_and_oneway_publish_on
+);
 
 async fn batch_and_oneway_publish_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -199,15 +187,11 @@ async fn batch_and_oneway_publish_on(backend: Backend) {
     assert_eq!(bodies, ["a", "b", "c", "d"]);
 }
 
-#[tokio::test]
-async fn nack_and_invisibility_redeliver_then_dead_letter() {
-    nack_and_invisibility_redeliver_then_dead_letter_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nack_and_invisibility_redeliver_then_dead_letter_on_rocketmq() {
-    nack_and_invisibility_redeliver_then_dead_letter_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    nack_and_invisibility_redeliver_then_dead_letter,
+    nack_and_invisibility_redeliver_then_dead_letter_on_rocketmq,
+    nack_and_invisibility_redeliver_then_dead_letter_on
+);
 
 async fn nack_and_invisibility_redeliver_then_dead_letter_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &["--retry-levels", "200ms", "--max-attempts", "3"]);
@@ -260,15 +244,11 @@ async fn nack_and_invisibility_redeliver_then_dead_letter_on(backend: Backend) {
     assert!(none.is_empty(), "{none:?}");
 }
 
-#[tokio::test]
-async fn tag_filter_and_broadcast() {
-    tag_filter_and_broadcast_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tag_filter_and_broadcast_on_rocketmq() {
-    tag_filter_and_broadcast_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    tag_filter_and_broadcast,
+    tag_filter_and_broadcast_on_rocketmq,
+    tag_filter_and_broadcast_on
+);
 
 async fn tag_filter_and_broadcast_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -300,15 +280,11 @@ async fn tag_filter_and_broadcast_on(backend: Backend) {
     assert_eq!(lag["lag"], 0);
 }
 
-#[tokio::test]
-async fn reset_rewinds_a_group() {
-    reset_rewinds_a_group_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_rewinds_a_group_on_rocketmq() {
-    reset_rewinds_a_group_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    reset_rewinds_a_group,
+    reset_rewinds_a_group_on_rocketmq,
+    reset_rewinds_a_group_on
+);
 
 async fn reset_rewinds_a_group_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -348,15 +324,11 @@ async fn get_until(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> (u16
     }
 }
 
-#[tokio::test]
-async fn query_by_id_and_by_key() {
-    query_by_id_and_by_key_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn query_by_id_and_by_key_on_rocketmq() {
-    query_by_id_and_by_key_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    query_by_id_and_by_key,
+    query_by_id_and_by_key_on_rocketmq,
+    query_by_id_and_by_key_on
+);
 
 async fn query_by_id_and_by_key_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -393,15 +365,11 @@ async fn query_by_id_and_by_key_on(backend: Backend) {
     assert_eq!(st, 404);
 }
 
-#[tokio::test]
-async fn operations_endpoints() {
-    operations_endpoints_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_endpoints_on_rocketmq() {
-    operations_endpoints_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    operations_endpoints,
+    operations_endpoints_on_rocketmq,
+    operations_endpoints_on
+);
 
 async fn operations_endpoints_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &["--cell", "RZ00A"]);
@@ -446,15 +414,11 @@ async fn operations_endpoints_on(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn long_poll_wakes_on_publish() {
-    long_poll_wakes_on_publish_on(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_wakes_on_publish_on_rocketmq() {
-    long_poll_wakes_on_publish_on(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    long_poll_wakes_on_publish,
+    long_poll_wakes_on_publish_on_rocketmq,
+    long_poll_wakes_on_publish_on
+);
 
 async fn long_poll_wakes_on_publish_on(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);

@@ -9,17 +9,13 @@ use cellgate_tests::server::{ANT, BETA};
 use cellgate_tests::Api;
 use serde_json::json;
 
-#[tokio::test]
-async fn tenants_share_names_but_nothing_else() {
-    isolation(Backend::Embedded).await;
-}
-
-/// On RocketMQ the tenants' topics and groups share one cluster: only
-/// their physical names (`NS|CELL%NAME`) keep them apart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_share_names_but_nothing_else_on_rocketmq() {
-    isolation(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    /// On RocketMQ the tenants' topics and groups share one cluster: only
+    /// their physical names (`NS|CELL%NAME`) keep them apart.
+    tenants_share_names_but_nothing_else,
+    tenants_share_names_but_nothing_else_on_rocketmq,
+    isolation
+);
 
 async fn isolation(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);

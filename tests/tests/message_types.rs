@@ -122,18 +122,11 @@ async fn txn(api: &Api, topic: &str, body: &str) -> String {
     r["transaction_id"].as_str().unwrap().to_owned()
 }
 
-/// `cellgate serve` on the example topology with its cells on `backend`;
-/// the bed keeps the RocketMQ clusters (if any) running.
-
-#[tokio::test]
-async fn transactions_commit_roll_back_and_conflict() {
-    transactions(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_commit_roll_back_and_conflict_on_rocketmq() {
-    transactions(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    transactions_commit_roll_back_and_conflict,
+    transactions_commit_roll_back_and_conflict_on_rocketmq,
+    transactions
+);
 
 async fn transactions(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &["--no-router"]);
@@ -518,15 +511,11 @@ async fn query_by_time_range_trace_and_load_test_traffic() {
     assert_eq!(pt[0]["properties"]["__LOADTEST"], "true");
 }
 
-#[tokio::test]
-async fn the_trace_shows_every_hop_across_cells() {
-    trace_across_cells(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trace_shows_every_hop_across_cells_on_rocketmq() {
-    trace_across_cells(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    the_trace_shows_every_hop_across_cells,
+    the_trace_shows_every_hop_across_cells_on_rocketmq,
+    trace_across_cells
+);
 
 async fn trace_across_cells(backend: Backend) {
     let (_d, _bed, s) = start_on(backend, &[]);
@@ -635,15 +624,11 @@ async fn hops_until(api: &Api, topic: &str, id: &str, want: &[&str]) -> Vec<Stri
     }
 }
 
-#[tokio::test]
-async fn the_trace_records_release_nack_dead_letter_and_commit() {
-    trace_of_broker_events(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trace_records_release_nack_dead_letter_and_commit_on_rocketmq() {
-    trace_of_broker_events(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    the_trace_records_release_nack_dead_letter_and_commit,
+    the_trace_records_release_nack_dead_letter_and_commit_on_rocketmq,
+    trace_of_broker_events
+);
 
 /// On RocketMQ a delayed message (and a retry) falls due in RocketMQ's
 /// timer; the backend records its `release` when it reads it.
