@@ -17,7 +17,8 @@
 //! Run: `cargo bench -p cellgate-broker-core --bench store`. `BENCH_SCALE`
 //! (default 1.0) scales message counts, byte volumes and the fdatasync
 //! window; `BENCH_DIR` picks the scratch directory (default: a temp dir in
-//! the target directory, next to this binary). Without `--bench` (e.g.
+//! the target directory, next to this binary). `BENCH_ONLY=batch` skips
+//! the `put` cases (to profile `put_batch` alone). Without `--bench` (e.g.
 //! `cargo test --benches`) it runs a tiny smoke pass. Prints markdown.
 
 #![allow(clippy::unwrap_used)]
@@ -625,10 +626,27 @@ fn main() {
             b.dur(6.0),
         ),
     ] {
+        if std::env::var("BENCH_ONLY").as_deref() == Ok("batch") {
+            break;
+        }
         let (run, store, _) = put_case(&b, name, flush, producers, 1, total, cap);
         close(store);
         puts.push(run);
     }
+    // Many producers sending batches (the gateway's batch publish under
+    // load): writes combine across producers, and encoding runs on both
+    // cores while one producer writes.
+    let (run, store, _) = put_case(
+        &b,
+        "put_batch of 32, async, 64 producers",
+        ASYNC,
+        64,
+        32,
+        b.n(640_000),
+        long,
+    );
+    close(store);
+    puts.push(run);
     // put_batch builds the log that the read and recovery parts use.
     let rec_len = record::encoded_len(&message(0, &b.body)).unwrap() as u64;
     let log_target = b.n(GIB);

@@ -265,6 +265,21 @@ pub trait Broker: Send + Sync {
             Ok(out)
         })
     }
+    /// [`Broker::read_records`] for a router: it may leave out records
+    /// appended with [`Broker::send_copies`] or
+    /// [`Broker::send_record_copies`] (a copy is never copied again), and
+    /// then [`Records::end`] says where the next read starts. The default
+    /// leaves nothing out; the router checks every record's unit headers
+    /// anyway, so this only saves reading what it would skip.
+    fn read_originals<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Records>> {
+        self.read_records(topic, queue, from, max)
+    }
     /// [`Broker::send_copies`] of records read with
     /// [`Broker::read_records`] (from this broker or another), each copy
     /// encoded from its source's bytes. The default builds owned messages.

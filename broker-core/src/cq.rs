@@ -1,7 +1,8 @@
 //! The consume queue: per (topic, queue), offset → where the record is.
 //!
 //! A file of fixed 24-byte entries (little-endian `log_pos u64, size u32,
-//! tag_hash u32, stored_ms i64`); entry `n` is at byte `24 * n`, so a read by
+//! tag_hash u32, stored_ms i64`; the top bit of `size` marks a copy, see
+//! [`Entry::copy`]); entry `n` is at byte `24 * n`, so a read by
 //! offset is one `pread` and a read by time is a binary search (store
 //! times only grow within a queue). Entries are appended by the dispatcher,
 //! in log order, only for records already durable under the flush policy.
@@ -18,6 +19,10 @@ use crate::error::{Error, Result};
 
 pub const ENTRY: usize = 24;
 
+/// The top bit of an entry's `size` on disk: the record is a copy. Records
+/// are far smaller than 2 GiB (`StoreConfig::max_message_bytes`).
+const COPY_BIT: u32 = 1 << 31;
+
 /// Where one message of a queue is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -25,13 +30,17 @@ pub struct Entry {
     pub size: u32,
     pub tag_hash: u32,
     pub stored_ms: i64,
+    /// The record is a copy of a message stored elsewhere
+    /// ([`crate::Kept::Copy`]): a reader of originals skips it unread.
+    pub copy: bool,
 }
 
 impl Entry {
     pub(crate) fn encode(&self) -> [u8; ENTRY] {
         let mut b = [0u8; ENTRY];
         b[0..8].copy_from_slice(&self.log_pos.to_le_bytes());
-        b[8..12].copy_from_slice(&self.size.to_le_bytes());
+        let size = self.size | if self.copy { COPY_BIT } else { 0 };
+        b[8..12].copy_from_slice(&size.to_le_bytes());
         b[12..16].copy_from_slice(&self.tag_hash.to_le_bytes());
         b[16..24].copy_from_slice(&self.stored_ms.to_le_bytes());
         b
@@ -44,11 +53,13 @@ impl Entry {
             u64::from_le_bytes(a)
         };
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let size = u32_at(8);
         Entry {
             log_pos: u64_at(0),
-            size: u32_at(8),
+            size: size & !COPY_BIT,
             tag_hash: u32_at(12),
             stored_ms: u64_at(16) as i64,
+            copy: size & COPY_BIT != 0,
         }
     }
 }

@@ -31,7 +31,7 @@ pub use embedded::EmbeddedBroker;
 pub use error::{DecodeError, Error, Result};
 pub use filter::{Predicate, TagFilter};
 pub use ids::{message_id, nonce, now_ms};
-pub use record::{CopyOf, Message, RecordRef, Records, StoredMessage};
+pub use record::{CopyOf, Kept, Message, RecordRef, Records, StoredMessage};
 pub use store::{PutResult, QueueSelect, Store, StoreConfig};
 pub use trace::Hop;
 pub use txn::{Decision, TxnCheck, TxnConfig, TxnInfo, TxnState};

@@ -7,7 +7,7 @@
 //!      0    4 len        bytes after this field (crc .. end of body)
 //!      4    4 crc        CRC32C of bytes [8, 4 + len)
 //!      8    1 version    1
-//!      9    1 flags      bit 0: BODY_AT (see below); other bits 0
+//!      9    1 flags      bit 0: BODY_AT (see below); bit 1: COPY; others 0
 //!     10    2 queue      queue id within the topic
 //!     12    8 queue_off  offset of the record in its consume queue
 //!     20    8 born_ms    producer time, ms since the Unix epoch
@@ -27,6 +27,11 @@
 //! the body is the body of the record at log position `pos`, `len` bytes
 //! (a transaction's commit stores its message without a second copy of the
 //! half message's body; `shared_body.rs`).
+//!
+//! `COPY` marks a copy of a message stored in another broker, appended
+//! with the id it has there (a router's copy; [`Kept::Copy`]). The consume
+//! queue carries the mark too, so a reader of originals skips copies
+//! without reading them (`Store::read_records`).
 //!
 //! ## Invariants
 //!
@@ -58,6 +63,27 @@ pub const HEADER: usize = 68;
 /// `len` value that marks the rest of a segment as unused.
 pub const END_OF_SEGMENT: u32 = u32::MAX;
 const VERSION: u8 = 1;
+/// The flags bit of a copy (see the module docs).
+const COPY: u8 = 2;
+
+/// What a message stored with an id it already has is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The same message, moved within this broker (a delayed message at
+    /// its due time): an original.
+    Moved,
+    /// A copy of a message stored in another broker (a router's): marked
+    /// `COPY`, and skipped by readers of originals.
+    Copy,
+}
+
+/// Marks the record at the start of `rec`, encoded and not yet sealed, as
+/// a copy ([`Kept::Copy`]); sealing then checksums the mark with the rest.
+pub fn mark_copy(rec: &mut [u8]) {
+    if let Some(flags) = rec.get_mut(9) {
+        *flags |= COPY;
+    }
+}
 
 /// A message as a producer hands it to the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -316,6 +342,8 @@ struct Parsed<'a> {
     body: &'a [u8],
     /// Where the body is, for a `BODY_AT` record.
     body_at: Option<BodyAt>,
+    /// Marked `COPY`.
+    copy: bool,
     born_ms: i64,
     stored_ms: i64,
 }
@@ -353,7 +381,7 @@ fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
         return Err(DecodeError::Version(version));
     }
     let flags = c.take(1)?[0];
-    if flags & !shared_body::BODY_AT != 0 {
+    if flags & !(shared_body::BODY_AT | COPY) != 0 {
         // Reserved flags: a record with any set was not written by us.
         return Err(DecodeError::Layout);
     }
@@ -395,6 +423,7 @@ fn layout(rec: &[u8]) -> Result<Parsed<'_>, DecodeError> {
         props,
         body,
         body_at,
+        copy: flags & COPY != 0,
         born_ms,
         stored_ms,
     })
@@ -445,6 +474,8 @@ pub struct RecordMeta {
     pub tag_hash: u32,
     pub keys: Vec<String>,
     pub stored_ms: i64,
+    /// Marked as a copy ([`Kept::Copy`]).
+    pub copy: bool,
 }
 
 /// Verifies the record at the start of `buf` exactly as [`decode_parts`]
@@ -464,6 +495,7 @@ pub fn decode_meta(buf: &[u8]) -> Result<RecordMeta, DecodeError> {
         tag_hash: tag_hash(Some(p.tag)),
         keys,
         stored_ms: p.stored_ms,
+        copy: p.copy,
     })
 }
 

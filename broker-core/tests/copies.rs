@@ -141,8 +141,70 @@ async fn records_below_retention_are_skipped_as_read_from_skips_them() {
     s.put_batch(batch).await.unwrap();
     assert!(s.enforce_retention().unwrap() > 0);
     let owned = s.read_from("A|X%T", 0, 0, 30).unwrap();
-    let records = s.read_records("A|X%T", 0, 0, 30).unwrap();
+    let records = s.read_records("A|X%T", 0, 0, 30, false).unwrap();
     assert!(owned[0].queue_offset > 0);
     let back: Vec<_> = records.iter().map(|r| r.to_stored()).collect();
     assert_eq!(back, owned);
+}
+
+/// A copy (`send_copies`, `send_record_copies`) is marked in the log and in
+/// its consume queue: `read_originals` leaves it out without reading it and
+/// says where the next read starts, even when a read finds only copies;
+/// `read_records` still returns everything. The mark survives a restart
+/// that rebuilds the consume queues from the log.
+#[tokio::test]
+async fn read_originals_leaves_copies_out_across_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let offsets_of =
+        |r: &cellgate_broker_core::Records| r.iter().map(|r| r.queue_offset()).collect::<Vec<_>>();
+    {
+        let b = broker(dir.path());
+        b.create_topic("A|X%T", 1).unwrap();
+        let q0 = || QueueSelect::Queue(0);
+        // Offsets 0-4 originals, 5-7 owned copies, 8-9 record copies,
+        // 10-11 originals.
+        b.send_batch((0..5).map(|i| (msg(i), q0())).collect())
+            .await
+            .unwrap();
+        let ids: Vec<_> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+        let copies = ids.iter().map(|id| (msg(9), q0(), *id)).collect();
+        b.send_copies(copies).await.unwrap();
+        let src = b.read_records("A|X%T", 0, 0, 2).unwrap();
+        let copies: Vec<_> = src
+            .iter()
+            .map(|r| CopyOf {
+                source: r,
+                topic: "A|X%T",
+                set: ("__UNIT.COPY_FOR", "R"),
+                select: q0(),
+            })
+            .collect();
+        b.send_record_copies(&copies).await.unwrap();
+        b.send_batch((10..12).map(|i| (msg(i), q0())).collect())
+            .await
+            .unwrap();
+
+        let all = Broker::read_originals(&b, "A|X%T", 0, 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(offsets_of(&all), [0, 1, 2, 3, 4, 10, 11]);
+        assert_eq!(all.end(), Some(12));
+        let only_copies = Broker::read_originals(&b, "A|X%T", 0, 5, 5).await.unwrap();
+        assert!(only_copies.is_empty());
+        assert_eq!(only_copies.end(), Some(10), "past the copies it skipped");
+        let past_end = Broker::read_originals(&b, "A|X%T", 0, 12, 5).await.unwrap();
+        assert_eq!(past_end.end(), None);
+        let everything = b.read_records("A|X%T", 0, 0, 100).unwrap();
+        assert_eq!(everything.len(), 12);
+        b.store().close().unwrap();
+    }
+    // Rebuild every consume queue from the log: no checkpoint, no queues.
+    std::fs::remove_file(dir.path().join("checkpoint.json")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("queues")).unwrap();
+    let b = broker(dir.path());
+    let all = Broker::read_originals(&b, "A|X%T", 0, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(offsets_of(&all), [0, 1, 2, 3, 4, 10, 11]);
+    assert_eq!(b.read_records("A|X%T", 0, 0, 100).unwrap().len(), 12);
 }

@@ -98,13 +98,14 @@ pub(crate) async fn read(
         for q in 0..queues {
             let prog = journal.queue_mut(&topic, q);
             let from = prog.planned_end();
-            let records = src.read_records(&topic, q, from, BATCH).await?;
-            let Some(last) = records.get(records.len().wrapping_sub(1)) else {
+            // Copies in this cell (other cells' messages) are left out
+            // unread where the broker can tell them.
+            let records = src.read_originals(&topic, q, from, BATCH).await?;
+            let Some(end) = records.end().filter(|&e| e > from) else {
                 continue;
             };
-            let end = last.queue_offset() + 1;
             prog.planned = Some(end);
-            work.full |= records.len() >= BATCH;
+            work.full |= end - from >= BATCH as u64;
             if let Some(first) = records.get(0) {
                 let t = first.stored_ms();
                 work.oldest_ms = Some(work.oldest_ms.map_or(t, |o| o.min(t)));

@@ -113,7 +113,7 @@ impl EmbeddedBroker {
     }
 
     pub fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
-        self.store.read_records(topic, queue, from, max)
+        self.store.read_records(topic, queue, from, max, false)
     }
 
     pub fn topics(&self) -> Result<Vec<(String, u16)>> {

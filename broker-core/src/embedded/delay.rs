@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{now_ms, EmbeddedBroker};
 use crate::error::{Error, Result};
-use crate::record::{Message, StoredMessage};
+use crate::record::{Kept, Message, StoredMessage};
 use crate::store::{read_json, PutResult, QueueSelect};
 use crate::timer::{Fired, DELIVER_AT, MAX_DELAY, REAL_QUEUE, REAL_TOPIC, SCHEDULE_TOPIC};
 
@@ -64,7 +64,7 @@ impl EmbeddedBroker {
                 id.unwrap_or_else(|| crate::ids::message_id(now_ms())),
             ));
         }
-        let results = self.store.put_copies(held).await?;
+        let results = self.store.put_copies(held, Kept::Moved).await?;
         let mut out = Vec::with_capacity(results.len());
         for (r, (queue, due)) in results.into_iter().zip(queues) {
             self.timer.schedule(due, r.queue_offset);
@@ -182,7 +182,7 @@ impl EmbeddedBroker {
                 .iter()
                 .map(|(_, _, id)| crate::trace::Hop::release(*id, now))
                 .collect();
-            self.store.put_copies(batch).await?;
+            self.store.put_copies(batch, Kept::Moved).await?;
             self.trace.record(hops);
         }
         let mut st = self.timer.state.lock().map_err(|_| Error::Closed)?;
@@ -283,7 +283,7 @@ impl EmbeddedBroker {
             }
             let (copies, rest): (Vec<_>, Vec<_>) =
                 old.into_iter().map(|(c, o, d)| (c, (o, d))).unzip();
-            let results = self.store.put_copies(copies).await?;
+            let results = self.store.put_copies(copies, Kept::Moved).await?;
             let mut st = self.timer.state.lock().map_err(|_| Error::Closed)?;
             for (r, (off, due)) in results.iter().zip(rest) {
                 // Fired meanwhile: the new record is marked fired as well.

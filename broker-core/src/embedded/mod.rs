@@ -29,7 +29,7 @@ use crate::broker::{
 };
 use crate::error::{Error, Result};
 use crate::group::{Groups, InFlight, QueueState};
-use crate::record::{CopyOf, Message, Records, StoredMessage};
+use crate::record::{CopyOf, Kept, Message, Records, StoredMessage};
 use crate::store::{JsonFile, PutResult, QueueSelect, Store};
 use crate::timer::Timer;
 use crate::trace::{self, Hop, TraceWriter, TRACE_TOPIC};
@@ -309,6 +309,17 @@ impl Broker for EmbeddedBroker {
         )))
     }
 
+    fn read_originals<'a>(
+        &'a self,
+        topic: &'a str,
+        queue: u16,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Records>> {
+        let records = self.store.read_records(topic, queue, from, max, true);
+        Box::pin(ready(records))
+    }
+
     fn topics(&self) -> BoxFuture<'_, Result<Vec<(String, u16)>>> {
         Box::pin(ready(EmbeddedBroker::topics(self)))
     }
@@ -390,7 +401,7 @@ impl Broker for EmbeddedBroker {
         &self,
         msgs: Vec<(Message, QueueSelect, Uuid)>,
     ) -> BoxFuture<'_, Result<Vec<PutResult>>> {
-        Box::pin(self.store.put_copies(msgs))
+        Box::pin(self.store.put_copies(msgs, Kept::Copy))
     }
 
     fn send_record_copies<'a>(

@@ -243,6 +243,7 @@ impl EmbeddedBroker {
                     msg,
                     select,
                     keep_id: Some(e.info.id),
+                    copy: false,
                     body_at: Some(e.half_pos),
                 };
                 self.store.put_one(commit).await?;

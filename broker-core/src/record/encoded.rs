@@ -26,6 +26,9 @@ pub struct Records {
     buf: Vec<u8>,
     /// Each record's start and length in `buf`, and its log position.
     spans: Vec<(usize, usize, u64)>,
+    /// The queue offset after the last one the read looked at, when that
+    /// is past the last record (records it skipped: see [`Records::end`]).
+    end: Option<u64>,
 }
 
 impl Records {
@@ -38,7 +41,22 @@ impl Records {
         Records {
             buf: Vec::with_capacity(bytes),
             spans: Vec::with_capacity(records),
+            end: None,
         }
+    }
+
+    /// Where the next read of the queue starts: past the last record, or
+    /// past the records the read skipped after it (a reader of originals
+    /// skips copies unread). `None`: nothing read and nothing skipped.
+    pub fn end(&self) -> Option<u64> {
+        let last = self.len().checked_sub(1).and_then(|i| self.get(i));
+        let past_last = last.map(|r| r.queue_offset() + 1);
+        past_last.max(self.end)
+    }
+
+    /// Records that the read looked at every offset below `end`.
+    pub fn set_end(&mut self, end: u64) {
+        self.end = Some(end);
     }
 
     pub fn len(&self) -> usize {

@@ -10,7 +10,7 @@ use crate::dispatch::Meta;
 use crate::error::{Error, Result};
 use crate::keys::KeyHashes;
 use crate::log::Batch;
-use crate::record::{self, Message, Stamp};
+use crate::record::{self, Kept, Message, Stamp};
 
 mod copies;
 
@@ -27,6 +27,8 @@ struct Prepared {
     tag_hash: u32,
     /// A copy keeps its origin's message id; others get a new one.
     keep_id: Option<uuid::Uuid>,
+    /// Marked as a copy ([`Kept::Copy`]).
+    copy: bool,
     /// The log position of an earlier record with the same body: the
     /// record is encoded referring to it (`len` is then that size), and
     /// written whole (`whole_len`) if it would land in another segment.
@@ -42,6 +44,8 @@ pub(crate) struct Put {
     pub select: QueueSelect,
     /// Kept (a copy, a transaction's commit) or new.
     pub keep_id: Option<uuid::Uuid>,
+    /// A copy of a message stored in another broker ([`Kept::Copy`]).
+    pub copy: bool,
     /// The log position of a stored record whose body is `msg.body`, byte
     /// for byte (a commit's half message): the store may write `msg`
     /// referring to that body instead of a second copy (see
@@ -99,17 +103,21 @@ impl Store {
         Ok(results)
     }
 
-    /// Stores copies of messages stored elsewhere, each keeping the id it
-    /// was given (a router's copy is the same message in another cell, and
-    /// the id is how a destination tells a copy it already holds).
+    /// Stores messages that already have an id, each keeping it: copies of
+    /// messages stored elsewhere (a router's copy is the same message in
+    /// another cell, and the id is how a destination tells a copy it
+    /// already holds), or messages moved within this broker; `kept` says
+    /// which.
     pub async fn put_copies(
         &self,
         msgs: Vec<(Message, QueueSelect, uuid::Uuid)>,
+        kept: Kept,
     ) -> Result<Vec<PutResult>> {
         let msgs = msgs.into_iter().map(|(msg, select, id)| Put {
             msg,
             select,
             keep_id: Some(id),
+            copy: kept == Kept::Copy,
             body_at: None,
         });
         self.put_many(msgs).await
@@ -142,6 +150,7 @@ impl Store {
     fn prepare_put(&self, put: Put, last: &mut Option<Arc<Topic>>) -> Result<Prepared> {
         let mut p = self.prepare(put.msg, &put.select, last)?;
         p.keep_id = put.keep_id;
+        p.copy = put.copy;
         // Every read of a referring record reads its half too: below a
         // few hundred bytes of body, the bytes saved are not worth that.
         if p.msg.body.len() >= SHARE_BODY_FROM {
@@ -185,6 +194,7 @@ impl Store {
             queue,
             len,
             keep_id: None,
+            copy: false,
             body_at: None,
             whole_len: len,
         })
@@ -206,6 +216,7 @@ impl Store {
             // small allocations, often cold in cache) is the slow part, and
             // producers on other threads can encode meanwhile.
             for p in prepared.as_ref() {
+                let start = scratch.len();
                 match p.body_at {
                     Some(pos) => {
                         let at = record::BodyAt {
@@ -215,6 +226,9 @@ impl Store {
                         record::encode_unsealed_at(&p.msg, at, p.len, &mut scratch);
                     }
                     None => record::encode_unsealed(&p.msg, p.len, &mut scratch),
+                }
+                if p.copy {
+                    record::mark_copy(&mut scratch[start..]);
                 }
             }
             let r = self.append_encoded(prepared.as_mut(), &scratch, out);
@@ -260,6 +274,7 @@ impl Store {
                     size: len as u32,
                     tag_hash: p.tag_hash,
                     stored_ms,
+                    copy: p.copy,
                 };
                 out(PutResult {
                     id: stamp.id,

@@ -12,11 +12,21 @@ use crate::record::{self, CopyOf, Message, Records};
 use crate::store::{PutResult, Store, Topic};
 
 impl Store {
-    /// Up to `max` records of a queue from offset `from` on, in offset
-    /// order, verified and kept encoded. Offsets below the retained range
+    /// The records of the next `max` offsets of a queue from `from` on, in
+    /// offset order, verified and kept encoded; with `originals`, copies
+    /// ([`crate::Kept::Copy`]) are skipped without reading them (`Records::end`
+    /// says where the next read starts). Offsets below the retained range
     /// are skipped, as [`Store::read_from`] does.
-    pub fn read_records(&self, topic: &str, queue: u16, from: u64, max: usize) -> Result<Records> {
-        let mut entries = self.entries(topic, queue, from, max)?;
+    pub fn read_records(
+        &self,
+        topic: &str,
+        queue: u16,
+        from: u64,
+        max: usize,
+        originals: bool,
+    ) -> Result<Records> {
+        let mut start = from;
+        let mut entries = self.entries(topic, queue, start, max)?;
         // Only a reader that fell behind retention pays for the search of
         // the first retained offset.
         if entries
@@ -24,10 +34,19 @@ impl Store {
             .is_some_and(|e| e.log_pos < self.log.min_pos())
         {
             let (min, _) = self.queue_range(topic, queue)?;
-            entries = self.entries(topic, queue, from.max(min), max)?;
+            start = from.max(min);
+            entries = self.entries(topic, queue, start, max)?;
+        }
+        // Entries are consecutive offsets from `start`.
+        let end = start + entries.len() as u64;
+        if originals {
+            entries.retain(|e| !e.copy);
         }
         let bytes = entries.iter().map(|e| e.size as usize).sum();
         let mut out = Records::with_capacity(entries.len(), bytes);
+        if end > start {
+            out.set_end(end);
+        }
         let mut buf = Vec::new();
         for e in &entries {
             self.log.read(e.log_pos, e.size as usize, &mut buf)?;
@@ -68,7 +87,9 @@ impl Store {
             scratch.clear();
             // Encoded outside the writer lock, as `append` does.
             for (c, p) in copies.iter().zip(&prepared) {
+                let start = scratch.len();
                 c.encode_unsealed(p.len, &mut scratch);
+                record::mark_copy(&mut scratch[start..]);
             }
             let r = self.append_encoded(&mut prepared, &scratch, |r| results.push(r));
             if scratch.capacity() > SCRATCH_KEEP {
@@ -110,6 +131,7 @@ impl Store {
             queue,
             len,
             keep_id: Some(c.source.id()),
+            copy: true,
             body_at: None,
             whole_len: len,
         })
