@@ -301,12 +301,10 @@ async fn storage_error_paths_say_what_is_wrong() {
     );
 }
 
-/// Batches of 16 KiB and more are sealed where they were encoded and
-/// handed to the log whole; smaller ones and ones that would cross a
-/// segment's end are copied record by record. Both kinds, interleaved with
-/// single puts from another task and across many 64 KiB segment rolls,
-/// read back intact and in order, and survive a reopen that re-checks
-/// every record (no checkpoint).
+/// Batches from one record to ~50 KiB, interleaved with single puts from
+/// another task and across many 64 KiB segment rolls (a batch's records
+/// land on both sides of a roll), read back intact and in order, and
+/// survive a reopen that re-checks every record (no checkpoint).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_batches_and_single_puts_interleave_across_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
