@@ -8,7 +8,11 @@
 //!    (1) (goal ≥ 0.8);
 //! 3. replication lag at half the rate of (2): a paced producer, then, for
 //!    every copy, its store time in the target minus the original's store
-//!    time (ms resolution) — p50 and p99 (goal: p99 < 20 ms).
+//!    time (ms resolution) — p50 and p99 (goal: p99 < 20 ms). The router
+//!    and seven fresh stores start with the producer, so the first second
+//!    (the warm-up: topics and segments created, caches and the key
+//!    indexes' tables growing from empty) is reported on its own line, and
+//!    the goal is judged on the copies of the messages published after it.
 //!
 //! Run: `cargo bench -p cellgate-router --bench replication`; `BENCH_SCALE`
 //! scales the message counts. Without `--bench` (`cargo test --benches`)
@@ -28,6 +32,12 @@ use cellgate_broker_core::{
 use cellgate_router::metrics::RouterMetrics;
 use cellgate_router::{BrokerDirectory, Router};
 use cellgate_rules::{CellId, RuleSet, RulesHandle};
+
+/// The allocator the `cellgate` binary ships with: the router runs inside
+/// it (`serve`, `router`), so both the baseline and the replication are
+/// measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOPIC: &str = "ANT|RZ00A%BILL";
 const BODY: usize = 1024;
@@ -178,39 +188,55 @@ fn main() {
     } else {
         500
     };
+    // One second at the same rate before the measured messages.
+    let warm_n = if full { msgs_per_s as usize } else { 100 };
     let lags = rt.block_on(async {
         let current = rules.current();
         let cells = open_cells(&current, &tmp.path().join("b"));
         let brokers: HashMap<String, Arc<EmbeddedBroker>> = cells.0.clone();
         let (r, m) = router(&rules, cells, &tmp.path().join("b"));
+        // Built before the router starts and the clock ticks: building
+        // them takes a few hundred ms, and an interval created before that
+        // would fire every missed tick at once (its default), a burst of
+        // tens of thousands of messages that the lag would then measure.
+        let mut it = messages(&current, warm_n + lag_n).into_iter().peekable();
         let h = r.spawn();
         let src = brokers["RZ00A"].clone();
         let mut origin = HashMap::new();
         let per_tick = 8usize;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(per_tick as f64 / msgs_per_s));
-        let mut it = messages(&current, lag_n).into_iter().peekable();
+        let mut sent = 0;
         while it.peek().is_some() {
             tick.tick().await;
             let batch: Vec<_> = it.by_ref().take(per_tick).collect();
             for r in src.send_batch(batch).await.unwrap() {
-                origin.insert(r.id, r.stored_ms);
+                origin.insert(r.id, (r.stored_ms, sent >= warm_n));
+                sent += 1;
             }
         }
-        wait_copies(&m, 3 * lag_n as u64).await;
+        wait_copies(&m, 3 * (warm_n + lag_n) as u64).await;
         h.abort();
-        let mut lags = Vec::new();
+        let (mut lags, mut warm) = (Vec::new(), Vec::new());
         for cell in ["RZ03A", "GZ00A", "CZSH0"] {
             let b = &brokers[cell];
             let topic = format!("ANT|{cell}%BILL");
             for q in 0..8 {
                 for c in b.read(&topic, q, 0, usize::MAX).unwrap_or_default() {
-                    lags.push(c.stored_ms - origin[&c.id]);
+                    let (stored, measured) = origin[&c.id];
+                    let lag = c.stored_ms - stored;
+                    if measured {
+                        lags.push(lag)
+                    } else {
+                        warm.push(lag)
+                    }
                 }
             }
         }
         lags.sort_unstable();
-        lags
+        warm.sort_unstable();
+        (lags, warm)
     });
+    let (lags, warm) = lags;
 
     println!("| case | messages | rate | ratio |");
     println!("| --- | --- | --- | --- |");
@@ -223,12 +249,20 @@ fn main() {
     );
     println!();
     println!(
-        "Lag at half the replication rate ({:.0} msgs/s, {:.0} copies/s), {} copies: p50 {} ms, p99 {} ms, max {} ms (goal: p99 < 20 ms)",
+        "Lag at half the replication rate ({:.0} msgs/s, {:.0} copies/s), the {} copies of the messages published after the warm-up: p50 {} ms, p99 {} ms, max {} ms (goal: p99 < 20 ms)",
         msgs_per_s,
         msgs_per_s * 3.0,
         lags.len(),
         percentile(&lags, 0.5),
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(0)
+    );
+    println!();
+    println!(
+        "Warm-up before it (the first {warm_n} messages, same rate; router and stores just started), {} copies: p50 {} ms, p99 {} ms, max {} ms (not judged)",
+        warm.len(),
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.99),
+        warm.last().copied().unwrap_or(0)
     );
 }
