@@ -73,3 +73,34 @@ fn older_versions_keep_next_and_lose_their_rules() {
     assert_eq!((j.queue("T", 0).next, j.queue("T", 1).next), (5, 9));
     assert!(!j.fresh() && j.progress.rules.is_none());
 }
+
+/// Background writes start at most once per `WRITE_EVERY`; progress a
+/// skipped call did not write, a later call writes.
+#[tokio::test(start_paused = true)]
+async fn background_writes_are_spaced_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = || {
+        Journal::open(dir.path(), "RZ00A")
+            .unwrap()
+            .queue("T", 0)
+            .next
+    };
+    let mut j = Journal::open(dir.path(), "RZ00A").unwrap();
+    j.copied("T", 0, 0, 10);
+    j.save_in_background().await.unwrap();
+    j.wait_background().await.unwrap();
+    assert_eq!(on_disk(), 10);
+    j.copied("T", 0, 10, 20);
+    tokio::time::advance(WRITE_EVERY / 2).await;
+    j.save_in_background().await.unwrap();
+    j.wait_background().await.unwrap();
+    assert_eq!(on_disk(), 10, "too soon after the last write");
+    tokio::time::advance(WRITE_EVERY / 2).await;
+    j.save_in_background().await.unwrap();
+    j.wait_background().await.unwrap();
+    assert_eq!(on_disk(), 20);
+    // `save_now` (a rules change) is never held back.
+    j.copied("T", 0, 20, 30);
+    j.save_now().await.unwrap();
+    assert_eq!(on_disk(), 30);
+}
