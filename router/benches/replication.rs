@@ -15,7 +15,8 @@
 //!    the goal is judged on the copies of the messages published after it.
 //!
 //! Run: `cargo bench -p cellgate-router --bench replication`; `BENCH_SCALE`
-//! scales the message counts. Without `--bench` (`cargo test --benches`)
+//! scales the message counts, `BENCH_LAG_RATE` pins the lag case's rate
+//! (msgs/s) instead of half the measured one. Without `--bench` (`cargo test --benches`)
 //! it runs a tiny smoke pass. Prints markdown.
 
 #![allow(clippy::unwrap_used)]
@@ -182,7 +183,13 @@ fn main() {
     });
 
     // 3: lag at half the replication rate.
-    let msgs_per_s = copy_rate / 2.0 / 3.0;
+    // `BENCH_LAG_RATE` (msgs/s) pins the rate instead, for comparing two
+    // builds at the same load: the measured rate moves by ±20% between
+    // runs, and the lag with it.
+    let msgs_per_s = std::env::var("BENCH_LAG_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(copy_rate / 2.0 / 3.0);
     let lag_n = if full {
         ((msgs_per_s * 3.0 * scale) as usize).max(1000)
     } else {

@@ -85,6 +85,7 @@ impl Store {
         let (end, behind) = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();
+            scratch.reserve(prepared.iter().map(|p| p.len).sum());
             // Encoded outside the writer lock, as `append` does.
             for (c, p) in copies.iter().zip(&prepared) {
                 let start = scratch.len();
