@@ -272,7 +272,15 @@ impl Store {
                     q.sync_if_dirty()?;
                 }
             }
-            self.dispatch.keys.lock().map_err(|_| Error::Closed)?.sync()
+            // Fsynced outside the index's lock: the dispatcher takes it
+            // for every batch.
+            let pending = self
+                .dispatch
+                .keys
+                .lock()
+                .map_err(|_| Error::Closed)?
+                .take_sync();
+            pending.map_or(Ok(()), |p| p.run())
         })
     }
 

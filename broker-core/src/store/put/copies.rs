@@ -121,12 +121,11 @@ impl Store {
             }
         };
         let queue = select_queue(&topic, c.topic, &c.select)?;
-        let keys: Vec<String> = c.source.keys().map(str::to_owned).collect();
         Ok(Prepared {
             // Already encoded: the key index needs only the key hashes, so
             // the message itself stays empty.
             msg: Message::default(),
-            keys: KeyHashes::of(topic.crc, &topic.name, &keys),
+            keys: KeyHashes::of_iter(topic.crc, &topic.name, c.source.keys()),
             tag_hash: record::tag_hash(c.source.tag()),
             topic: Some(topic),
             queue,
