@@ -147,3 +147,79 @@ async fn small_bodies_are_not_worth_a_reference() {
     let entry = store.entries(T, 0, offset, 1).unwrap()[0];
     assert_eq!(entry.size as usize, whole);
 }
+
+/// Rewrites the body reference of the record at `pos` (a commit) in the
+/// log file, with a valid checksum: a damaged or stray reference that the
+/// CRC cannot catch.
+fn rewrite_body_at(dir: &Path, pos: u64, size: u32, at: u64, len: u32) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("log").join(format!("{:020}", 0)))
+        .unwrap();
+    let mut rec = vec![0u8; size as usize];
+    f.read_exact_at(&mut rec, pos).unwrap();
+    assert_eq!(rec[9] & 1, 1, "a BODY_AT record");
+    // The body section comes last: `pos u64, len u32`.
+    let n = rec.len();
+    rec[n - 12..n - 4].copy_from_slice(&at.to_le_bytes());
+    rec[n - 4..].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[8..]);
+    rec[4..8].copy_from_slice(&crc.to_le_bytes());
+    f.write_all_at(&rec, pos).unwrap();
+}
+
+/// A reference the checksum cannot catch (written by a bug, or bytes
+/// changed and resealed) is refused with the reason, never answered with
+/// another message's body or a wrong length: one case per check of
+/// `Store::fill_body`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_body_reference_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, store) = broker(dir.path(), None);
+    let other = b
+        .send_transactional(msg(T, 8, 4096), QueueSelect::Queue(0), P)
+        .await
+        .unwrap();
+    let half = b
+        .send_transactional(msg(T, 7, 4096), QueueSelect::Queue(0), P)
+        .await
+        .unwrap();
+    b.end_transaction(&half.id, Decision::Commit).await.unwrap();
+    let offset = b.find_ids(T, &[half.id]).unwrap()[0].queue_offset;
+    let entry = store.entries(T, 0, offset, 1).unwrap()[0];
+    b.close().unwrap();
+    drop((b, store));
+
+    let cases = [
+        (
+            entry.log_pos,
+            4096,
+            "not an earlier record of the same segment",
+        ),
+        (other.log_pos, 4096, "the record there is another message's"),
+        (half.log_pos, 4095, "the body there has another length"),
+    ];
+    for (at, len, why) in cases {
+        rewrite_body_at(dir.path(), entry.log_pos, entry.size, at, len);
+        let (b, store) = broker(dir.path(), None);
+        let e = store.read_offset(T, 0, offset).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the record at log position {} refers to its body at {at}, but {why}",
+                entry.log_pos
+            )
+        );
+        // The router's encoded read refuses it the same way.
+        let e = b.read_records(T, 0, offset, 1).unwrap_err();
+        assert!(e.to_string().ends_with(why), "{e}");
+        b.close().unwrap();
+    }
+    // Put back, it reads as before: nothing else was damaged.
+    rewrite_body_at(dir.path(), entry.log_pos, entry.size, half.log_pos, 4096);
+    let (_b, store) = broker(dir.path(), None);
+    let read = store.read_offset(T, 0, offset).unwrap().unwrap();
+    assert_eq!((read.id, read.body), (half.id, vec![7; 4096]));
+}
