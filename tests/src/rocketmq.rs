@@ -314,9 +314,23 @@ impl Drop for Cluster {
 /// Two tests of one scenario, `async fn body(Backend)`: `$embedded` on the
 /// embedded broker, `$rocketmq` on two RocketMQ clusters (on two worker
 /// threads: the clusters' clients block briefly). Attributes before the
-/// names (doc comments) go on the RocketMQ test.
+/// names (doc comments) go on the RocketMQ test. A leading `multi_thread;`
+/// runs the embedded test on two worker threads too (tests that kill or
+/// signal a server while requests are in flight).
 #[macro_export]
 macro_rules! on_both_backends {
+    (multi_thread; $(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $embedded() {
+            $body($crate::rocketmq::Backend::Embedded).await;
+        }
+
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rocketmq() {
+            $body($crate::rocketmq::Backend::RocketMq).await;
+        }
+    };
     ($(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
         #[tokio::test]
         async fn $embedded() {

@@ -94,15 +94,12 @@ async fn assert_all_there(api: &Api, acked: &HashMap<String, String>, by_id: boo
     assert!(seen.values().all(|n| *n == 1), "a message was stored twice");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_publishing_loses_nothing_acknowledged() {
-    kill_9_during_publishing(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_publishing_loses_nothing_acknowledged_on_rocketmq() {
-    kill_9_during_publishing(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    multi_thread;
+    kill_9_during_publishing_loses_nothing_acknowledged,
+    kill_9_during_publishing_loses_nothing_acknowledged_on_rocketmq,
+    kill_9_during_publishing
+);
 
 async fn kill_9_during_publishing(backend: Backend) {
     let (_d, _bed, mut s) = start_on(backend, &[]);
@@ -132,15 +129,12 @@ async fn kill_9_during_publishing(backend: Backend) {
     assert_all_there(&api, &acked, backend == Backend::Embedded).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_drains_and_loses_nothing() {
-    graceful_shutdown(Backend::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_drains_and_loses_nothing_on_rocketmq() {
-    graceful_shutdown(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    multi_thread;
+    graceful_shutdown_drains_and_loses_nothing,
+    graceful_shutdown_drains_and_loses_nothing_on_rocketmq,
+    graceful_shutdown
+);
 
 async fn graceful_shutdown(backend: Backend) {
     let (_d, _bed, mut s) = start_on(backend, &["--drain-timeout", "5s"]);

@@ -54,17 +54,14 @@ async fn consume_one(api: &Api, group: &str, kind: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_follows_a_message_across_cells() {
-    across_cells(Backend::Embedded).await;
-}
-
-/// The cells on two RocketMQ clusters: the context travels in the
-/// messages' properties through RocketMQ and across clusters.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_follows_a_message_across_cells_on_rocketmq() {
-    across_cells(Backend::RocketMq).await;
-}
+cellgate_tests::on_both_backends!(
+    multi_thread;
+    /// The cells on two RocketMQ clusters: the context travels in the
+    /// messages' properties through RocketMQ and across clusters.
+    one_trace_follows_a_message_across_cells,
+    one_trace_follows_a_message_across_cells_on_rocketmq,
+    across_cells
+);
 
 async fn across_cells(backend: Backend) {
     let (endpoint, got) = receiver().await;
