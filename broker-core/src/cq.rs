@@ -154,7 +154,12 @@ impl ConsumeQueue {
     /// fsyncs the file if entries were added since the last sync.
     pub(crate) fn sync_if_dirty(&self) -> Result<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
-            self.file.sync_data().map_err(Error::io(&self.path))?;
+            if let Err(e) = self.file.sync_data() {
+                // Still to be synced: the next checkpoint must not vouch
+                // for entries no fsync covered.
+                self.dirty.store(true, Ordering::Release);
+                return Err(Error::io(&self.path)(e));
+            }
         }
         Ok(())
     }

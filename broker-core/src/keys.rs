@@ -257,6 +257,12 @@ impl KeyIndex {
     /// record's visibility) for as long as the disk took, tens of ms
     /// under load, at every checkpoint. Entries written meanwhile set
     /// `dirty` again, for the next checkpoint.
+    /// Marks the index as needing an fsync again, after [`PendingSync::run`]
+    /// failed.
+    pub fn sync_failed(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn take_sync(&mut self) -> Option<PendingSync> {
         std::mem::take(&mut self.dirty).then(|| PendingSync {
             file: self.file.clone(),
@@ -289,7 +295,10 @@ pub(crate) struct PendingSync {
 }
 
 impl PendingSync {
-    pub fn run(self) -> Result<()> {
+    /// Fsyncs; on failure the caller must give it back
+    /// ([`KeyIndex::sync_failed`]), or the next checkpoint would vouch for
+    /// entries no fsync covered.
+    pub fn run(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::io(&self.path))
     }
 }

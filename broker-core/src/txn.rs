@@ -153,17 +153,37 @@ pub(crate) struct Book {
     pub ready: HashMap<String, VecDeque<Uuid>>,
     /// Decided transactions by decision time, to forget them later.
     pub decided: VecDeque<(i64, Uuid)>,
+    /// (half offset, id) of every pending or deciding transaction: the
+    /// least is `half_low`. Kept beside `entries` so that the maintenance
+    /// pass does not walk the whole book (decisions are remembered for a
+    /// while, and under load the book holds millions) under its lock.
+    undecided: BTreeSet<(u64, Uuid)>,
     /// The half queue's end as far as the book knows.
     pub half_end: u64,
 }
 
 impl Book {
     pub fn insert(&mut self, e: Entry) {
+        let id = e.info.id;
+        if let Some(old) = self.entries.remove(&id) {
+            self.checks_due.remove(&(old.next_check, id));
+            self.undecided.remove(&(old.half_offset, id));
+        }
         if e.info.state == TxnState::Pending {
-            self.checks_due.insert((e.next_check, e.info.id));
+            self.checks_due.insert((e.next_check, id));
+        }
+        if is_undecided(&e.info.state) {
+            self.undecided.insert((e.half_offset, id));
         }
         self.half_end = self.half_end.max(e.half_offset + 1);
-        self.entries.insert(e.info.id, e);
+        self.entries.insert(id, e);
+    }
+
+    /// [`Book::insert`] unless the book holds `e`'s transaction already.
+    pub fn insert_if_absent(&mut self, e: Entry) {
+        if !self.entries.contains_key(&e.info.id) {
+            self.insert(e);
+        }
     }
 
     /// Records a decision (or undoes `Deciding` with `Pending`).
@@ -182,17 +202,19 @@ impl Book {
             }
             TxnState::Deciding => {}
         }
+        if is_undecided(&state) {
+            self.undecided.insert((e.half_offset, *id));
+        } else {
+            self.undecided.remove(&(e.half_offset, *id));
+        }
         e.info.state = state;
     }
 
     /// Every half below this is decided.
     pub fn half_low(&self) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| matches!(e.info.state, TxnState::Pending | TxnState::Deciding))
-            .map(|e| e.half_offset)
-            .min()
-            .unwrap_or(self.half_end)
+        self.undecided
+            .first()
+            .map_or(self.half_end, |&(offset, _)| offset)
     }
 
     /// Forgets decisions older than `before` (the store still answers for
@@ -208,9 +230,61 @@ impl Book {
     }
 }
 
+fn is_undecided(state: &TxnState) -> bool {
+    matches!(state, TxnState::Pending | TxnState::Deciding)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(half_offset: u64) -> Entry {
+        Entry {
+            info: TxnInfo {
+                id: Uuid::now_v7(),
+                topic: "T".into(),
+                producer_group: "P".into(),
+                state: TxnState::Pending,
+                checks: 0,
+            },
+            half_offset,
+            half_pos: half_offset * 100,
+            queue: 0,
+            cached: None,
+            next_check: 1_000 + half_offset as i64,
+        }
+    }
+
+    #[test]
+    fn half_low_is_the_least_undecided_half_through_every_state() {
+        let mut book = Book::default();
+        assert_eq!(book.half_low(), 0);
+        let [a, b, c] = [5, 7, 9].map(entry);
+        let ids = [a.info.id, b.info.id, c.info.id];
+        for e in [a, b, c] {
+            book.insert(e);
+        }
+        assert_eq!(book.half_low(), 5);
+        book.set_state(&ids[0], TxnState::Committed, 1);
+        assert_eq!(book.half_low(), 7);
+        book.set_state(&ids[1], TxnState::Deciding, 2);
+        assert_eq!(book.half_low(), 7, "deciding is not decided");
+        book.set_state(&ids[1], TxnState::Pending, 3);
+        assert_eq!(book.half_low(), 7);
+        let reason = String::from("no");
+        book.set_state(&ids[1], TxnState::RolledBack { reason }, 4);
+        assert_eq!(book.half_low(), 9);
+        // Forgetting decisions leaves the undecided alone.
+        book.forget(100);
+        assert_eq!((book.entries.len(), book.half_low()), (1, 9));
+        // A decided transaction looked up again (after it was forgotten)
+        // does not hold the mark back; the last decision moves it to the end.
+        let mut again = entry(5);
+        again.info.state = TxnState::Committed;
+        book.insert_if_absent(again);
+        book.set_state(&ids[2], TxnState::Committed, 5);
+        assert_eq!(book.half_low(), 10);
+    }
 
     #[test]
     fn check_backs_follow_the_store_time() {

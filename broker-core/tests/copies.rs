@@ -208,3 +208,38 @@ async fn read_originals_leaves_copies_out_across_a_rebuild() {
     assert_eq!(offsets_of(&all), [0, 1, 2, 3, 4, 10, 11]);
     assert_eq!(b.read_records("A|X%T", 0, 0, 100).unwrap().len(), 12);
 }
+
+/// A reader whose queue lies wholly below the retained log moves past it:
+/// the read is empty but says where the next one starts (the router's
+/// journal would otherwise never leave the expired offsets).
+#[tokio::test]
+async fn a_queue_wholly_below_retention_still_moves_the_reader_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        log: LogConfig {
+            segment_bytes: 64 * 1024,
+            flush: FlushPolicy::Sync,
+            preallocate: true,
+        },
+        retention_bytes: Some(3 * 64 * 1024),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path(), cfg).unwrap();
+    s.create_topic("A|X%T", 1).unwrap();
+    s.create_topic("A|X%FILL", 1).unwrap();
+    let batch: Vec<_> = (0..40).map(|i| (msg(i), QueueSelect::Queue(0))).collect();
+    s.put_batch(batch).await.unwrap();
+    // Enough of another topic that every segment of the first is deleted.
+    for i in 0..200 {
+        let mut m = msg(i);
+        m.topic = "A|X%FILL".into();
+        s.put(m, QueueSelect::Queue(0)).await.unwrap();
+    }
+    assert!(s.enforce_retention().unwrap() > 0);
+    assert_eq!(s.queue_range("A|X%T", 0).unwrap(), (40, 40));
+    for originals in [false, true] {
+        let r = s.read_records("A|X%T", 0, 0, 30, originals).unwrap();
+        assert!(r.is_empty());
+        assert_eq!(r.end(), Some(40), "moves on past what retention took");
+    }
+}

@@ -17,7 +17,8 @@ pub enum Skip {
     UnknownTenant,
     /// No readable unit headers (stamped by no gateway).
     NoHeaders,
-    /// A copy, a message of another origin, or no enabled target elsewhere.
+    /// A copy (on a backend that cannot leave copies out of the read), a
+    /// message of another origin, or no enabled target elsewhere.
     NoTargets,
 }
 

@@ -89,6 +89,9 @@ struct Pending {
     spare: Vec<Vec<u8>>,
 }
 
+/// The largest record, whatever the segment size (see [`Batch::push`]).
+const MAX_RECORD: u64 = (1 << 31) - 1;
+
 /// Buffers kept for reuse, and the largest one kept.
 const SPARE_BUFFERS: usize = 4;
 const SPARE_MAX_BYTES: usize = 8 << 20;
@@ -117,10 +120,14 @@ impl Batch<'_> {
     /// does not fit, and lets `fill` encode it; returns its position.
     pub fn push(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         let len64 = len as u64;
-        if len64 + 4 > self.log.cfg.segment_bytes {
+        // A record fits its segment (with the end marker after it), and
+        // stays under 2 GiB: a consume-queue entry keeps its size in 31
+        // bits (`cq::Entry::copy`).
+        let max = (self.log.cfg.segment_bytes - 4).min(MAX_RECORD);
+        if len64 > max {
             return Err(Error::MessageTooLarge {
                 size: len,
-                max: (self.log.cfg.segment_bytes - 4) as usize,
+                max: max as usize,
             });
         }
         if *self.next + len64 + 4 > self.active.end() {

@@ -274,13 +274,15 @@ impl Store {
             }
             // Fsynced outside the index's lock: the dispatcher takes it
             // for every batch.
-            let pending = self
-                .dispatch
-                .keys
-                .lock()
-                .map_err(|_| Error::Closed)?
-                .take_sync();
-            pending.map_or(Ok(()), |p| p.run())
+            let keys = || self.dispatch.keys.lock().map_err(|_| Error::Closed);
+            let Some(pending) = keys()?.take_sync() else {
+                return Ok(());
+            };
+            pending.run().inspect_err(|_| {
+                if let Ok(mut k) = keys() {
+                    k.sync_failed();
+                }
+            })
         })
     }
 

@@ -35,14 +35,6 @@ fn redo_of(pos: u64, size: usize, m: RecordMeta) -> Redo {
 impl Store {
     /// Opens the store in `dir`, recovering from a crash if need be.
     pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Store> {
-        // A record lies within a segment, and a consume-queue entry keeps
-        // its size in 31 bits (`cq::Entry::copy`).
-        if cfg.log.segment_bytes > 1 << 31 {
-            return Err(Error::Config(format!(
-                "segment_bytes {} is over the 2 GiB limit",
-                cfg.log.segment_bytes
-            )));
-        }
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let cp: Checkpoint = read_json(&dir.join("checkpoint.json"))?.unwrap_or_default();
         let mut redo = Vec::new();

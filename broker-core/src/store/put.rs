@@ -337,6 +337,9 @@ fn push_prepared(
     let pos = batch.push(whole, |buf| {
         let start = buf.len();
         record::encode_unsealed(&p.msg, whole, buf);
+        if p.copy {
+            record::mark_copy(&mut buf[start..]);
+        }
         record::seal(&mut buf[start..], stamp);
     })?;
     Ok((pos, whole))

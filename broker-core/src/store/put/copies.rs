@@ -44,7 +44,9 @@ impl Store {
         }
         let bytes = entries.iter().map(|e| e.size as usize).sum();
         let mut out = Records::with_capacity(entries.len(), bytes);
-        if end > start {
+        // Past `from` even when nothing is retained beyond the expired
+        // offsets, so the reader moves on instead of asking again.
+        if end > from {
             out.set_end(end);
         }
         let mut buf = Vec::new();
