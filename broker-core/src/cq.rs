@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 
 pub const ENTRY: usize = 24;
 
-/// The top bit of an entry's `size` on disk: the record is a copy. Records
-/// are far smaller than 2 GiB (`StoreConfig::max_message_bytes`).
+/// The top bit of an entry's `size` on disk: the record is a copy. The log
+/// keeps every record under 2 GiB (`log::Batch::push`), so sizes never
+/// reach it.
 const COPY_BIT: u32 = 1 << 31;
 
 /// Where one message of a queue is.

@@ -251,18 +251,18 @@ impl KeyIndex {
         written
     }
 
-    /// What an fsync must cover now, if anything was written since the
-    /// last: the caller syncs it after releasing the index's lock. Held
-    /// through the fsync, the lock stalled the dispatcher (and so every
-    /// record's visibility) for as long as the disk took, tens of ms
-    /// under load, at every checkpoint. Entries written meanwhile set
-    /// `dirty` again, for the next checkpoint.
     /// Marks the index as needing an fsync again, after [`PendingSync::run`]
     /// failed.
     pub fn sync_failed(&mut self) {
         self.dirty = true;
     }
 
+    /// What an fsync must cover now, if anything was written since the
+    /// last: the caller syncs it after releasing the index's lock. Held
+    /// through the fsync, the lock stalled the dispatcher (and so every
+    /// record's visibility) for as long as the disk took, tens of ms
+    /// under load, at every checkpoint. Entries written meanwhile set
+    /// `dirty` again, for the next checkpoint.
     pub fn take_sync(&mut self) -> Option<PendingSync> {
         std::mem::take(&mut self.dirty).then(|| PendingSync {
             file: self.file.clone(),

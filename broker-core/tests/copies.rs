@@ -123,9 +123,9 @@ async fn find_ids_names_only_the_topic_asked() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn records_below_retention_are_skipped_as_read_from_skips_them() {
-    let dir = tempfile::tempdir().unwrap();
+/// A store that keeps three 64 KiB segments, with the one-queue topic
+/// `A|X%T`.
+fn retained_store(dir: &std::path::Path) -> Store {
     let cfg = StoreConfig {
         log: LogConfig {
             segment_bytes: 64 * 1024,
@@ -135,8 +135,15 @@ async fn records_below_retention_are_skipped_as_read_from_skips_them() {
         retention_bytes: Some(3 * 64 * 1024),
         ..StoreConfig::default()
     };
-    let s = Store::open(dir.path(), cfg).unwrap();
+    let s = Store::open(dir, cfg).unwrap();
     s.create_topic("A|X%T", 1).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn records_below_retention_are_skipped_as_read_from_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = retained_store(dir.path());
     let batch: Vec<_> = (0..200).map(|i| (msg(i), QueueSelect::Queue(0))).collect();
     s.put_batch(batch).await.unwrap();
     assert!(s.enforce_retention().unwrap() > 0);
@@ -215,17 +222,7 @@ async fn read_originals_leaves_copies_out_across_a_rebuild() {
 #[tokio::test]
 async fn a_queue_wholly_below_retention_still_moves_the_reader_on() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        log: LogConfig {
-            segment_bytes: 64 * 1024,
-            flush: FlushPolicy::Sync,
-            preallocate: true,
-        },
-        retention_bytes: Some(3 * 64 * 1024),
-        ..StoreConfig::default()
-    };
-    let s = Store::open(dir.path(), cfg).unwrap();
-    s.create_topic("A|X%T", 1).unwrap();
+    let s = retained_store(dir.path());
     s.create_topic("A|X%FILL", 1).unwrap();
     let batch: Vec<_> = (0..40).map(|i| (msg(i), QueueSelect::Queue(0))).collect();
     s.put_batch(batch).await.unwrap();

@@ -320,19 +320,16 @@ impl Drop for Cluster {
 #[macro_export]
 macro_rules! on_both_backends {
     (multi_thread; $(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $embedded() {
-            $body($crate::rocketmq::Backend::Embedded).await;
-        }
-
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $rocketmq() {
-            $body($crate::rocketmq::Backend::RocketMq).await;
-        }
+        $crate::on_both_backends!(
+            @with [flavor = "multi_thread", worker_threads = 2]
+            $(#[$meta])* $embedded, $rocketmq, $body
+        );
     };
     ($(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
-        #[tokio::test]
+        $crate::on_both_backends!(@with [] $(#[$meta])* $embedded, $rocketmq, $body);
+    };
+    (@with [$($flavor:tt)*] $(#[$meta:meta])* $embedded:ident, $rocketmq:ident, $body:path) => {
+        #[tokio::test($($flavor)*)]
         async fn $embedded() {
             $body($crate::rocketmq::Backend::Embedded).await;
         }

@@ -207,7 +207,37 @@ impl Store {
     /// gets each record's result. The messages are dropped here, after the
     /// writer lock is released, on the caller's thread: an allocator frees
     /// a thread's own allocations far more cheaply than another thread's.
-    fn append<P>(&self, mut prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    where
+        P: AsMut<[Prepared]> + AsRef<[Prepared]>,
+    {
+        self.encode_and_append(
+            prepared,
+            |_, p, buf| match p.body_at {
+                Some(pos) => {
+                    let at = record::BodyAt {
+                        pos,
+                        len: p.msg.body.len() as u32,
+                    };
+                    record::encode_unsealed_at(&p.msg, at, p.len, buf);
+                }
+                None => record::encode_unsealed(&p.msg, p.len, buf),
+            },
+            out,
+        )
+    }
+
+    /// Encodes each record with `encode(index, prepared, buf)` into this
+    /// thread's scratch buffer, marks copies, then appends them all
+    /// ([`Store::append_encoded`]). Encoding runs outside the writer lock:
+    /// reading the messages (many small allocations, often cold in cache)
+    /// is the slow part, and producers on other threads encode meanwhile.
+    fn encode_and_append<P>(
+        &self,
+        mut prepared: P,
+        mut encode: impl FnMut(usize, &Prepared, &mut Vec<u8>),
+        out: impl FnMut(PutResult),
+    ) -> Result<(u64, bool)>
     where
         P: AsMut<[Prepared]> + AsRef<[Prepared]>,
     {
@@ -216,21 +246,9 @@ impl Store {
             scratch.clear();
             // One allocation for the batch, not one per doubling.
             scratch.reserve(prepared.as_ref().iter().map(|p| p.len).sum());
-            // Encoded outside the writer lock: reading the messages (many
-            // small allocations, often cold in cache) is the slow part, and
-            // producers on other threads can encode meanwhile.
-            for p in prepared.as_ref() {
+            for (i, p) in prepared.as_ref().iter().enumerate() {
                 let start = scratch.len();
-                match p.body_at {
-                    Some(pos) => {
-                        let at = record::BodyAt {
-                            pos,
-                            len: p.msg.body.len() as u32,
-                        };
-                        record::encode_unsealed_at(&p.msg, at, p.len, &mut scratch);
-                    }
-                    None => record::encode_unsealed(&p.msg, p.len, &mut scratch),
-                }
+                encode(i, p, &mut scratch);
                 if p.copy {
                     record::mark_copy(&mut scratch[start..]);
                 }

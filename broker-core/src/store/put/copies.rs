@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{select_queue, Prepared, SCRATCH, SCRATCH_KEEP};
+use super::{select_queue, Prepared};
 use crate::error::{DecodeError, Error, Result};
 use crate::keys::KeyHashes;
 use crate::record::{self, CopyOf, Message, Records};
@@ -84,22 +84,16 @@ impl Store {
             prepared.push(self.prepare_copy(c, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.clear();
-            scratch.reserve(prepared.iter().map(|p| p.len).sum());
-            // Encoded outside the writer lock, as `append` does.
-            for (c, p) in copies.iter().zip(&prepared) {
-                let start = scratch.len();
-                c.encode_unsealed(p.len, &mut scratch);
-                record::mark_copy(&mut scratch[start..]);
-            }
-            let r = self.append_encoded(&mut prepared, &scratch, |r| results.push(r));
-            if scratch.capacity() > SCRATCH_KEEP {
-                *scratch = Vec::new();
-            }
-            r
-        })?;
+        let (end, behind) = self.encode_and_append(
+            prepared,
+            // `prepared` is `copies`, one for one.
+            |i, p, buf| {
+                if let Some(c) = copies.get(i) {
+                    c.encode_unsealed(p.len, buf);
+                }
+            },
+            |r| results.push(r),
+        )?;
         self.finish(end, behind).await?;
         Ok(results)
     }
