@@ -136,11 +136,11 @@ const LOOKUP_LAG: Duration = Duration::from_secs(1);
 /// The topic whose route names the brokers a new topic is created on
 /// (RocketMQ's default topic for creation).
 const CREATE_KEY: &str = "TBW102";
-/// Route lookups, 100 ms apart, before a new topic counts as not
-/// routable yet.
-const ROUTE_TRIES: usize = 100;
-/// Lookups between repeated creations of a topic the name server lacks.
-const RECREATE_EVERY: usize = 10;
+/// How long a new topic may take to appear in the name server before a
+/// send is told to try again. One registration period of a broker set to
+/// the shortest one RocketMQ allows (10 s), plus lookups; see
+/// [`RocketMqBroker::create`].
+const ROUTE_WAIT: Duration = Duration::from_secs(15);
 
 // === impl RocketMqBroker ===
 
@@ -245,34 +245,40 @@ impl RocketMqBroker {
     }
 
     /// Creates `topic` with `queues` queues and waits until the name
-    /// server lists it: sends need its route from there. The broker
-    /// registers a new topic at once, but its periodic registration of
-    /// all topics (10 s after it starts, then every 30 s) can carry a list
-    /// taken before the creation and drop the topic again; so the creation
-    /// is repeated (idempotent) every [`RECREATE_EVERY`] lookups, which
-    /// registers it anew.
+    /// server lists it: sends need its route from there.
+    ///
+    /// The broker registers a new topic at once, but its periodic
+    /// registration of all topics (10 s after it starts, then every
+    /// `registerNameServerPeriod`, 30 s by default) can carry a list taken
+    /// before the creation, and the name server then drops the topic until
+    /// the next one. Creating it again does not help: a broker answers an
+    /// unchanged topic config with success and registers nothing. So this
+    /// waits up to [`ROUTE_WAIT`], then answers "try again" (503 at the
+    /// gateway); a cluster that auto-creates should run a short period,
+    /// and production clusters create topics up front (docs/rocketmq.md).
     async fn create(&self, topic: &str, queues: u16) -> Result<()> {
-        for attempt in 0..ROUTE_TRIES {
-            if attempt % RECREATE_EVERY == 0 {
-                self.client
-                    .admin
-                    .lock()
-                    .await
-                    .create_topic(CREATE_KEY, topic, i32::from(queues), Default::default())
-                    .await
-                    .map_err(|e| error::remote("create a topic", &e))?;
-            }
+        self.client
+            .admin
+            .lock()
+            .await
+            .create_topic(CREATE_KEY, topic, i32::from(queues), Default::default())
+            .await
+            .map_err(|e| error::remote("create a topic", &e))?;
+        let until = tokio::time::Instant::now() + ROUTE_WAIT;
+        loop {
             if self.client.refresh_route(topic).await.is_ok() {
                 return Ok(());
             }
+            if tokio::time::Instant::now() >= until {
+                // Created, but not routable: "unknown" would be wrong,
+                // "try again" is right.
+                return Err(CoreError::Remote {
+                    op: "create a topic",
+                    detail: format!("the name server does not list {topic} yet; try again"),
+                });
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Created, but not routable: "unknown" would be wrong, "try again"
-        // is right.
-        Err(CoreError::Remote {
-            op: "create a topic",
-            detail: format!("the name server does not list {topic} yet; try again"),
-        })
     }
 }
 

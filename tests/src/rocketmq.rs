@@ -109,25 +109,25 @@ impl Drop for KillOnDrop {
 }
 
 impl Cluster {
-    /// Starts a cluster and waits until its broker has registered. Tried
-    /// up to three times: the ports are the OS's picks, released before
-    /// the servers bind them, so a test starting clusters beside another
-    /// can lose one to a race.
+    /// Starts a cluster and waits until it serves a send. Tried up to
+    /// three times: the ports are the OS's picks, released before the
+    /// servers bind them, so a test starting clusters beside another can
+    /// lose one to a race; and a cluster that does not serve within the
+    /// probe's bound is a test bed problem, not the test's subject.
     pub fn start(name: &str) -> anyhow::Result<Cluster> {
         let mut last = None;
         for _ in 0..3 {
-            match Cluster::start_once(name) {
-                Ok(c) => {
-                    c.warm()?;
-                    return Ok(c);
-                }
+            match Cluster::start_once(name).and_then(|c| c.warm().map(|()| c)) {
+                Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
     }
 
-    /// Sends one message through the backend, trying for up to 30 s. A
+    /// Sends one message through the backend, trying for up to 45 s (a
+    /// lost registration race costs one registration period, 10 s here,
+    /// per try; see `RocketMqBroker::create`). A
     /// broker says "started" before it serves well: the first one started
     /// after a build (its binary not yet in the page cache) can take
     /// seconds over its first requests, and a test's first publish is not
@@ -142,7 +142,7 @@ impl Cluster {
                 .build()?;
             rt.block_on(async move {
                 use cellgate_broker_core::{Broker, Message, QueueSelect};
-                let until = Instant::now() + Duration::from_secs(30);
+                let until = Instant::now() + Duration::from_secs(45);
                 let cfg = cellgate_broker_rocketmq::Config::new(vec![addr]);
                 let b = cellgate_broker_rocketmq::RocketMqBroker::connect(cfg).await?;
                 let msg = Message {
@@ -161,9 +161,17 @@ impl Cluster {
                 }
             })
         });
-        probe
+        let served = probe
             .join()
-            .map_err(|_| anyhow::anyhow!("the probe panicked"))?
+            .map_err(|_| anyhow::anyhow!("the probe panicked"))?;
+        // The logs say why, which a CI run's output must carry.
+        served.with_context(|| {
+            format!(
+                "broker log:\n{}\nname server log:\n{}",
+                tail(&self.dir.path().join("broker.log")),
+                tail(&self.dir.path().join("namesrv.log"))
+            )
+        })
     }
 
     fn start_once(name: &str) -> anyhow::Result<Cluster> {
@@ -259,6 +267,7 @@ storePathRootDir = "{store}"
 autoCreateTopicEnable = true
 autoCreateSubscriptionGroup = true
 enablePropertyFilter = true
+registerNameServerPeriod = 10000
 transactionCheckInterval = 2000
 transactionTimeout = 3000
 transactionOpBatchInterval = 500
