@@ -19,8 +19,9 @@
 //!   written, and a second, different decision is a conflict.
 //! - Every half-message offset below `half_low` (written to `txn.json`) is
 //!   decided. A restart reloads the halves from there and asks the store
-//!   which are decided; a transaction the book has forgotten is looked up
-//!   the same way, so a repeated decision is idempotent across restarts.
+//!   which are decided. The book holds undecided transactions only: a
+//!   decided one is looked up in the store the same way, so a repeated
+//!   decision is idempotent, across restarts too.
 //! - Check-backs are a function of the half's store time: the k-th is due
 //!   at `stored + first_check + (k-1) * check_every`, so a restart resumes
 //!   the count without persisting it. After `max_checks` the next due time
@@ -141,41 +142,53 @@ pub(crate) struct Entry {
     pub next_check: i64,
 }
 
-/// The in-memory book. Guarded by one std mutex in the broker: every
-/// section is a few map operations, never across an await.
+/// The in-memory book of undecided transactions. Guarded by one std
+/// mutex in the broker: every section is a few map operations, never
+/// across an await.
+///
+/// A decided transaction leaves the book: the store answers for it (its
+/// index lookups catch dispatch up first, so a decision is found as soon
+/// as it is acknowledged). The book once remembered decisions for a
+/// while, to answer a repeated decision from memory; under load that was
+/// hundreds of thousands of entries, and growing and filling that map cost
+/// more than a tenth of a transaction's time, for an answer that is rare.
 #[derive(Debug, Default)]
 pub(crate) struct Book {
     pub loaded: bool,
+    /// Pending and deciding transactions.
     pub entries: HashMap<Uuid, Entry>,
     /// (due ms, id) of pending transactions' next check-back.
     pub checks_due: BTreeSet<(i64, Uuid)>,
     /// Issued check-backs not yet handed to a poller, per producer group.
     pub ready: HashMap<String, VecDeque<Uuid>>,
-    /// Decided transactions by decision time, to forget them later.
-    pub decided: VecDeque<(i64, Uuid)>,
-    /// (half offset, id) of every pending or deciding transaction: the
-    /// least is `half_low`. Kept beside `entries` so that the maintenance
-    /// pass does not walk the whole book (decisions are remembered for a
-    /// while, and under load the book holds millions) under its lock.
+    /// (half offset, id) of every undecided transaction: the least is
+    /// `half_low`. A set beside `entries`, so that the maintenance pass
+    /// does not walk every pending transaction under the lock (a producer
+    /// that never decides leaves thousands).
     undecided: BTreeSet<(u64, Uuid)>,
     /// The half queue's end as far as the book knows.
     pub half_end: u64,
+    /// When the check-back clock wakes next (ms); `None` while it runs.
+    /// A check-back due later needs no wake: waking it for every
+    /// transaction cost a task switch and a pass over the book each, for
+    /// check-backs seconds away.
+    pub clock_at: Option<i64>,
 }
 
 impl Book {
+    /// Adds an undecided transaction, replacing what the book held of it;
+    /// a decided one only moves `half_end`.
     pub fn insert(&mut self, e: Entry) {
         let id = e.info.id;
-        if let Some(old) = self.entries.remove(&id) {
-            self.checks_due.remove(&(old.next_check, id));
-            self.undecided.remove(&(old.half_offset, id));
+        self.remove(&id);
+        self.half_end = self.half_end.max(e.half_offset + 1);
+        if !is_undecided(&e.info.state) {
+            return;
         }
         if e.info.state == TxnState::Pending {
             self.checks_due.insert((e.next_check, id));
         }
-        if is_undecided(&e.info.state) {
-            self.undecided.insert((e.half_offset, id));
-        }
-        self.half_end = self.half_end.max(e.half_offset + 1);
+        self.undecided.insert((e.half_offset, id));
         self.entries.insert(id, e);
     }
 
@@ -186,28 +199,34 @@ impl Book {
         }
     }
 
-    /// Records a decision (or undoes `Deciding` with `Pending`).
-    pub fn set_state(&mut self, id: &Uuid, state: TxnState, now: i64) {
-        let Some(e) = self.entries.get_mut(id) else {
-            return;
-        };
-        self.checks_due.remove(&(e.next_check, *id));
-        match state {
-            TxnState::Pending => {
-                self.checks_due.insert((e.next_check, *id));
-            }
-            TxnState::Committed | TxnState::RolledBack { .. } => {
-                e.cached = None;
-                self.decided.push_back((now, *id));
-            }
-            TxnState::Deciding => {}
+    fn remove(&mut self, id: &Uuid) -> Option<Entry> {
+        let old = self.entries.remove(id)?;
+        self.checks_due.remove(&(old.next_check, *id));
+        self.undecided.remove(&(old.half_offset, *id));
+        Some(old)
+    }
+
+    /// Records a decision, which takes the transaction out of the book
+    /// and returns what it was; or marks it `Deciding`, or undoes that
+    /// with `Pending`.
+    pub fn set_state(&mut self, id: &Uuid, state: TxnState) -> Option<TxnInfo> {
+        if !is_undecided(&state) {
+            let mut e = self.remove(id)?;
+            e.info.state = state;
+            return Some(e.info);
         }
-        if is_undecided(&state) {
-            self.undecided.insert((e.half_offset, *id));
-        } else {
-            self.undecided.remove(&(e.half_offset, *id));
+        let e = self.entries.get_mut(id)?;
+        self.checks_due.remove(&(e.next_check, *id));
+        if state == TxnState::Pending {
+            self.checks_due.insert((e.next_check, *id));
         }
         e.info.state = state;
+        None
+    }
+
+    /// Whether a check-back due at `due` needs the clock woken.
+    pub fn wakes_clock(&self, due: i64) -> bool {
+        self.clock_at.is_none_or(|at| due < at)
     }
 
     /// Every half below this is decided.
@@ -215,18 +234,6 @@ impl Book {
         self.undecided
             .first()
             .map_or(self.half_end, |&(offset, _)| offset)
-    }
-
-    /// Forgets decisions older than `before` (the store still answers for
-    /// them, see the module docs).
-    pub fn forget(&mut self, before: i64) {
-        while let Some(&(at, id)) = self.decided.front() {
-            if at >= before {
-                break;
-            }
-            self.decided.pop_front();
-            self.entries.remove(&id);
-        }
     }
 }
 
@@ -265,25 +272,28 @@ mod tests {
             book.insert(e);
         }
         assert_eq!(book.half_low(), 5);
-        book.set_state(&ids[0], TxnState::Committed, 1);
+        let decided = book.set_state(&ids[0], TxnState::Committed);
+        assert_eq!(decided.map(|i| i.state), Some(TxnState::Committed));
         assert_eq!(book.half_low(), 7);
-        book.set_state(&ids[1], TxnState::Deciding, 2);
+        assert!(!book.entries.contains_key(&ids[0]), "decided leaves");
+        assert_eq!(book.set_state(&ids[1], TxnState::Deciding), None);
         assert_eq!(book.half_low(), 7, "deciding is not decided");
-        book.set_state(&ids[1], TxnState::Pending, 3);
+        book.set_state(&ids[1], TxnState::Pending);
         assert_eq!(book.half_low(), 7);
+        assert!(book.checks_due.iter().any(|&(_, id)| id == ids[1]));
         let reason = String::from("no");
-        book.set_state(&ids[1], TxnState::RolledBack { reason }, 4);
+        book.set_state(&ids[1], TxnState::RolledBack { reason });
         assert_eq!(book.half_low(), 9);
-        // Forgetting decisions leaves the undecided alone.
-        book.forget(100);
-        assert_eq!((book.entries.len(), book.half_low()), (1, 9));
-        // A decided transaction looked up again (after it was forgotten)
-        // does not hold the mark back; the last decision moves it to the end.
+        assert_eq!(book.checks_due.len(), 1, "only the pending one is checked");
+        // A decided transaction looked up again is not held: it does not
+        // hold the mark back; the last decision moves it to the end.
         let mut again = entry(5);
         again.info.state = TxnState::Committed;
         book.insert_if_absent(again);
-        book.set_state(&ids[2], TxnState::Committed, 5);
+        assert_eq!(book.entries.len(), 1);
+        book.set_state(&ids[2], TxnState::Committed);
         assert_eq!(book.half_low(), 10);
+        assert!(book.entries.is_empty() && book.checks_due.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::log::{CommitLog, FlushPolicy, LogConfig};
+use cellgate_broker_core::log::{CommitLog, FlushPolicy, Lead, LogConfig};
 use cellgate_broker_core::record::{self, Message, Stamp};
 use uuid::Uuid;
 
@@ -41,6 +41,27 @@ fn open(dir: &Path, flush: FlushPolicy) -> (Log, Vec<(u64, usize)>) {
     (log, seen)
 }
 
+/// Places record `i` (not yet written); returns its end and the lead, if
+/// the write is the caller's.
+fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Vec<(u64, usize)>>>) {
+    let m = msg(i);
+    let len = record::encoded_len(&m).unwrap();
+    let stamp = Stamp {
+        id: Uuid::now_v7(),
+        queue: 0,
+        queue_offset: i as u64,
+        stored_ms: 0,
+    };
+    let (_, end, lead) = log
+        .append_deferred(|b, placed| {
+            let pos = b.push(len, |buf| record::encode(&m, &stamp, len, buf))?;
+            placed.push((pos, len));
+            Ok(pos)
+        })
+        .unwrap();
+    (end, lead)
+}
+
 async fn append(log: &Log, i: usize) -> (u64, usize) {
     let m = msg(i);
     let len = record::encoded_len(&m).unwrap();
@@ -59,6 +80,49 @@ async fn append(log: &Log, i: usize) -> (u64, usize) {
         .unwrap();
     log.wait_durable(end).await.unwrap();
     (pos, len)
+}
+
+/// An appender that leads the write may yield first (so others join its
+/// `pwrite`); if its future is dropped there, the lead still writes on
+/// drop, or the appenders placed after it would wait forever.
+#[tokio::test]
+async fn a_dropped_lead_still_writes_for_its_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(
+        dir.path(),
+        FlushPolicy::Async {
+            interval: Duration::from_millis(10),
+        },
+    );
+    // Alone, an appender writes inline but yields every few leads, to
+    // find out whether others would join: wait for such a lead.
+    let mut first = None;
+    for i in 0..256 {
+        match place(&log, i) {
+            (end, Some(lead)) => {
+                first = Some((end, lead));
+                break;
+            }
+            (end, None) => assert!(log.durable() >= end, "written inline"),
+        }
+    }
+    let (end, lead) = first.expect("a lead that leaves the write to its caller");
+    assert!(log.durable() < end, "a lead's records wait for its write");
+    // A follower: a write is under way, so it only waits.
+    let (follower_end, second) = place(&log, 100);
+    assert!(second.is_none(), "one lead at a time");
+    drop(second);
+    assert!(log.durable() < follower_end);
+    drop(lead);
+    tokio::time::timeout(Duration::from_secs(5), log.wait_durable(follower_end))
+        .await
+        .expect("the dropped lead wrote the follower's record")
+        .unwrap();
+    // Both records are on disk: a reopen's scan sees them.
+    drop(log);
+    let (_, seen) = open(dir.path(), FlushPolicy::Sync);
+    assert_eq!(seen.last().map(|&(pos, len)| pos + len as u64), Some(follower_end));
+    assert!(seen.iter().any(|&(pos, len)| pos + len as u64 == end));
 }
 
 #[tokio::test]

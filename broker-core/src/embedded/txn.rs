@@ -27,12 +27,6 @@ enum Begun {
 
 /// Pending messages up to this size stay in memory until decided.
 const CACHE_BODY: usize = 64 << 10;
-/// How long the book remembers a decision: a producer's retry or a late
-/// check-back answer within it is answered from memory, later ones from
-/// the store (the same answer, a few index lookups). At 10 k transactions
-/// a second the book holds this many seconds' worth of entries (about
-/// 200 bytes each): ten minutes was a gigabyte.
-const REMEMBER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct TxnFile {
@@ -54,6 +48,23 @@ fn unwrap_half(m: &StoredMessage) -> Option<(Message, u16, String)> {
         born_ms: m.born_ms,
     };
     Some((msg, queue, group))
+}
+
+/// A decision on a transaction that is not pending: the same decision's
+/// answer again, or a conflict (the other decision, or one being taken).
+fn taken_or_conflict(info: &TxnInfo, d: Decision) -> Result<Begun> {
+    match (&info.state, d) {
+        (TxnState::Committed, Decision::Commit)
+        | (TxnState::RolledBack { .. }, Decision::Rollback) => Ok(Begun::Taken(info.clone())),
+        (state, _) => Err(Error::TransactionConflict {
+            id: info.id,
+            state: state.as_str(),
+            reason: match state {
+                TxnState::RolledBack { reason } => reason.clone(),
+                _ => String::new(),
+            },
+        }),
+    }
 }
 
 impl EmbeddedBroker {
@@ -88,14 +99,12 @@ impl EmbeddedBroker {
             cached: (msg.body.len() <= CACHE_BODY).then_some(msg),
             next_check,
         };
-        let first = {
+        let wake = {
             let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
             book.insert(entry);
-            book.checks_due.first().is_some_and(|&(_, id)| id == r.id)
+            book.wakes_clock(next_check)
         };
-        // The clock sleeps until the first check due: only a new first
-        // one needs it awake (a wake per send cost a task switch each).
-        if first {
+        if wake {
             self.txn_wake.notify_one();
         }
         Ok(PutResult { queue, ..r })
@@ -118,16 +127,18 @@ impl EmbeddedBroker {
         let Some((msg, queue, group)) = unwrap_half(half) else {
             return Ok(None);
         };
-        let state = if all.iter().any(|m| m.topic == msg.topic) {
-            TxnState::Committed
+        // A decided one counts the check-backs due before its decision
+        // record was stored.
+        let (state, decided_ms) = if let Some(c) = all.iter().find(|m| m.topic == msg.topic) {
+            (TxnState::Committed, Some(c.stored_ms))
         } else if let Some(op) = self.store.get_by_key(OP_TOPIC, &id.to_string())?.first() {
-            TxnState::RolledBack {
-                reason: op.properties.get(REASON).cloned().unwrap_or_default(),
-            }
+            let reason = op.properties.get(REASON).cloned().unwrap_or_default();
+            (TxnState::RolledBack { reason }, Some(op.stored_ms))
         } else {
-            TxnState::Pending
+            (TxnState::Pending, None)
         };
-        let (checks, next_check) = self.txn_cfg.schedule(half.stored_ms, now_ms());
+        let at = decided_ms.unwrap_or_else(now_ms);
+        let (checks, next_check) = self.txn_cfg.schedule(half.stored_ms, at);
         Ok(Some(Entry {
             info: TxnInfo {
                 id: *id,
@@ -161,20 +172,17 @@ impl EmbeddedBroker {
         let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
         match written {
             Ok(()) => {
-                book.set_state(id, state, now_ms());
-                Ok(book
-                    .entries
-                    .get(id)
-                    .map(|e| e.info.clone())
-                    .unwrap_or(entry.info))
+                let mut info = entry.info;
+                info.state = state.clone();
+                Ok(book.set_state(id, state).unwrap_or(info))
             }
             Err(e) => {
-                // Pending again, its check-back due as before: wake the
-                // clock if that is now the first (it may be past due).
-                book.set_state(id, TxnState::Pending, now_ms());
-                let first = book.checks_due.first().is_some_and(|&(_, f)| f == *id);
+                // Pending again, its check-back due as before (it may be
+                // past due).
+                book.set_state(id, TxnState::Pending);
+                let wake = book.wakes_clock(entry.next_check);
                 drop(book);
-                if first {
+                if wake {
                     self.txn_wake.notify_one();
                 }
                 Err(e)
@@ -191,7 +199,11 @@ impl EmbeddedBroker {
                 return Err(Error::Recovering);
             }
             drop(book);
+            // Decided (the book holds the undecided only), or unknown.
             let found = self.lookup(id)?.ok_or(Error::UnknownTransaction(*id))?;
+            if found.info.state != TxnState::Pending {
+                return taken_or_conflict(&found.info, d);
+            }
             book = self.txns.lock().map_err(|_| Error::Closed)?;
             book.insert_if_absent(found);
         }
@@ -199,22 +211,8 @@ impl EmbeddedBroker {
             .entries
             .get_mut(id)
             .ok_or(Error::UnknownTransaction(*id))?;
-        match (&e.info.state, d) {
-            (TxnState::Pending, _) => {}
-            (TxnState::Committed, Decision::Commit)
-            | (TxnState::RolledBack { .. }, Decision::Rollback) => {
-                return Ok(Begun::Taken(e.info.clone()))
-            }
-            (state, _) => {
-                return Err(Error::TransactionConflict {
-                    id: *id,
-                    state: state.as_str(),
-                    reason: match state {
-                        TxnState::RolledBack { reason } => reason.clone(),
-                        _ => String::new(),
-                    },
-                })
-            }
+        if e.info.state != TxnState::Pending {
+            return taken_or_conflict(&e.info, d);
         }
         // The cached message moves to the decision, not copied: a decided
         // entry drops it anyway, and a failed commit reads the half again.
@@ -223,7 +221,7 @@ impl EmbeddedBroker {
             cached,
             ..e.clone()
         };
-        book.set_state(id, TxnState::Deciding, now_ms());
+        book.set_state(id, TxnState::Deciding);
         Ok(Begun::Decide(e))
     }
 
@@ -362,6 +360,8 @@ impl EmbeddedBroker {
         let mut expired = Vec::new();
         let next = {
             let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
+            // Awake: every new check-back wakes it again until it sleeps.
+            book.clock_at = None;
             let mut issued = false;
             while let Some(&(due, id)) = book.checks_due.first() {
                 if due > now {
@@ -385,7 +385,6 @@ impl EmbeddedBroker {
             if issued {
                 self.checks_ready.notify_waiters();
             }
-            book.forget(now - REMEMBER.as_millis() as i64);
             book.checks_due.first().map(|(d, _)| *d)
         };
         for id in expired {
@@ -395,6 +394,9 @@ impl EmbeddedBroker {
             }
         }
         let ms = next.map_or(1000, |n| (n - now).clamp(1, 1000));
+        // A check-back added since `next` was read has woken the clock
+        // already (its permit is stored); later ones compare with this.
+        self.txns.lock().map_err(|_| Error::Closed)?.clock_at = Some(now + ms);
         Ok(Duration::from_millis(ms as u64))
     }
 
@@ -420,9 +422,7 @@ impl EmbeddedBroker {
         }
         let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
         for e in found {
-            if !book.entries.contains_key(&e.info.id) {
-                book.insert(e);
-            }
+            book.insert_if_absent(e);
         }
         book.half_end = book.half_end.max(end);
         book.loaded = true;

@@ -103,8 +103,23 @@ struct Writer<S> {
     next: u64,
     pending: Pending,
     writing: bool,
+    /// Appends that found a write under way since the current lead
+    /// began, and whether the last lead's write carried any: see
+    /// [`Lead::should_yield`].
+    followers: u32,
+    joined: bool,
+    /// Leads so far (wrapping): every few, a lead yields anyway, to notice
+    /// when appenders become concurrent.
+    leads: u32,
     state: S,
 }
+
+/// A lead with less than this pending yields before writing; a batch this
+/// large already shares its `pwrite` among many records.
+const YIELD_BELOW: usize = 16 << 10;
+/// A lead yields at least once in this many, even when the last one
+/// gathered nobody.
+const PROBE_EVERY: u32 = 64;
 
 /// What an append closure uses to place records.
 #[derive(Debug)]
@@ -304,6 +319,9 @@ impl<S: Send + 'static> CommitLog<S> {
                 next: end,
                 pending: Pending::default(),
                 writing: false,
+                followers: 0,
+                joined: false,
+                leads: 0,
                 state,
             })),
             written: Arc::new(Progress::new(end)),
@@ -327,6 +345,25 @@ impl<S: Send + 'static> CommitLog<S> {
         &self,
         f: impl FnOnce(&mut Batch<'_>, &mut S) -> Result<T>,
     ) -> Result<(T, u64)> {
+        let (out, end, lead) = self.append_deferred(f)?;
+        if let Some(lead) = lead {
+            lead.write()?;
+        }
+        Ok((out, end))
+    }
+
+    /// [`CommitLog::append_with`], but the write may be the caller's to
+    /// start: when no write is under way and a yield looks worth it, the
+    /// caller gets the [`Lead`]. An async appender yields before it writes, so that the appenders queued
+    /// behind it place their records first and one `pwrite` carries them
+    /// all. Led inline, a write carried the records placed during the
+    /// previous one only: one or two when producers do more than append
+    /// (a transaction's book keeping), and a `pwrite` of one small record
+    /// costs several times its bytes.
+    pub fn append_deferred<T>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>, &mut S) -> Result<T>,
+    ) -> Result<(T, u64, Option<Lead<'_, S>>)> {
         let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
         let w_ref = &mut *w;
         let mut batch = Batch {
@@ -341,11 +378,31 @@ impl<S: Send + 'static> CommitLog<S> {
         // the flusher writes everything placed meanwhile in one `pwrite`
         // right before it, instead of one per appender.
         if w.writing || self.shared.cfg.flush == FlushPolicy::Sync {
-            return Ok((out, end));
+            w.followers = w.followers.saturating_add(1);
+            return Ok((out, end, None));
         }
         w.writing = true;
-        lead_writes(&self.writer, w, &self.written)?;
-        Ok((out, end))
+        w.followers = 0;
+        w.leads = w.leads.wrapping_add(1);
+        let pending: usize = w.pending.chunks.iter().map(|(.., b)| b.len()).sum();
+        // Small, and the last lead's write carried others' records too
+        // (or, every few leads, to find out whether it would): worth a
+        // yield. A large batch gains little, and would make its followers
+        // wait for every other producer's encoding; one producer alone
+        // skips the yield 63 times in 64.
+        let wait = pending < YIELD_BELOW && (w.joined || w.leads % PROBE_EVERY == 0);
+        if !wait {
+            lead_writes(&self.writer, w, &self.written)?;
+            return Ok((out, end, None));
+        }
+        Ok((
+            out,
+            end,
+            Some(Lead {
+                log: self,
+                done: false,
+            }),
+        ))
     }
 
     /// Runs `f` on the caller state under the writer lock.
@@ -585,6 +642,49 @@ fn gather(flushed: &Progress, released: usize, cap: Duration) {
     flushed.gather(released, cap);
 }
 
+/// The duty to write the log's pending records, held by the appender that
+/// found no write under way ([`CommitLog::append_deferred`]). Appenders
+/// after it wait for its write, so a lead dropped unwritten (its future
+/// cancelled) writes on drop.
+#[must_use = "the appenders after this one wait for its write"]
+pub struct Lead<'a, S> {
+    log: &'a CommitLog<S>,
+    done: bool,
+}
+
+// === impl Lead ===
+
+impl<S> Lead<'_, S> {
+    /// Writes everything pending (see `lead_writes`).
+    pub fn write(mut self) -> Result<()> {
+        self.done = true;
+        self.lead()
+    }
+
+    fn lead(&self) -> Result<()> {
+        let w = self.log.writer.lock().map_err(|_| Error::Closed)?;
+        lead_writes(&self.log.writer, w, &self.log.written)
+    }
+}
+
+impl<S> std::fmt::Debug for Lead<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lead")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Drop for Lead<'_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.lead() {
+                tracing::error!(error = %e, "writing the log on a dropped lead failed");
+            }
+        }
+    }
+}
+
 /// Writes everything pending as the leader (the caller set `writing` and
 /// holds the lock): one `pwrite` per chunk, outside the lock, repeated
 /// until nothing is pending; advances `written`. Clears `writing`.
@@ -616,6 +716,7 @@ fn lead_writes<'a, S>(
         written.advance(upto);
         if w.pending.chunks.is_empty() {
             w.writing = false;
+            w.joined = w.followers > 0;
             return Ok(());
         }
     }

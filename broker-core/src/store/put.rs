@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use super::{now_ms, PutResult, QueueSelect, Store, Topic};
 use crate::cq::Entry;
-use crate::dispatch::Meta;
+use crate::dispatch::{Meta, Undispatched};
 use crate::error::{Error, Result};
 use crate::keys::KeyHashes;
-use crate::log::Batch;
+use crate::log::{Batch, Lead};
 use crate::record::{self, Kept, Message, Stamp};
 
 mod copies;
@@ -87,8 +87,8 @@ impl Store {
 
     async fn put_prepared(&self, prepared: Prepared) -> Result<PutResult> {
         let mut result = None;
-        let (end, behind) = self.append([prepared], |r| result = Some(r))?;
-        self.finish(end, behind).await?;
+        let appended = self.append([prepared], |r| result = Some(r))?;
+        self.finish(appended).await?;
         result.ok_or(Error::Closed)
     }
 
@@ -100,8 +100,8 @@ impl Store {
             prepared.push(self.prepare(m, &sel, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = self.append(prepared, |r| results.push(r))?;
-        self.finish(end, behind).await?;
+        let appended = self.append(prepared, |r| results.push(r))?;
+        self.finish(appended).await?;
         Ok(results)
     }
 
@@ -135,8 +135,8 @@ impl Store {
             prepared.push(self.prepare_put(put, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = self.append(prepared, |r| results.push(r))?;
-        self.finish(end, behind).await?;
+        let appended = self.append(prepared, |r| results.push(r))?;
+        self.finish(appended).await?;
         Ok(results)
     }
 
@@ -207,7 +207,7 @@ impl Store {
     /// gets each record's result. The messages are dropped here, after the
     /// writer lock is released, on the caller's thread: an allocator frees
     /// a thread's own allocations far more cheaply than another thread's.
-    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<(u64, bool)>
+    fn append<P>(&self, prepared: P, out: impl FnMut(PutResult)) -> Result<Appended<'_>>
     where
         P: AsMut<[Prepared]> + AsRef<[Prepared]>,
     {
@@ -237,7 +237,7 @@ impl Store {
         mut prepared: P,
         mut encode: impl FnMut(usize, &Prepared, &mut Vec<u8>),
         out: impl FnMut(PutResult),
-    ) -> Result<(u64, bool)>
+    ) -> Result<Appended<'_>>
     where
         P: AsMut<[Prepared]> + AsRef<[Prepared]>,
     {
@@ -269,9 +269,9 @@ impl Store {
         prepared: &mut [Prepared],
         encoded: &[u8],
         mut out: impl FnMut(PutResult),
-    ) -> Result<(u64, bool)> {
+    ) -> Result<Appended<'_>> {
         let stored_ms = now_ms();
-        let (lag, end) = self.log.append_with(|batch, undispatched| {
+        let (lag, end, lead) = self.log.append_deferred(|batch, undispatched| {
             let mut at = 0;
             for p in prepared {
                 // Always there: each record is appended once.
@@ -316,19 +316,38 @@ impl Store {
             }
             Ok(undispatched.len())
         })?;
-        Ok((end, lag > MAX_LAG))
+        Ok(Appended {
+            end,
+            behind: lag > MAX_LAG,
+            lead,
+        })
     }
 
-    /// Waits until `end` is durable; then, if the dispatcher fell behind,
-    /// helps it (waiting for its current batch first): that bounds the
-    /// undispatched records, and so the memory they hold.
-    async fn finish(&self, end: u64, behind: bool) -> Result<()> {
+    /// Writes the log if this append leads, after a yield (see
+    /// [`CommitLog::append_deferred`]); waits until the records are
+    /// durable; then, if the dispatcher fell behind, helps it (waiting for
+    /// its current batch first): that bounds the undispatched records, and
+    /// so the memory they hold.
+    async fn finish(&self, appended: Appended<'_>) -> Result<()> {
+        let Appended { end, behind, lead } = appended;
+        if let Some(lead) = lead {
+            tokio::task::yield_now().await;
+            lead.write()?;
+        }
         self.log.wait_durable(end).await?;
         if behind {
             self.dispatch.dispatch()?;
         }
         Ok(())
     }
+}
+
+/// What an append leaves its caller: the end of its records, whether the
+/// dispatcher is behind, and the log's write if the caller leads it.
+struct Appended<'a> {
+    end: u64,
+    behind: bool,
+    lead: Option<Lead<'a, Undispatched>>,
 }
 
 /// Places one record, sealed with `stamp`: `rec` as encoded, or, for a

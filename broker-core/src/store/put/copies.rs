@@ -84,7 +84,7 @@ impl Store {
             prepared.push(self.prepare_copy(c, &mut last)?);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let (end, behind) = self.encode_and_append(
+        let appended = self.encode_and_append(
             prepared,
             // `prepared` is `copies`, one for one.
             |i, p, buf| {
@@ -94,7 +94,7 @@ impl Store {
             },
             |r| results.push(r),
         )?;
-        self.finish(end, behind).await?;
+        self.finish(appended).await?;
         Ok(results)
     }
 
