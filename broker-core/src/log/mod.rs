@@ -12,7 +12,10 @@
 //! Other appenders wait for `written` to pass their records (a
 //! `Progress`, see `progress.rs`: it wakes only the waiters a write covers). So
 //! under load many records share one system call, and with one producer
-//! each append is one `pwrite`. Write buffers are reused. Under `sync`
+//! each append is one `pwrite`. An async leader with little pending, whose
+//! previous write carried other appenders' records, yields once before it
+//! writes ([`CommitLog::append_deferred`], [`Lead`]), so that the producers
+//! queued on its thread join the write. Write buffers are reused. Under `sync`
 //! appenders do not write at all: the flusher writes everything placed
 //! since its last round in one go, right before its fsync (the append is
 //! acknowledged only after that fsync anyway).
