@@ -27,7 +27,7 @@
 //!   the count without persisting it. After `max_checks` the next due time
 //!   rolls the transaction back.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -168,6 +168,10 @@ pub(crate) struct Book {
     undecided: BTreeSet<(u64, Uuid)>,
     /// The half queue's end as far as the book knows.
     pub half_end: u64,
+    /// Transactions decided before the book was loaded: the load's
+    /// lookups may predate their decisions, and must not bring them back
+    /// as pending (see [`Book::finish_load`]).
+    decided_in_load: HashSet<Uuid>,
     /// When the check-back clock wakes next (ms); `None` while it runs.
     /// A check-back due later needs no wake: waking it for every
     /// transaction cost a task switch and a pass over the book each, for
@@ -211,6 +215,9 @@ impl Book {
     /// with `Pending`.
     pub fn set_state(&mut self, id: &Uuid, state: TxnState) -> Option<TxnInfo> {
         if !is_undecided(&state) {
+            if !self.loaded {
+                self.decided_in_load.insert(*id);
+            }
             let mut e = self.remove(id)?;
             e.info.state = state;
             return Some(e.info);
@@ -222,6 +229,20 @@ impl Book {
         }
         e.info.state = state;
         None
+    }
+
+    /// Ends loading: adds what the load found in the store, except the
+    /// transactions decided meanwhile (a lookup made before a decision
+    /// was stored says pending); `end` is the half queue's end it read to.
+    pub fn finish_load(&mut self, found: Vec<Entry>, end: u64) {
+        for e in found {
+            if !self.decided_in_load.contains(&e.info.id) {
+                self.insert_if_absent(e);
+            }
+        }
+        self.decided_in_load = HashSet::new();
+        self.half_end = self.half_end.max(end);
+        self.loaded = true;
     }
 
     /// Whether a check-back due at `due` needs the clock woken.
@@ -294,6 +315,26 @@ mod tests {
         book.set_state(&ids[2], TxnState::Committed);
         assert_eq!(book.half_low(), 10);
         assert!(book.entries.is_empty() && book.checks_due.is_empty());
+    }
+
+    #[test]
+    fn a_transaction_decided_while_loading_does_not_come_back_pending() {
+        let mut book = Book::default();
+        let (a, b) = (entry(1), entry(2));
+        let ids = [a.info.id, b.info.id];
+        // Sent and decided while the load was reading the store: its
+        // lookup (made before the decision) says pending.
+        book.insert(a.clone());
+        book.set_state(&ids[0], TxnState::Committed);
+        book.finish_load(vec![a, b], 3);
+        assert!(book.loaded);
+        assert!(!book.entries.contains_key(&ids[0]), "decided stays out");
+        assert!(book.entries.contains_key(&ids[1]), "pending comes in");
+        assert_eq!(book.half_low(), 2);
+        // Loaded: a later decision is not remembered for any load.
+        book.set_state(&ids[1], TxnState::Committed);
+        assert!(book.decided_in_load.is_empty());
+        assert_eq!(book.half_low(), 3);
     }
 
     #[test]

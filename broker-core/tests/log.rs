@@ -28,7 +28,9 @@ fn msg(i: usize) -> Message {
     }
 }
 
-type Log = CommitLog<Vec<(u64, usize)>>;
+/// (pos, len) of each record placed.
+type Placed = Vec<(u64, usize)>;
+type Log = CommitLog<Placed>;
 
 /// Opens the log, collecting (pos, len) of every record the recovery scan sees.
 fn open(dir: &Path, flush: FlushPolicy) -> (Log, Vec<(u64, usize)>) {
@@ -43,7 +45,7 @@ fn open(dir: &Path, flush: FlushPolicy) -> (Log, Vec<(u64, usize)>) {
 
 /// Places record `i` (not yet written); returns its end and the lead, if
 /// the write is the caller's.
-fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Vec<(u64, usize)>>>) {
+fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Placed>>) {
     let m = msg(i);
     let len = record::encoded_len(&m).unwrap();
     let stamp = Stamp {
@@ -121,7 +123,10 @@ async fn a_dropped_lead_still_writes_for_its_followers() {
     // Both records are on disk: a reopen's scan sees them.
     drop(log);
     let (_, seen) = open(dir.path(), FlushPolicy::Sync);
-    assert_eq!(seen.last().map(|&(pos, len)| pos + len as u64), Some(follower_end));
+    assert_eq!(
+        seen.last().map(|&(pos, len)| pos + len as u64),
+        Some(follower_end)
+    );
     assert!(seen.iter().any(|&(pos, len)| pos + len as u64 == end));
 }
 

@@ -420,12 +420,10 @@ impl EmbeddedBroker {
                 }
             }
         }
-        let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
-        for e in found {
-            book.insert_if_absent(e);
-        }
-        book.half_end = book.half_end.max(end);
-        book.loaded = true;
+        self.txns
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .finish_load(found, end);
         Ok(())
     }
 

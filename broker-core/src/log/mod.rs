@@ -108,7 +108,7 @@ struct Writer<S> {
     writing: bool,
     /// Appends that found a write under way since the current lead
     /// began, and whether the last lead's write carried any: see
-    /// [`Lead::should_yield`].
+    /// [`CommitLog::append_deferred`].
     followers: u32,
     joined: bool,
     /// Leads so far (wrapping): every few, a lead yields anyway, to notice
@@ -648,7 +648,8 @@ fn gather(flushed: &Progress, released: usize, cap: Duration) {
 /// The duty to write the log's pending records, held by the appender that
 /// found no write under way ([`CommitLog::append_deferred`]). Appenders
 /// after it wait for its write, so a lead dropped unwritten (its future
-/// cancelled) writes on drop.
+/// cancelled) writes on drop. A future holding one must be polled to the
+/// end or dropped: one kept pending and unpolled stalls every appender.
 #[must_use = "the appenders after this one wait for its write"]
 pub struct Lead<'a, S> {
     log: &'a CommitLog<S>,
@@ -705,6 +706,18 @@ fn lead_writes<'a, S>(
             .iter()
             .try_for_each(|(seg, pos, bytes)| seg.write_at(*pos, bytes));
         w = writer.lock().map_err(|_| Error::Closed)?;
+        if let Err(e) = res {
+            // Nothing is dropped: the chunks go back in front of what was
+            // placed meanwhile, for the next write (the next lead's, or
+            // under `sync` the flusher's) to try again (rewriting what did
+            // land is harmless: the same bytes at the same positions).
+            // `written` stays below them, so no appender of theirs is
+            // acknowledged, and no later write can move it past them.
+            let newer = std::mem::replace(&mut w.pending.chunks, chunks);
+            w.pending.chunks.extend(newer);
+            w.writing = false;
+            return Err(e);
+        }
         for (_, _, mut buf) in chunks.drain(..) {
             if w.pending.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
                 buf.clear();
@@ -712,10 +725,6 @@ fn lead_writes<'a, S>(
             }
         }
         w.pending.spare_chunks = chunks;
-        if let Err(e) = res {
-            w.writing = false;
-            return Err(e);
-        }
         written.advance(upto);
         if w.pending.chunks.is_empty() {
             w.writing = false;
