@@ -8,10 +8,10 @@
 //! index entries lag the log.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use cellgate_broker_core::log::{FlushPolicy, LogConfig};
@@ -91,30 +91,17 @@ fn run_child_until_killed(
     round: usize,
     acks_before_kill: usize,
 ) -> Vec<String> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .env(FLUSH_ENV, flush)
-        .env("CELLGATE_CRASH_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let envs = [
+        (CHILD_ENV, dir.display().to_string()),
+        (FLUSH_ENV, flush.to_owned()),
+        ("CELLGATE_CRASH_ROUND", round.to_string()),
+    ];
     let mut acked = Vec::new();
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(body) = line.strip_prefix("ACK ") {
-            acked.push(body.to_owned());
-            if acked.len() == acks_before_kill {
-                child.kill().unwrap(); // SIGKILL
-                break;
-            }
-        }
-    }
-    child.wait().unwrap();
-    assert_eq!(acked.len(), acks_before_kill, "the child stopped early");
+    common::run_child_until_killed("child_writer", &envs, acks_before_kill, |line| {
+        let body = line.strip_prefix("ACK ");
+        acked.extend(body.map(str::to_owned));
+        body.is_some()
+    });
     acked
 }
 

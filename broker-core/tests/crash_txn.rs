@@ -15,10 +15,10 @@
 //! Two rounds on one data directory, so recovery runs on a recovered book.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,23 +116,8 @@ struct Acked {
 }
 
 fn run_child_until_killed(dir: &Path, lines_before_kill: usize, acked: &mut Acked) {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "child_transactions",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = 0;
-    for line in out.lines() {
-        let line = line.unwrap();
+    let envs = [(CHILD_ENV, dir.display().to_string())];
+    common::run_child_until_killed("child_transactions", &envs, lines_before_kill, |line| {
         let mut words = line.split(' ');
         match (words.next(), words.next(), words.next()) {
             (Some("HALF"), Some(id), None) => acked.halves.push(id.parse().unwrap()),
@@ -144,16 +129,10 @@ fn run_child_until_killed(dir: &Path, lines_before_kill: usize, acked: &mut Acke
                 };
                 acked.decided.insert(id.parse().unwrap(), how);
             }
-            _ => continue,
+            _ => return false,
         }
-        lines += 1;
-        if lines == lines_before_kill {
-            child.kill().unwrap(); // SIGKILL
-            break;
-        }
-    }
-    child.wait().unwrap();
-    assert_eq!(lines, lines_before_kill, "the child stopped early");
+        true
+    });
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::log::{CommitLog, FlushPolicy, Lead, LogConfig};
+use cellgate_broker_core::log::{Batch, CommitLog, FlushPolicy, Lead, LogConfig};
 use cellgate_broker_core::record::{self, Message, Stamp};
+use cellgate_broker_core::Error;
 use uuid::Uuid;
 
 fn cfg(flush: FlushPolicy) -> LogConfig {
@@ -43,9 +44,8 @@ fn open(dir: &Path, flush: FlushPolicy) -> (Log, Vec<(u64, usize)>) {
     (log, seen)
 }
 
-/// Places record `i` (not yet written); returns its end and the lead, if
-/// the write is the caller's.
-fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Placed>>) {
+/// An append closure placing record `i` and noting its (pos, len).
+fn placing(i: usize) -> impl FnOnce(&mut Batch<'_>, &mut Placed) -> Result<(u64, usize), Error> {
     let m = msg(i);
     let len = record::encoded_len(&m).unwrap();
     let stamp = Stamp {
@@ -54,34 +54,24 @@ fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Placed>>) {
         queue_offset: i as u64,
         stored_ms: 0,
     };
-    let (_, end, lead) = log
-        .append_deferred(|b, placed| {
-            let pos = b.push(len, |buf| record::encode(&m, &stamp, len, buf))?;
-            placed.push((pos, len));
-            Ok(pos)
-        })
-        .unwrap();
+    move |b, placed| {
+        let pos = b.push(len, |buf| record::encode(&m, &stamp, len, buf))?;
+        placed.push((pos, len));
+        Ok((pos, len))
+    }
+}
+
+/// Places record `i` (not yet written); returns its end and the lead, if
+/// the write is the caller's.
+fn place(log: &Log, i: usize) -> (u64, Option<Lead<'_, Placed>>) {
+    let (_, end, lead) = log.append_deferred(placing(i)).unwrap();
     (end, lead)
 }
 
 async fn append(log: &Log, i: usize) -> (u64, usize) {
-    let m = msg(i);
-    let len = record::encoded_len(&m).unwrap();
-    let stamp = Stamp {
-        id: Uuid::now_v7(),
-        queue: 0,
-        queue_offset: i as u64,
-        stored_ms: 0,
-    };
-    let (pos, end) = log
-        .append_with(|b, placed| {
-            let pos = b.push(len, |buf| record::encode(&m, &stamp, len, buf))?;
-            placed.push((pos, len));
-            Ok(pos)
-        })
-        .unwrap();
+    let (placed, end) = log.append_with(placing(i)).unwrap();
     log.wait_durable(end).await.unwrap();
-    (pos, len)
+    placed
 }
 
 /// An appender that leads the write may yield first (so others join its

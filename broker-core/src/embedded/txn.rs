@@ -19,10 +19,22 @@ use crate::txn::{
 
 /// What [`EmbeddedBroker::begin_decision`] found.
 enum Begun {
-    /// Pending: decide this entry (now `Deciding`).
-    Decide(Entry),
+    /// Pending: decide this (now `Deciding` in the book).
+    Decide(Deciding),
     /// The same decision was taken already: its answer.
     Taken(TxnInfo),
+}
+
+/// What a decision needs of its transaction's entry: taken without
+/// copying its names (the book keeps the entry until the decision is
+/// written, and hands back its info then).
+struct Deciding {
+    id: Uuid,
+    half_offset: u64,
+    half_pos: u64,
+    queue: u16,
+    cached: Option<Message>,
+    next_check: i64,
 }
 
 /// Pending messages up to this size stay in memory until decided.
@@ -171,11 +183,10 @@ impl EmbeddedBroker {
         let written = self.write_decision(&mut entry, d, reason).await;
         let mut book = self.txns.lock().map_err(|_| Error::Closed)?;
         match written {
-            Ok(()) => {
-                let mut info = entry.info;
-                info.state = state.clone();
-                Ok(book.set_state(id, state).unwrap_or(info))
-            }
+            // Only this decision takes a `Deciding` entry out.
+            Ok(()) => book
+                .set_state(id, state)
+                .ok_or(Error::UnknownTransaction(*id)),
             Err(e) => {
                 // Pending again, its check-back due as before (it may be
                 // past due).
@@ -216,16 +227,19 @@ impl EmbeddedBroker {
         }
         // The cached message moves to the decision, not copied: a decided
         // entry drops it anyway, and a failed commit reads the half again.
-        let cached = e.cached.take();
-        let e = Entry {
-            cached,
-            ..e.clone()
+        let e = Deciding {
+            id: *id,
+            half_offset: e.half_offset,
+            half_pos: e.half_pos,
+            queue: e.queue,
+            cached: e.cached.take(),
+            next_check: e.next_check,
         };
         book.set_state(id, TxnState::Deciding);
         Ok(Begun::Decide(e))
     }
 
-    async fn write_decision(&self, e: &mut Entry, d: Decision, reason: &str) -> Result<()> {
+    async fn write_decision(&self, e: &mut Deciding, d: Decision, reason: &str) -> Result<()> {
         match d {
             Decision::Commit => {
                 let msg = match e.cached.take() {
@@ -234,17 +248,15 @@ impl EmbeddedBroker {
                         let half = self
                             .store
                             .read_offset(HALF_TOPIC, 0, e.half_offset)?
-                            .ok_or(Error::UnknownTransaction(e.info.id))?;
-                        unwrap_half(&half)
-                            .ok_or(Error::UnknownTransaction(e.info.id))?
-                            .0
+                            .ok_or(Error::UnknownTransaction(e.id))?;
+                        unwrap_half(&half).ok_or(Error::UnknownTransaction(e.id))?.0
                     }
                 };
                 let select = QueueSelect::Queue(e.queue);
                 let commit = Put {
                     msg,
                     select,
-                    keep_id: Some(e.info.id),
+                    keep_id: Some(e.id),
                     copy: false,
                     body_at: Some(e.half_pos),
                 };
@@ -253,7 +265,7 @@ impl EmbeddedBroker {
             Decision::Rollback => {
                 let op = Message {
                     topic: OP_TOPIC.to_owned(),
-                    keys: vec![e.info.id.to_string()],
+                    keys: vec![e.id.to_string()],
                     properties: BTreeMap::from([(REASON.to_owned(), reason.to_owned())]),
                     born_ms: now_ms(),
                     ..Message::default()
