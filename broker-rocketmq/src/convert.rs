@@ -33,7 +33,8 @@ pub const ID: &str = "__ID";
 pub const DUE_MS: &str = "__DUE_MS";
 
 /// The RocketMQ message for `m`, with id `id`, due at `deliver_at_ms` if
-/// delayed (the broker's timer holds it until then). Takes `m` so that its
+/// delayed (the broker's timer holds it until then; built just before
+/// each send, since the delay is counted from now). Takes `m` so that its
 /// body moves into the RocketMQ message instead of being copied.
 pub(crate) fn to_rocketmq(
     m: Message,
@@ -50,7 +51,14 @@ pub(crate) fn to_rocketmq(
     keys.push(id_string(id));
     b = b.keys(keys);
     if let Some(at) = deliver_at_ms {
-        b = b.deliver_time_ms(at.max(0) as u64);
+        // A delay relative to now, not the absolute time: the broker
+        // refuses a due time that its own clock has passed (a send that
+        // waited for a new topic's route, or a broker clock ahead of
+        // ours), and one already due is simply sent now.
+        let wait = at.saturating_sub(crate::now_ms());
+        if wait > 0 {
+            b = b.delay_millis(wait as u64);
+        }
     }
     for (k, v) in &m.properties {
         b = b
@@ -181,5 +189,33 @@ mod tests {
         assert_eq!(r.property("__UNIT.ORIUNIT"), Some("RZ00A"));
         assert_eq!(r.property(BORN_MS), Some("42"));
         assert_eq!(r.property("UNIQ_KEY"), Some(id_string(&id).as_str()));
+    }
+
+    #[test]
+    fn a_due_time_becomes_a_delay_from_now_and_a_passed_one_none() {
+        let m = |at| {
+            let msg = Message {
+                topic: "ANT|RZ00A%T1".into(),
+                body: b"x".to_vec(),
+                tag: None,
+                keys: Vec::new(),
+                properties: BTreeMap::new(),
+                born_ms: 1,
+            };
+            to_rocketmq(msg, &cellgate_broker_core::message_id(1), Some(at)).unwrap()
+        };
+        let now = crate::now_ms();
+        let later = m(now + 60_000);
+        let wait: i64 = later.property("TIMER_DELAY_MS").unwrap().parse().unwrap();
+        assert!((59_000..=60_000).contains(&wait), "{wait}");
+        assert_eq!(later.property("TIMER_DELIVER_MS"), None);
+        let passed = m(now - 5);
+        assert_eq!(passed.property("TIMER_DELAY_MS"), None);
+        assert_eq!(passed.property("TIMER_DELIVER_MS"), None);
+        // Still marked as timed, so a reader records its release.
+        assert_eq!(
+            passed.property(DUE_MS),
+            Some((now - 5).to_string().as_str())
+        );
     }
 }

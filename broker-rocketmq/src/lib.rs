@@ -8,7 +8,8 @@
 //!
 //! - Sends: single and batched (a RocketMQ batch per run of one topic and
 //!   queue), sharding keys mapped to queues by CRC32C, delays by the
-//!   broker's timer (`TIMER_DELIVER_MS`), copies keeping their ids.
+//!   broker's timer (`TIMER_DELAY_MS`, counted from the send), copies
+//!   keeping their ids.
 //! - Consumption: pull, with invisibility tracked here (`consume.rs`).
 //! - Reads: by offset, time, id and key through the broker's indexes.
 //! - Transactions: half messages, check-backs answered from a book in
