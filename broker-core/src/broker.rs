@@ -211,20 +211,22 @@ pub trait Broker: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<StoredMessage>>>;
     /// The messages `topic` itself holds under any of `ids`, for a
     /// router's replay ("is the copy there already?"). Each was stored, if
-    /// at all, at or after `since_ms` by this broker's clock (the caller
-    /// allows for skew). Unlike [`Broker::get_by_id`] the answer must be
-    /// exact for messages stored before the call (a miss means a second
-    /// copy) and name only `topic` (a broker may hold a message and its
-    /// copy). The default asks [`Broker::get_by_id`] per id, right for a
-    /// backend whose id index is written with the message and kept per
-    /// topic; a backend that indexes behind its writes reads the topic.
+    /// at all, between `since_ms` and `until_ms` by this broker's clock
+    /// (the caller allows for skew). Unlike [`Broker::get_by_id`] the
+    /// answer must be exact for messages stored in that window before the
+    /// call (a miss means a second copy) and name only `topic` (a broker
+    /// may hold a message and its copy); one found outside it may be
+    /// named too. The default asks [`Broker::get_by_id`] per id, right for
+    /// a backend whose id index is written with the message and kept per
+    /// topic; a backend that indexes behind its writes reads the topic's
+    /// window.
     fn find_ids<'a>(
         &'a self,
         topic: &'a str,
         ids: &'a [Uuid],
-        since_ms: i64,
+        (since_ms, until_ms): (i64, i64),
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
-        let _ = since_ms;
+        let _ = (since_ms, until_ms);
         Box::pin(async move {
             let mut out = Vec::new();
             for id in ids {

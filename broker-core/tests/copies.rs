@@ -111,13 +111,17 @@ async fn find_ids_names_only_the_topic_asked() {
         .await
         .unwrap();
     let ids = [original.id, lone.id];
-    let in_y = Broker::find_ids(&b, "A|Y%T", &ids, 0).await.unwrap();
+    let in_y = Broker::find_ids(&b, "A|Y%T", &ids, (0, i64::MAX))
+        .await
+        .unwrap();
     assert_eq!(in_y.len(), 1);
     assert_eq!((in_y[0].id, in_y[0].topic.as_str()), (original.id, "A|Y%T"));
-    let in_t = Broker::find_ids(&b, "A|X%T", &ids, 0).await.unwrap();
+    let in_t = Broker::find_ids(&b, "A|X%T", &ids, (0, i64::MAX))
+        .await
+        .unwrap();
     assert!(in_t.iter().all(|m| m.topic == "A|X%T"));
     assert_eq!(in_t.len(), 2);
-    assert!(Broker::find_ids(&b, "A|Z%T", &ids, 0)
+    assert!(Broker::find_ids(&b, "A|Z%T", &ids, (0, i64::MAX))
         .await
         .unwrap()
         .is_empty());

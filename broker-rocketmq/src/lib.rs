@@ -370,9 +370,9 @@ impl Broker for RocketMqBroker {
         &'a self,
         topic: &'a str,
         ids: &'a [Uuid],
-        since_ms: i64,
+        window: (i64, i64),
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
-        Box::pin(RocketMqBroker::find_ids(self, topic, ids, since_ms))
+        Box::pin(RocketMqBroker::find_ids(self, topic, ids, window))
     }
 
     fn get_by_key<'a>(

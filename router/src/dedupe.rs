@@ -9,8 +9,11 @@
 //! process before (since its last journal write) can exist. Two bounds keep
 //! it from looking copies up for ever after a long outage:
 //!
-//! - by time, `Work::dedupe_until_ms`: messages stored after the replay
-//!   began were never read before (run.rs, `Replay`);
+//! - by time, `Doubt::until_ms`: messages stored after the replay began,
+//!   or after the lease of the process before ran out, were never copied
+//!   before (run.rs, `Replay`; lease.rs); and the lookups read the
+//!   destinations only up to `Doubt::copies_until_ms`, by when every copy
+//!   of the process before was stored;
 //! - per source queue, [`Cleared`]: a step appends its copies only once
 //!   every copy of the step before is appended, and a step reads at most
 //!   [`BATCH`] messages of a queue. So when a message planned for a
@@ -128,14 +131,15 @@ pub(crate) async fn to_copy(
         return Ok(());
     }
     let asked = doubt.iter().map(|&i| (asks[i].topic, &asks[i].record));
-    let held = held_in(dest, asked).await?;
+    let held = held_in(dest, asked, work.doubt.copies_until_ms).await?;
     for i in doubt {
         let a = &mut asks[i];
         let id = a.record.id();
         if held.copies.contains_key(&id) {
             a.kinds = None;
         } else if let (false, Some(b)) = (held.found.contains(&id), work.batches.get(a.batch)) {
-            work.cleared
+            work.doubt
+                .cleared
                 .missing(&b.topic, b.queue, a.record.queue_offset());
         }
     }
@@ -144,7 +148,7 @@ pub(crate) async fn to_copy(
 
 /// Whether a copy of `record` (of batch `batch`) may exist already.
 fn in_doubt(work: &Work, batch: usize, record: &RecordRef<'_>) -> bool {
-    if work.dedupe == Dedupe::No || record.stored_ms() > work.dedupe_until_ms {
+    if work.dedupe == Dedupe::No || record.stored_ms() > work.doubt.until_ms {
         return false;
     }
     let Some(b) = work.batches.get(batch) else {
@@ -152,6 +156,7 @@ fn in_doubt(work: &Work, batch: usize, record: &RecordRef<'_>) -> bool {
     };
     !(work.dedupe == Dedupe::Planned
         && work
+            .doubt
             .cleared
             .covers(&b.topic, b.queue, record.queue_offset()))
 }
@@ -180,7 +185,10 @@ async fn placed_anywhere(work: &Work, all: &AllCells) -> Result<HashMap<Uuid, Ta
             let Name { topic, .. } = names.get(*batch)?.as_ref()?;
             Some((topic.as_str(), r))
         });
-        for (id, k) in held_in(&**broker, here).await?.copies {
+        for (id, k) in held_in(&**broker, here, work.doubt.copies_until_ms)
+            .await?
+            .copies
+        {
             let p = placed.entry(id).or_default();
             *p = p.union(k);
         }
@@ -199,10 +207,12 @@ struct Held {
 }
 
 /// [`Held`] of the asked records in `broker`: one [`Broker::find_ids`] per
-/// topic, from the oldest record's store time less [`SKEW_MS`].
+/// topic, from the oldest record's store time less [`SKEW_MS`] to
+/// `copies_until_ms` plus it.
 async fn held_in<'a>(
     broker: &dyn Broker,
     asks: impl Iterator<Item = (&'a str, &'a RecordRef<'a>)>,
+    copies_until_ms: i64,
 ) -> Result<Held, Error> {
     let mut by_topic: BTreeMap<&str, (Vec<Uuid>, i64)> = BTreeMap::new();
     for (topic, r) in asks {
@@ -213,7 +223,8 @@ async fn held_in<'a>(
     let mut out = Held::default();
     for (topic, (ids, since)) in by_topic {
         let asked: HashSet<Uuid> = ids.iter().copied().collect();
-        for m in broker.find_ids(topic, &ids, since).await? {
+        let window = (since, copies_until_ms.saturating_add(SKEW_MS));
+        for m in broker.find_ids(topic, &ids, window).await? {
             if m.topic != topic || !asked.contains(&m.id) {
                 continue;
             }

@@ -108,7 +108,7 @@ pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(10
 
 const VERSION: u32 = 3;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Checkpoint {
         path: path.to_owned(),
         source,
@@ -260,15 +260,17 @@ impl Journal {
     }
 }
 
-fn join(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+pub(crate) fn join(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
     r.map_err(|e| Error::Checkpoint {
         path: PathBuf::from("(journal write task)"),
         source: std::io::Error::other(e),
     })?
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("json.tmp");
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_data().map_err(io(&tmp))?;

@@ -14,6 +14,7 @@
 
 mod dedupe;
 pub mod journal;
+pub mod lease;
 pub mod metrics;
 mod pass;
 pub mod plan;

@@ -13,9 +13,23 @@ use cellgate_rules::{CellId, RuleSet};
 
 use crate::dedupe::{Cleared, Dedupe, Placed};
 use crate::journal::Journal;
+use crate::lease::Lease;
 use crate::metrics::{KindLabels, RouterMetrics};
 use crate::plan;
 use crate::Error;
+
+/// A replay's bounds (dedupe.rs, lease.rs).
+#[derive(Debug, Clone)]
+pub(crate) struct Doubt {
+    /// Only messages stored up to then (by the source's clock, give or
+    /// take a margin) can have copies already.
+    pub until_ms: i64,
+    /// Every copy that exists already was stored by then (by the router's
+    /// clock; the lookup allows for the destination's).
+    pub copies_until_ms: i64,
+    /// The replay's per-queue bound.
+    pub cleared: Arc<Cleared>,
+}
 
 /// Messages read from one queue per pass.
 pub(crate) const BATCH: usize = 256;
@@ -41,11 +55,11 @@ pub(crate) struct Work {
     pub batches: Vec<Batch>,
     /// Destination cell name → its copies, in source order per queue.
     pub dests: Vec<(String, Vec<Item>)>,
+    /// What a replay may find copied already, and where to look.
+    pub doubt: Doubt,
     pub dedupe: Dedupe,
-    /// Only messages stored up to then can have copies already.
-    pub dedupe_until_ms: i64,
-    /// The replay's per-queue bound (dedupe.rs).
-    pub cleared: Arc<Cleared>,
+    /// The source cell's lease: each send is checked against it.
+    pub lease: Arc<Lease>,
     /// Under unknown rules: the copies any cell holds (dedupe.rs).
     pub placed: Placed,
     /// Some queue had a full batch: there may be more to read at once.
@@ -78,14 +92,14 @@ pub(crate) async fn read(
     src: &dyn Broker,
     journal: &mut Journal,
     metrics: &RouterMetrics,
-    (dedupe, dedupe_until_ms, cleared): (Dedupe, i64, Arc<Cleared>),
+    (dedupe, doubt, lease): (Dedupe, Doubt, Arc<Lease>),
 ) -> Result<Work, Error> {
     let mut work = Work {
         batches: Vec::new(),
         dests: Vec::new(),
+        doubt,
         dedupe,
-        dedupe_until_ms,
-        cleared,
+        lease,
         placed: Placed::default(),
         full: false,
         oldest_ms: None,

@@ -26,10 +26,11 @@ use cellgate_rules::{CellId, RuleSet, RulesHandle};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::dedupe::{Cleared, Dedupe};
+use crate::dedupe::Dedupe;
 use crate::journal::Journal;
+use crate::lease::{now_ms, Lease, SEND_BOUND};
 use crate::metrics::RouterMetrics;
-use crate::pass::{self, Work};
+use crate::pass::{self, Doubt, Work};
 use crate::{send, Error};
 
 /// How long a router woken from idle lets new messages gather before it
@@ -117,36 +118,37 @@ struct Replay {
     active: bool,
     /// ... placed under other rules than those in force.
     any_cell: bool,
-    /// ... if stored up to then: the replay's start, plus a margin for a
-    /// source broker whose clock is ahead of ours. Without this bound, a
-    /// router kept behind by the load would look up every message for
-    /// ever (and so stay behind).
-    until_ms: i64,
+    /// ... if stored up to [`Doubt::until_ms`]: the replay's start, or the
+    /// lease of the process before if it ran out earlier, plus a margin
+    /// for a source broker whose clock is ahead of ours. Without this
+    /// bound, a router kept behind by the load would look up every message
+    /// for ever (and so stay behind), and one back from a long outage
+    /// would look up the whole outage.
+    doubt: Doubt,
     /// The destinations' lookups see every copy sent before the replay
     /// began (their [`Broker::lookup_lag`] has passed since).
     settled: bool,
-    /// The source queues' offsets past which no copy exists.
-    cleared: Arc<Cleared>,
 }
 
-/// See [`Replay::until_ms`].
+/// See [`Replay::doubt`].
 const CLOCK_MARGIN_MS: i64 = 60_000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Replay {
-    fn start() -> Replay {
+    /// A replay starting now, after the process that held `lease`.
+    fn start(lease: &Lease) -> Replay {
+        let now = now_ms();
+        // A lease still running is this process's own (a failed step):
+        // its copies in flight were cut off now.
+        let ended = lease.until_ms().map_or(now, |t| t.min(now));
         Replay {
             active: true,
             any_cell: false,
-            until_ms: now_ms() + CLOCK_MARGIN_MS,
+            doubt: Doubt {
+                until_ms: ended + CLOCK_MARGIN_MS,
+                copies_until_ms: ended + SEND_BOUND.as_millis() as i64,
+                cleared: Arc::default(),
+            },
             settled: false,
-            cleared: Arc::default(),
         }
     }
 
@@ -195,11 +197,19 @@ impl Router {
                 return;
             }
         };
+        let lease = match Lease::open(&self.dir, &cell) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                tracing::error!(%cell, error = %e, "router lease");
+                self.metrics.error("journal");
+                return;
+            }
+        };
         let mut flight = InFlight::default();
         // Without a journal no copy was ever made: nothing to replay.
         let mut replay = Replay {
             active: !journal.fresh(),
-            ..Replay::start()
+            ..Replay::start(&lease)
         };
         loop {
             let rules = self.rules.current();
@@ -229,7 +239,7 @@ impl Router {
                     &rules,
                     origin,
                     &*src,
-                    &mut journal,
+                    (&mut journal, &lease),
                     &mut flight,
                     &mut replay,
                 )
@@ -254,7 +264,7 @@ impl Router {
                     journal.unplan();
                     replay = Replay {
                         any_cell: replay.any_cell,
-                        ..Replay::start()
+                        ..Replay::start(&lease)
                     };
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -268,21 +278,25 @@ impl Router {
         rules: &Arc<RuleSet>,
         origin: CellId,
         src: &dyn Broker,
-        journal: &mut Journal,
+        (journal, lease): (&mut Journal, &Arc<Lease>),
         flight: &mut InFlight,
         replay: &mut Replay,
     ) -> Result<Step, Error> {
         sync_rules(rules, journal, flight, replay).await?;
+        // Busy or idle, a step comes at least every second or so.
+        lease.renew_in_background();
         // Subscribed before reading: an append after the read wakes us.
         let mut appended = src.appended();
         appended.borrow_and_update();
-        let dedupe = (replay.dedupe(), replay.until_ms, replay.cleared.clone());
+        let dedupe = (replay.dedupe(), replay.doubt.clone(), lease.clone());
         let work = pass::read(rules, origin, src, journal, &self.metrics, dedupe).await?;
         // Copies of a queue reach each destination in source order: the
         // previous step's first.
         flight.finish(journal).await?;
         journal.save_in_background().await?;
-        if replay.active && (!work.full || work.oldest_ms.is_some_and(|t| t > replay.until_ms)) {
+        if replay.active
+            && (!work.full || work.oldest_ms.is_some_and(|t| t > replay.doubt.until_ms))
+        {
             // Caught up, or past what existed when the replay began:
             // whatever comes next was never read before.
             replay.active = false;

@@ -163,6 +163,8 @@ async fn send(
     if copies.is_empty() {
         return Ok(());
     }
+    // The lease's promise (lease.rs): no send starts after it runs out.
+    work.lease.ensure().await?;
     let stored = broker.send_record_copies(&copies).await?;
     let route = (source, dest.clone());
     count(metrics, &route, names, &copies, &batch_of, &stored);

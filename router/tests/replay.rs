@@ -230,3 +230,34 @@ async fn a_replay_stops_looking_a_batch_past_the_first_missing_copy() {
         assert_eq!(copies(&metrics, cell), 590, "{cell}");
     }
 }
+
+/// The dead process promised (its lease file) to send no copy after a
+/// time ten minutes before the message was stored: so no copy of it can
+/// exist, and the replay looks nothing up, even under unknown rules, where
+/// it would otherwise ask every cell. A copy placed anyway, which no crash
+/// can leave, shows that it was not asked about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_looks_up_nothing_stored_after_the_lease_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, cells, msg, put) = setup(dir.path()).await;
+    place(&cells, "RZ02A", &msg, &put, "R").await;
+    crashed_journal(dir.path(), None);
+    let lapsed = put.stored_ms - 600_000;
+    std::fs::write(
+        dir.path().join("router/RZ00A.lease"),
+        format!("{{\"until_ms\":{lapsed}}}"),
+    )
+    .unwrap();
+    let m = run_until(dir.path(), &rules, &cells, |m| {
+        ["RZ03A", "GZ00A", "CZSH0"]
+            .iter()
+            .all(|c| copies(m, c) >= 1)
+    })
+    .await;
+    assert_eq!(m.dedupe_hits.get(), 0, "nothing looked up");
+    assert_eq!(copies(&m, "RZ03A"), 1);
+    assert!(cells.0["RZ03A"].get_by_id(&put.id).unwrap().is_some());
+    // The router's own lease now runs ahead.
+    let lease = cellgate_router::lease::Lease::open(&dir.path().join("router"), "RZ00A").unwrap();
+    assert!(lease.until_ms().unwrap() > put.stored_ms);
+}

@@ -133,7 +133,7 @@ async fn sends_keep_ids_fields_and_order_and_read_back() {
     let want: HashSet<_> = asked.iter().copied().collect();
     asked.push(unknown);
     let since = sent[0].stored_ms - 10_000;
-    let found = b.find_ids(topic, &asked, since).await.unwrap();
+    let found = b.find_ids(topic, &asked, (since, i64::MAX)).await.unwrap();
     let found_ids: HashSet<_> = found.iter().map(|m| m.id).collect();
     assert_eq!(found.len(), want.len(), "each found once");
     assert_eq!(found_ids, want);
@@ -141,10 +141,20 @@ async fn sends_keep_ids_fields_and_order_and_read_back() {
     // From a time past them the reads find none; what the key index
     // still finds (its fallback) is theirs, never a stranger.
     let later = spread_out.iter().map(|r| r.stored_ms).max().unwrap() + 60_000;
-    let late = b.find_ids(topic, &asked, later).await.unwrap();
+    let late = b.find_ids(topic, &asked, (later, i64::MAX)).await.unwrap();
     assert!(late.iter().all(|m| want.contains(&m.id)), "{late:?}");
+    // A window that ended, just after them, still holds every one: its
+    // end is searched by time, with a margin, as its start is.
+    let last = spread_out.iter().map(|r| r.stored_ms).max().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let ended = b
+        .find_ids(topic, &asked, (since, last + 1_000))
+        .await
+        .unwrap();
+    let ended_ids: HashSet<_> = ended.iter().map(|m| m.id).collect();
+    assert_eq!(ended_ids, want);
     assert!(b
-        .find_ids("ANT|RZ00A%NOPE", &asked, since)
+        .find_ids("ANT|RZ00A%NOPE", &asked, (since, i64::MAX))
         .await
         .unwrap()
         .is_empty());

@@ -284,7 +284,7 @@ impl Broker for EmbeddedBroker {
         &'a self,
         topic: &'a str,
         ids: &'a [Uuid],
-        _since_ms: i64,
+        _window: (i64, i64),
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
         Box::pin(ready(EmbeddedBroker::find_ids(self, topic, ids)))
     }
