@@ -63,6 +63,10 @@ pub enum Error {
     /// The broker is shutting down.
     #[error("the broker is closed")]
     Closed,
+    /// The log's fsync failed: nothing more is stored or acknowledged
+    /// until the broker restarts and recovers (see the log's docs).
+    #[error("the commit log's disk failed (fdatasync); restart the broker to recover")]
+    LogFailed,
     /// A delivery time further ahead than the broker holds messages.
     #[error(
         "deliver_at_ms {deliver_at_ms} is later than the latest allowed, {max_ms} (40 days ahead)"

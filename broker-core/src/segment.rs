@@ -77,6 +77,7 @@ impl Segment {
     }
 
     pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<()> {
+        fail::fail_point!("segment::write_at", |ms| Err(injected(&self.path, ms)));
         self.file
             .write_all_at(bytes, pos - self.base)
             .map_err(Error::io(&self.path))
@@ -108,6 +109,7 @@ impl Segment {
     }
 
     pub fn sync(&self) -> Result<()> {
+        fail::fail_point!("segment::sync", |ms| Err(injected(&self.path, ms)));
         self.file.sync_data().map_err(Error::io(&self.path))
     }
 
@@ -138,4 +140,15 @@ impl Segment {
         }
         self.sync()
     }
+}
+
+/// The error a fail point returns (tests only: see `log`'s docs), after
+/// blocking for `ms` milliseconds if given (`return(300)`): a slow
+/// failure, which other appenders queue behind.
+#[cfg(feature = "failpoints")]
+fn injected(path: &Path, ms: Option<String>) -> crate::error::Error {
+    if let Some(ms) = ms.and_then(|m| m.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    Error::io(path)(std::io::Error::other("injected by a fail point"))
 }

@@ -31,6 +31,24 @@
 //! for about as many to ask again before it starts the next one, so one
 //! fsync covers most of them rather than the first few.
 //!
+//! ## Failed writes and fsyncs
+//!
+//! A failed `pwrite` drops nothing: its records go back in front of the
+//! pending ones, `written` stays below them, and the flusher tries again
+//! every round (the interval, or 200 ms under `sync`) until it succeeds.
+//! The leader whose write failed gets the error, though its records may
+//! still be stored by a later try: like a timeout, an error is no proof
+//! that a message was not stored. Every other appender waits for the
+//! write that succeeds; none is acknowledged before it.
+//!
+//! A failed fsync is not tried again: the kernel may have dropped the
+//! pages it could not write and report the next fsync clean (PostgreSQL's
+//! "fsyncgate"). The log stops instead: every appender waiting, and every
+//! later append, gets [`Error::LogFailed`], and a restart recovers from
+//! what the disk holds (checksums find what did not land). Tests:
+//! `broker-core/tests/faults.rs` (fail points `segment::write_at` and
+//! `segment::sync`).
+//!
 //! ## Invariants
 //!
 //! - Positions only grow; `flushed <= written <= next`.
@@ -367,6 +385,9 @@ impl<S: Send + 'static> CommitLog<S> {
         &self,
         f: impl FnOnce(&mut Batch<'_>, &mut S) -> Result<T>,
     ) -> Result<(T, u64, Option<Lead<'_, S>>)> {
+        if self.flushed.failed() {
+            return Err(Error::LogFailed);
+        }
         let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
         let w_ref = &mut *w;
         let mut batch = Batch {
@@ -420,14 +441,14 @@ impl<S: Send + 'static> CommitLog<S> {
             // The common case under `async`: the appender wrote it itself.
             return Ok(());
         }
-        if self.shared.cfg.flush == FlushPolicy::Sync {
+        let reached = if self.shared.cfg.flush == FlushPolicy::Sync {
             // The flusher writes it, then fsyncs.
             self.request_flush();
-            self.flushed.wait(end).await;
+            self.flushed.wait(end).await
         } else {
-            self.written.wait(end).await;
-        }
-        Ok(())
+            self.written.wait(end).await
+        };
+        reached.map_err(|_| Error::LogFailed)
     }
 
     /// The position up to which records are acknowledged under the policy.
@@ -593,21 +614,22 @@ fn flush_loop<S>(
             signal.requested.store(false, Ordering::SeqCst);
             signal.stop.load(Ordering::Relaxed)
         };
-        if sync {
-            if !stop && released > 1 {
-                gather(flushed, released, last_fsync / 2);
-            }
-            // Appenders do not write under `sync`: write what they placed.
-            match writer.lock() {
-                Ok(mut w) if !w.writing && !w.pending.chunks.is_empty() => {
-                    w.writing = true;
-                    if let Err(e) = lead_writes(writer, w, written) {
-                        tracing::error!(error = %e, "log write failed; will retry");
-                    }
+        if sync && !stop && released > 1 {
+            gather(flushed, released, last_fsync / 2);
+        }
+        // Appenders do not write under `sync`: write what they placed.
+        // Under `async` records are left pending with no write under way
+        // only by a failed write: try it again here, or the appenders
+        // waiting behind it would wait for the next append to lead.
+        match writer.lock() {
+            Ok(mut w) if !w.writing && !w.pending.chunks.is_empty() => {
+                w.writing = true;
+                if let Err(e) = lead_writes(writer, w, written) {
+                    tracing::error!(error = %e, "log write failed; will retry");
                 }
-                Ok(_) => {}
-                Err(_) => return,
             }
+            Ok(_) => {}
+            Err(_) => return,
         }
         let target = written.get();
         let from = flushed.get();
@@ -627,7 +649,20 @@ fn flush_loop<S>(
                     last_fsync = t.elapsed();
                     released = flushed.advance(target);
                 }
-                Err(e) => tracing::error!(error = %e, "fdatasync failed; will retry"),
+                Err(e) => {
+                    // After a failed fsync the kernel may have dropped the
+                    // dirty pages it could not write and will report the
+                    // next fsync clean: trying again proves nothing.
+                    // Nothing more is acknowledged; a restart recovers
+                    // from what the disk holds.
+                    tracing::error!(
+                        error = %e,
+                        "fdatasync failed: the log takes no more appends until the broker restarts"
+                    );
+                    flushed.fail();
+                    written.fail();
+                    return;
+                }
             }
         }
         if stop {

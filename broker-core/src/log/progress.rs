@@ -36,7 +36,14 @@ pub(crate) struct Progress {
     gather_target: AtomicUsize,
     gathered: Mutex<()>,
     gathered_cv: Condvar,
+    /// Set once, when the position can no longer be trusted to move (the
+    /// log's fsync failed): every wait ends with [`Failed`].
+    failed: AtomicBool,
 }
+
+/// The position will not move again: see [`Progress::fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failed;
 
 impl Progress {
     pub fn new(pos: u64) -> Progress {
@@ -117,24 +124,50 @@ impl Progress {
         n
     }
 
+    /// Ends every wait, now and later, with [`Failed`].
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        let all: Vec<(u64, Waker)> = match self.waiters.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => return,
+        };
+        self.waiting.store(0, Ordering::SeqCst);
+        for (_, w) in all {
+            w.wake();
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Resolves after the next advance (or at once if one happened since
     /// the last call returned). For a single observer.
     pub async fn moved(&self) {
         self.moved.notified().await;
     }
 
-    /// Resolves once the position is at least `end`.
-    pub async fn wait(&self, end: u64) {
+    /// Resolves once the position is at least `end`, or [`Failed`] once
+    /// it never will be.
+    pub async fn wait(&self, end: u64) -> Result<(), Failed> {
         poll_fn(|cx| {
             if self.get() >= end {
-                return Poll::Ready(());
+                return Poll::Ready(Ok(()));
+            }
+            if self.failed() {
+                return Poll::Ready(Err(Failed));
             }
             let Ok(mut w) = self.waiters.lock() else {
-                return Poll::Ready(());
+                return Poll::Ready(Err(Failed));
             };
             self.has_waiters.store(true, Ordering::SeqCst);
+            // Under the lock `fail` takes: it either sees this waiter or
+            // this sees its flag.
             if self.get() >= end {
-                return Poll::Ready(());
+                return Poll::Ready(Ok(()));
+            }
+            if self.failed() {
+                return Poll::Ready(Err(Failed));
             }
             // Polled again without being woken (or moved to another
             // thread): refresh the registration instead of adding one.
@@ -167,12 +200,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_wake_when_reached_and_only_then() {
         let p = Arc::new(Progress::new(10));
-        p.wait(10).await; // already there
+        p.wait(10).await.unwrap(); // already there
         let tasks: Vec<_> = (11..=40u64)
             .map(|end| {
                 let p = p.clone();
                 tokio::spawn(async move {
-                    p.wait(end).await;
+                    p.wait(end).await.unwrap();
                     assert!(p.get() >= end);
                 })
             })
@@ -188,5 +221,25 @@ mod tests {
             t.await.unwrap();
         }
         assert!(p.waiters.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_position_ends_every_wait_now_and_later() {
+        let p = Arc::new(Progress::new(10));
+        let waiting: Vec<_> = (11..=20u64)
+            .map(|end| {
+                let p = p.clone();
+                tokio::spawn(async move { p.wait(end).await })
+            })
+            .collect();
+        while p.waiting() < 10 {
+            tokio::task::yield_now().await;
+        }
+        p.fail();
+        for t in waiting {
+            assert_eq!(t.await.unwrap(), Err(Failed));
+        }
+        assert_eq!(p.wait(30).await, Err(Failed));
+        assert_eq!(p.wait(10).await, Ok(()), "what was reached stays reached");
     }
 }

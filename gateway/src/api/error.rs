@@ -145,6 +145,12 @@ impl ApiError {
                 "the receipt handle has expired: the message was acked, or redelivered after its invisibility time",
             ),
             B::Closed => Self::unavailable("the broker is shutting down"),
+            B::LogFailed => {
+                tracing::error!(error = %e, "broker failure");
+                Self::unavailable(
+                    "the cell's broker stopped after a disk failure; it takes no messages until restarted",
+                )
+            }
             B::Recovering => Self::unavailable("the cell's broker is recovering its state")
                 .retry(std::time::Duration::from_secs(1)),
             B::DelayTooLong { .. } => Self::invalid(field, e.to_string()),
