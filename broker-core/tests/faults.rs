@@ -95,17 +95,24 @@ async fn an_appender_behind_a_failed_write_is_not_left_waiting() {
         let s = s.clone();
         tokio::spawn(async move { s.put(msg(i), QueueSelect::Queue(0)).await })
     };
-    let leader = put(0);
+    let first = put(0);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let follower = put(1);
-    let e = leader.await.unwrap().unwrap_err();
-    assert!(matches!(e, Error::Io { .. }), "{e}");
-    tokio::time::timeout(Duration::from_secs(20), follower)
-        .await
-        .expect("the follower hung behind the failed write")
-        .unwrap()
-        .unwrap();
-    assert_eq!(bodies(&s), ["m0", "m1"]);
+    let second = put(1);
+    // Whichever reached the log first led the failed write (on a busy
+    // machine it may be the second); the other queued behind it, or, had
+    // it come after the failure, led the retry itself.
+    let mut failed = 0;
+    for p in [first, second] {
+        let r = tokio::time::timeout(Duration::from_secs(20), p)
+            .await
+            .expect("an appender hung behind the failed write")
+            .unwrap();
+        failed += usize::from(r.is_err());
+    }
+    assert_eq!(failed, 1, "one write failed, and only one");
+    let mut got = bodies(&s);
+    got.sort();
+    assert_eq!(got, ["m0", "m1"]);
     scenario.teardown();
 }
 

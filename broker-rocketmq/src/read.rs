@@ -251,8 +251,9 @@ impl RocketMqBroker {
     /// the stored-time window `[since_ms, until_ms]`
     /// ([`cellgate_broker_core::Broker::find_ids`]): the key index can
     /// miss an entry (docs/rocketmq.md, "Replays read the destination"),
-    /// and a miss there is a duplicate copy. Reads each queue to the end
-    /// of the window (or its end as of now), or until every id is found.
+    /// and a miss there is a duplicate copy. Reads each queue until a
+    /// margin of messages past the window's end (or its end as of now), or
+    /// until every id is found.
     pub(crate) async fn find_ids(
         &self,
         topic: &str,
@@ -271,31 +272,23 @@ impl RocketMqBroker {
             Err(e) => return Err(e),
         };
         let starts = self.offsets_at(topic, &route, since_ms).await?;
-        // A window that ends in the past ends where its end time is: the
-        // time search gives the first message stored after it.
-        let ends = match until_ms < now_ms() {
-            true => Some(
-                self.offsets_at(topic, &route, until_ms.saturating_add(1))
-                    .await?,
-            ),
-            false => None,
-        };
         for ((q, start), qr) in starts.into_iter().enumerate().zip(&route.queues) {
             // A little before the time search's answer: that search is
             // the broker's, over store times, and a miss here is a copy
-            // sent twice. Likewise a little after it at the end.
+            // sent twice.
             let mut at = start.saturating_sub(SEARCH_MARGIN);
-            // Up to the end as of now at most: what is stored later is not
-            // a copy the caller asks about, and a busy queue would never
-            // be done.
-            let mut end = self.max_offset(topic, qr).await?;
-            if let Some(e) = ends.as_ref().and_then(|e| e.get(q)) {
-                end = end.min(e.saturating_add(SEARCH_MARGIN));
-            }
-            while at < end && !wanted.is_empty() {
+            // Up to the end as of now: what is stored later is not a copy
+            // the caller asks about, and a busy queue would never be done.
+            let end = self.max_offset(topic, qr).await?;
+            // And no further than a margin past the window's end, judged
+            // by the messages read (not by a time search, whose failure
+            // answers 0: here that would cut copies off).
+            let mut past = 0;
+            while at < end && !wanted.is_empty() && past < SEARCH_MARGIN {
                 let got = self.read_queue(topic, q as u16, at, PULL_MAX).await?;
                 let Some(last) = got.last() else { break };
                 at = last.queue_offset + 1;
+                past += got.iter().filter(|m| m.stored_ms > until_ms).count() as u64;
                 found.extend(got.into_iter().filter(|m| wanted.remove(&m.id)));
             }
         }

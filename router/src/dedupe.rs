@@ -51,6 +51,11 @@ pub(crate) enum Dedupe {
 /// can look stored this long before its original.
 const SKEW_MS: i64 = 10_000;
 
+/// ... or ahead of the router's: a copy stored by the time a replay bounds
+/// its lookups by can look stored this much later (the source side allows
+/// the same, run.rs `CLOCK_MARGIN_MS`).
+const AHEAD_MS: i64 = 60_000;
+
 /// Per source queue (physical topic, queue id), the offset from which the
 /// replay knows no copy exists (see the module docs). Written by the
 /// destinations' send tasks, read by the next step's; a std mutex because
@@ -208,7 +213,7 @@ struct Held {
 
 /// [`Held`] of the asked records in `broker`: one [`Broker::find_ids`] per
 /// topic, from the oldest record's store time less [`SKEW_MS`] to
-/// `copies_until_ms` plus it.
+/// `copies_until_ms` plus [`AHEAD_MS`].
 async fn held_in<'a>(
     broker: &dyn Broker,
     asks: impl Iterator<Item = (&'a str, &'a RecordRef<'a>)>,
@@ -223,7 +228,7 @@ async fn held_in<'a>(
     let mut out = Held::default();
     for (topic, (ids, since)) in by_topic {
         let asked: HashSet<Uuid> = ids.iter().copied().collect();
-        let window = (since, copies_until_ms.saturating_add(SKEW_MS));
+        let window = (since, copies_until_ms.saturating_add(AHEAD_MS));
         for m in broker.find_ids(topic, &ids, window).await? {
             if m.topic != topic || !asked.contains(&m.id) {
                 continue;

@@ -268,8 +268,14 @@ pub(crate) fn join(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Resu
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_atomically_via(path, bytes, "tmp")
+}
+
+/// [`write_atomically`] through `<path>.<suffix>`.
+pub(crate) fn write_atomically_via(path: &Path, bytes: &[u8], suffix: &str) -> Result<(), Error> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(".");
+    tmp.push(suffix);
     let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;

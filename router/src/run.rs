@@ -137,8 +137,9 @@ impl Replay {
     /// A replay starting now, after the process that held `lease`.
     fn start(lease: &Lease) -> Replay {
         let now = now_ms();
-        // A lease still running is this process's own (a failed step):
-        // its copies in flight were cut off now.
+        // A lease still running is this process's own (a failed step:
+        // its copies in flight were cut off now), or a process's that
+        // died moments ago: either way nothing is sent after now.
         let ended = lease.until_ms().map_or(now, |t| t.min(now));
         Replay {
             active: true,
@@ -205,6 +206,8 @@ impl Router {
                 return;
             }
         };
+        // Renewed apart from the steps, for as long as this task runs.
+        let _keeper = Owned(lease.keep());
         let mut flight = InFlight::default();
         // Without a journal no copy was ever made: nothing to replay.
         let mut replay = Replay {
@@ -283,8 +286,6 @@ impl Router {
         replay: &mut Replay,
     ) -> Result<Step, Error> {
         sync_rules(rules, journal, flight, replay).await?;
-        // Busy or idle, a step comes at least every second or so.
-        lease.renew_in_background();
         // Subscribed before reading: an append after the read wakes us.
         let mut appended = src.appended();
         appended.borrow_and_update();

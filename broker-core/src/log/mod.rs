@@ -385,10 +385,12 @@ impl<S: Send + 'static> CommitLog<S> {
         &self,
         f: impl FnOnce(&mut Batch<'_>, &mut S) -> Result<T>,
     ) -> Result<(T, u64, Option<Lead<'_, S>>)> {
+        let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
+        // Under the lock, so that an append either is refused or placed
+        // its records before the failure was declared (concurrently).
         if self.flushed.failed() {
             return Err(Error::LogFailed);
         }
-        let mut w = self.writer.lock().map_err(|_| Error::Closed)?;
         let w_ref = &mut *w;
         let mut batch = Batch {
             log: &self.shared,
