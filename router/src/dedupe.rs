@@ -51,10 +51,10 @@ pub(crate) enum Dedupe {
 /// can look stored this long before its original.
 const SKEW_MS: i64 = 10_000;
 
-/// ... or ahead of the router's: a copy stored by the time a replay bounds
-/// its lookups by can look stored this much later (the source side allows
-/// the same, run.rs `CLOCK_MARGIN_MS`).
-const AHEAD_MS: i64 = 60_000;
+/// How far a broker's clock may run ahead of the router's: a message
+/// stored by a time a replay bounds its doubt by can look stored this much
+/// later, in the source (run.rs, `Replay`) as in a destination (here).
+pub(crate) const AHEAD_MS: i64 = 60_000;
 
 /// Per source queue (physical topic, queue id), the offset from which the
 /// replay knows no copy exists (see the module docs). Written by the

@@ -216,7 +216,8 @@ impl Journal {
         self.dirty = false;
         let bytes = self.bytes()?;
         let path = self.path.clone();
-        join(tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await)?;
+        let written = tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await;
+        join(&self.path, written)?;
         self.fresh = false;
         Ok(())
     }
@@ -254,15 +255,19 @@ impl Journal {
 
     async fn wait_background(&mut self) -> Result<(), Error> {
         match self.writing.take() {
-            Some(w) => join(w.await),
+            Some(w) => join(&self.path, w.await),
             None => Ok(()),
         }
     }
 }
 
-pub(crate) fn join(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+/// The result of a write task for `path`: its own, or its failure to run.
+pub(crate) fn join(
+    path: &Path,
+    r: Result<Result<(), Error>, tokio::task::JoinError>,
+) -> Result<(), Error> {
     r.map_err(|e| Error::Checkpoint {
-        path: PathBuf::from("(journal write task)"),
+        path: path.to_owned(),
         source: std::io::Error::other(e),
     })?
 }

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cellgate_broker_core::now_ms;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -132,7 +133,7 @@ impl Lease {
         // renewal off halfway (its lock released, its write still going).
         let me = self.clone();
         let renewed = tokio::spawn(async move { me.renew_if(SEND_MARGIN).await }).await;
-        crate::journal::join(renewed)?;
+        crate::journal::join(&self.path, renewed)?;
         if self.left() == Duration::ZERO {
             return Err(Error::Checkpoint {
                 path: self.path.clone(),
@@ -185,17 +186,10 @@ impl Lease {
             crate::journal::write_atomically_via(&path, &bytes, &tmp)
         })
         .await;
-        crate::journal::join(written)?;
+        crate::journal::join(&self.path, written)?;
         self.until_ms.fetch_max(until_ms, Ordering::AcqRel);
         Ok(())
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -203,6 +197,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A lease file as a process before left it.
+    fn left_behind(dir: &Path, until_ms: i64) {
+        let bytes = serde_json::to_vec(&OnDisk { until_ms }).unwrap();
+        std::fs::write(dir.join("RZ00A.lease"), bytes).unwrap();
+    }
+
+    /// What a reopen finds on disk.
+    fn on_disk(dir: &Path) -> Option<i64> {
+        Lease::open(dir, "RZ00A").unwrap().until_ms()
+    }
 
     #[tokio::test]
     async fn a_lease_is_kept_on_disk_and_renewed_only_when_short() {
@@ -213,10 +218,7 @@ mod tests {
         l.ensure().await.unwrap();
         let first = l.until_ms().unwrap();
         assert!(first >= before + LEASE.as_millis() as i64);
-        assert_eq!(
-            Lease::open(dir.path(), "RZ00A").unwrap().until_ms(),
-            Some(first)
-        );
+        assert_eq!(on_disk(dir.path()), Some(first));
         // Far ahead: a send checks and writes nothing.
         l.ensure().await.unwrap();
         assert_eq!(l.until_ms(), Some(first));
@@ -226,11 +228,7 @@ mod tests {
     async fn a_short_lease_is_renewed_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let short = now_ms() + 1_000;
-        std::fs::write(
-            dir.path().join("RZ00A.lease"),
-            format!("{{\"until_ms\":{short}}}"),
-        )
-        .unwrap();
+        left_behind(dir.path(), short);
         let l = Arc::new(Lease::open(dir.path(), "RZ00A").unwrap());
         let keeper = l.keep();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -241,27 +239,20 @@ mod tests {
         keeper.abort();
         let renewed = l.until_ms().unwrap();
         assert!(renewed > short);
-        assert_eq!(
-            Lease::open(dir.path(), "RZ00A").unwrap().until_ms(),
-            Some(renewed)
-        );
+        assert_eq!(on_disk(dir.path()), Some(renewed));
     }
 
     #[tokio::test]
     async fn a_lapsed_lease_is_renewed_before_a_send() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("RZ00A.lease");
         let old = now_ms() - 600_000;
-        std::fs::write(&path, format!("{{\"until_ms\":{old}}}")).unwrap();
+        left_behind(dir.path(), old);
         let l = Arc::new(Lease::open(dir.path(), "RZ00A").unwrap());
         assert_eq!(l.until_ms(), Some(old), "the dead process's promise");
         l.ensure().await.unwrap();
         let now = l.until_ms().unwrap();
         assert!(now > now_ms() + SEND_MARGIN.as_millis() as i64);
-        assert_eq!(
-            Lease::open(dir.path(), "RZ00A").unwrap().until_ms(),
-            Some(now)
-        );
+        assert_eq!(on_disk(dir.path()), Some(now));
     }
 
     #[tokio::test]

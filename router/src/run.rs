@@ -21,14 +21,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellgate_broker_core::Broker;
+use cellgate_broker_core::{now_ms, Broker};
 use cellgate_rules::{CellId, RuleSet, RulesHandle};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::dedupe::Dedupe;
+use crate::dedupe::{Dedupe, AHEAD_MS};
 use crate::journal::Journal;
-use crate::lease::{now_ms, Lease, SEND_BOUND};
+use crate::lease::{Lease, SEND_BOUND};
 use crate::metrics::RouterMetrics;
 use crate::pass::{self, Doubt, Work};
 use crate::{send, Error};
@@ -130,9 +130,6 @@ struct Replay {
     settled: bool,
 }
 
-/// See [`Replay::doubt`].
-const CLOCK_MARGIN_MS: i64 = 60_000;
-
 impl Replay {
     /// A replay starting now, after the process that held `lease`.
     fn start(lease: &Lease) -> Replay {
@@ -145,7 +142,7 @@ impl Replay {
             active: true,
             any_cell: false,
             doubt: Doubt {
-                until_ms: ended + CLOCK_MARGIN_MS,
+                until_ms: ended + AHEAD_MS,
                 copies_until_ms: ended + SEND_BOUND.as_millis() as i64,
                 cleared: Arc::default(),
             },

@@ -200,3 +200,24 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A broker whose disk failed says so, and that a retry will not help
+    /// until it is restarted (no `Retry-After`).
+    #[test]
+    fn a_stopped_log_is_a_503_that_says_why() {
+        let e = ApiError::from_broker(&broker::Error::LogFailed, "body");
+        assert_eq!(e.status.as_u16(), 503);
+        let body = e.body();
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("disk failure"), "{msg}");
+        assert!(msg.contains("restarted"), "{msg}");
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(e.retry_after, None);
+    }
+}
